@@ -1,0 +1,143 @@
+"""The Python API. The CLI is a thin layer over these functions; nothing here prints or exits."""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from .convert.arch import mapping_for
+from .convert.checkpoint import Checkpoint
+from .convert.plan import PlannedTensor, TensorPlan, make_plan
+from .convert.tokenizer import build_vocab
+from .errors import UsageError
+from .formats import gguf_io
+from .formats.atomic import atomic_output, check_free_space, check_output_path
+from .formats.manifest import BackgroundHasher, file_record, write_manifest
+from .quant.registry import get_quantizer
+
+DEFAULT_GGUF_QUANT = "f16"
+#: resident memory the process needs besides tensor data (interpreter, numpy, gguf-py, vocab)
+BASE_MEMORY = 200 * 1024 * 1024
+
+
+@dataclass
+class TensorRecord:
+    name: str
+    shape: list[int]
+    type: str
+    bytes: int
+    source_dtype: str
+    note: str = ""
+
+
+@dataclass
+class ConversionResult:
+    """What a conversion did (or, with dry_run, would do)."""
+
+    source: str
+    architecture: str
+    format: str
+    quant: str
+    output: str
+    dry_run: bool
+    n_tensors: int
+    n_params: int
+    output_bytes: int
+    type_counts: dict[str, int]
+    memory_estimate_bytes: int
+    largest_tensor_f32_bytes: int
+    seconds: float = 0.0
+    sha256: str | None = None
+    manifest: str | None = None
+    tensors: list[TensorRecord] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[str] | None, suffix: str = ".gguf") -> Path:
+    """No -o: ./<name>-<quant>.gguf; -o DIR (existing, or ending in /): DIR/<name>-<quant>.gguf."""
+    filename = f"{checkpoint.name}-{quant}{suffix}"
+    if out is None:
+        return Path.cwd() / filename
+    p = Path(out).expanduser()
+    if p.is_dir() or str(out).endswith(("/", os.sep)):
+        return p / filename
+    return p
+
+
+def plan_gguf(source: str | os.PathLike[str], quant: str = DEFAULT_GGUF_QUANT, *, revision: str | None = None,
+              allow_pickle: bool = False) -> tuple[Checkpoint, TensorPlan]:
+    """Read a checkpoint's headers and decide every output tensor; no tensor data is read."""
+    checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+    mapping = mapping_for(checkpoint)
+    return checkpoint, make_plan(checkpoint, mapping, get_quantizer(quant))
+
+
+def memory_estimate(plan: TensorPlan) -> int:
+    """Peak resident bytes: the tensor being encoded (f32 + encoded) and the next one being read."""
+    largest = plan.largest_f32_nbytes
+    largest_out = max((t.nbytes for t in plan), default=0)
+    return BASE_MEMORY + 2 * largest + largest_out
+
+
+def convert(source: str | os.PathLike[str], to: str = "gguf", quant: str | None = None,
+            out: str | os.PathLike[str] | None = None, *, force: bool = False, dry_run: bool = False,
+            threads: int = 0, allow_nonfinite: bool = False, allow_pickle: bool = False,
+            revision: str | None = None, pre: str | None = None, manifest: bool = True,
+            progress: Callable[[PlannedTensor, int], None] | None = None,
+            on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
+    """Convert a HF checkpoint (local directory or hub repo id) into an artifact."""
+    if to != "gguf":
+        raise UsageError(f"output format {to!r} is not available yet; available: gguf")
+    quant = (quant or DEFAULT_GGUF_QUANT).lower()
+    checkpoint, plan = plan_gguf(source, quant, revision=revision, allow_pickle=allow_pickle)
+    quant = plan.quant.name
+    vocab = build_vocab(checkpoint.root, plan.mapping.vocab_size, pre=pre)
+    out_path = default_output(checkpoint, quant, out)
+    result = ConversionResult(
+        source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,
+        output=str(out_path), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
+        output_bytes=gguf_io.estimated_file_size(plan), type_counts=plan.type_counts(),
+        memory_estimate_bytes=memory_estimate(plan), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
+        tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
+                 for t in plan])
+    if dry_run:
+        return result
+    check_output_path(out_path, force)
+    check_free_space(out_path.parent, result.output_bytes)
+    start = time.perf_counter()
+    if on_start:
+        on_start(plan)
+    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
+    try:
+        with atomic_output(out_path, force=force) as tmp:
+            gguf_io.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
+                               allow_nonfinite=allow_nonfinite, progress=progress)
+    except BaseException:
+        if hasher:
+            hasher.cancel()
+        raise
+    result.output_bytes = out_path.stat().st_size
+    out_record = file_record(out_path, out_path.parent)
+    result.sha256 = out_record["sha256"]
+    if hasher:
+        options = {"format": "gguf", "quant": quant, "pre": vocab.pre, "allow_nonfinite": allow_nonfinite,
+                   "revision": revision}
+        result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=[out_record],
+                                             options=options, source=str(source)))
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def inspect(path: str | os.PathLike[str]) -> gguf_io.GGUFSummary:
+    """Metadata and tensor table of a GGUF artifact."""
+    from .errors import ArtifactError
+
+    p = Path(path)
+    if not p.is_file():
+        raise ArtifactError(f"{p}: no such file")
+    return gguf_io.read_gguf_summary(p)
+

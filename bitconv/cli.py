@@ -1,0 +1,214 @@
+"""`bitconv` command line: click commands over bitconv.api, rich output, --json, exit codes.
+
+stdout holds the result (human text, or exactly one JSON object with --json, on failure too);
+progress and logs go to stderr. Exit codes: 0 ok · 1 internal error · 2 bad usage or input ·
+3 validation failed · 130 interrupted.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from typing import Any, Callable
+
+import click
+from rich.console import Console
+from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
+                           TransferSpeedColumn)
+from rich.table import Table
+
+from . import __version__, api
+from .errors import BitconvError
+
+out = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False)
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:,.0f} {unit}" if unit == "B" else f"{n:,.2f} {unit}"
+        n /= 1024
+    return f"{n} B"
+
+
+def _emit_json(obj: dict[str, Any]) -> None:
+    click.echo(json.dumps(obj, default=str))
+
+
+def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Shared options and the one error policy: a BitconvError is one line and its exit code."""
+
+    def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
+        @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
+        @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+        @functools.wraps(fn)
+        def wrapper(as_json: bool, debug: bool, **kwargs: Any) -> None:
+            try:
+                result, render = fn(as_json=as_json, **kwargs)
+            except BitconvError as e:
+                _fail(name, as_json, debug, type(e).__name__, str(e), e.exit_code)
+            except KeyboardInterrupt:
+                _fail(name, as_json, debug, "Interrupted", "interrupted, nothing written", 130)
+            except Exception as e:  # an unexpected failure is a bug: say so, briefly
+                msg = f"internal error: {type(e).__name__}: {e}" + ("" if debug else " (run with --debug for details)")
+                _fail(name, as_json, debug, "InternalError", msg, 1)
+            if as_json:
+                _emit_json({"ok": True, "command": name, "result": result})
+            else:
+                render()
+
+        return wrapper
+
+    return deco
+
+
+def _fail(name: str, as_json: bool, debug: bool, kind: str, message: str, code: int) -> None:
+    if debug:
+        traceback.print_exc(file=sys.stderr)
+    message = " ".join(message.split("\n"))
+    if as_json:
+        _emit_json({"ok": False, "command": name, "error": {"type": kind, "message": message, "exit_code": code}})
+    else:
+        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+    sys.exit(code)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="bitconv")
+def cli() -> None:
+    """Convert Hugging Face checkpoints into quantized artifacts for real runtimes."""
+
+
+@cli.command("hf2gguf")
+@click.argument("source")
+@click.option("--quant", "-q", default=api.DEFAULT_GGUF_QUANT, show_default=True,
+              help="Quant type (see `bitconv quants`).")
+@click.option("-o", "--output", "output", default=None,
+              help="Output file, or a folder for <name>-<quant>.gguf. Default: ./<name>-<quant>.gguf")
+@click.option("--dry-run", is_flag=True, help="Show the plan (tensors, types, sizes, memory); write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite an existing output file.")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help="Quantization threads (0: all cores).")
+@click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
+@click.option("--pre", default=None, help="Override the tokenizer pre-tokenizer name written to the GGUF.")
+@click.option("--allow-nonfinite", is_flag=True, help="Convert weights that contain NaN/Inf.")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
+@click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@command("hf2gguf")
+def hf2gguf(source: str, quant: str, output: str | None, dry_run: bool, force: bool, threads: int,
+            revision: str | None, pre: str | None, allow_nonfinite: bool, allow_pickle: bool,
+            no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet or dry_run or not err.is_terminal)
+    task: list[Any] = []
+
+    def on_start(plan: Any) -> None:
+        task.append(progress.add_task("converting", total=plan.data_nbytes))
+
+    def on_tensor(pt: Any, nbytes: int) -> None:
+        progress.update(task[0], advance=nbytes, description=pt.name)
+
+    with progress:
+        result = api.convert(source, "gguf", quant, output, force=force, dry_run=dry_run, threads=threads,
+                             allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
+                             pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start)
+    data = result.to_dict()
+    if not dry_run:
+        data.pop("tensors")
+    return data, lambda: _render_conversion(result)
+
+
+def _render_conversion(r: api.ConversionResult) -> None:
+    types = ", ".join(f"{n}×{t}" for t, n in sorted(r.type_counts.items()))
+    if r.dry_run:
+        table = Table(title=f"plan: {r.source} → {r.output}")
+        for col in ("tensor", "shape", "type", "bytes", "from", "note"):
+            table.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in r.tensors:
+            table.add_row(t.name, "×".join(map(str, t.shape)), t.type, f"{t.bytes:,}", t.source_dtype, t.note)
+        out.print(table)
+        out.print(f"architecture {r.architecture}; {r.n_tensors} tensors ({types}); {r.n_params:,} parameters")
+        out.print(f"output ≈ {_fmt_bytes(r.output_bytes)}; peak memory ≈ {_fmt_bytes(r.memory_estimate_bytes)} "
+                  f"(largest tensor {_fmt_bytes(r.largest_tensor_f32_bytes)} as f32); nothing written (dry run)")
+        return
+    out.print(f"wrote {r.output} ({_fmt_bytes(r.output_bytes)}, {r.n_tensors} tensors: {types}) in {r.seconds:.1f} s")
+    if r.manifest:
+        out.print(f"manifest: {r.manifest}")
+
+
+@cli.command("inspect")
+@click.argument("path")
+@click.option("--all-metadata", is_flag=True, help="Show every metadata key (long arrays are summarized).")
+@command("inspect")
+def inspect_cmd(path: str, all_metadata: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Show a GGUF file's metadata and tensor table (name, type, shape, bytes)."""
+    s = api.inspect(path)
+    data = {"path": str(s.path), "version": s.version, "alignment": s.alignment, "metadata": s.metadata,
+            "n_tensors": len(s.tensors), "n_params": s.n_params, "data_bytes": s.data_nbytes,
+            "tensors": [{"name": t.name, "type": t.type_name, "shape": list(t.shape), "bytes": t.nbytes}
+                        for t in s.tensors]}
+
+    def render() -> None:
+        meta = Table(title=f"{s.path} (GGUF v{s.version})")
+        meta.add_column("key")
+        meta.add_column("value", overflow="fold")
+        for k, v in s.metadata.items():
+            text = json.dumps(v, ensure_ascii=False) if not isinstance(v, str) else v
+            if not all_metadata and len(text) > 120:
+                text = text[:117] + "..."
+            meta.add_row(k, text)
+        out.print(meta)
+        tt = Table(title=f"{len(s.tensors)} tensors, {s.n_params:,} parameters, {_fmt_bytes(s.data_nbytes)}")
+        for col in ("name", "type", "shape", "bytes"):
+            tt.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in s.tensors:
+            tt.add_row(t.name, t.type_name, "×".join(map(str, t.shape)), f"{t.nbytes:,}")
+        out.print(tt)
+
+    return data, render
+
+
+@cli.command("quants")
+@command("quants")
+def quants_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
+    """List the quant types with bits per weight and the runtimes that read them."""
+    from .quant.registry import all_quantizers
+
+    rows = [{"name": q.name, "bits_per_weight": round(q.bits_per_weight, 4), "block_size": q.block_size,
+             "runtimes": list(q.runtimes), "embedding_type": q.embedding_type, "description": q.description}
+            for q in all_quantizers()]
+
+    def render() -> None:
+        t = Table(title="quant types")
+        for col in ("name", "bits/weight", "block", "runtimes", "notes"):
+            t.add_column(col)
+        for r in rows:
+            note = r["description"] + (f"; token_embd/output at {r['embedding_type']}" if r["embedding_type"] else "")
+            t.add_row(r["name"], f"{r['bits_per_weight']:g}", str(r["block_size"]), ", ".join(r["runtimes"]), note)
+        out.print(t)
+
+    return rows, render
+
+
+def main() -> None:
+    """Entry point: click usage errors become exit 2 (and JSON with --json)."""
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except click.Abort:
+        err.print("interrupted, nothing written")
+        sys.exit(130)
+    except click.ClickException as e:
+        if "--json" in sys.argv[1:]:
+            cmd = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+            _emit_json({"ok": False, "command": cmd,
+                        "error": {"type": "UsageError", "message": e.format_message(), "exit_code": 2}})
+        else:
+            e.show()
+        sys.exit(2)
+    sys.exit(0)

@@ -1,0 +1,210 @@
+"""ArchMapping: how one HF model class becomes GGUF tensors and metadata.
+
+A mapping owns HF→GGUF tensor names (gguf-py's TensorNameMap), per-tensor transforms (expert
+stacking), the shapes the config implies (so a checkpoint that disagrees is refused before
+writing) and the GGUF hyper-parameter keys. Mappings register by HF class name.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, ClassVar, Iterator, Sequence, TypeVar
+
+import gguf
+import numpy as np
+
+from ...errors import CheckpointError, UnsupportedArchitecture
+from ..checkpoint import Checkpoint, LazyTensor
+
+ARCHITECTURES: dict[str, type["ArchMapping"]] = {}
+
+A = TypeVar("A", bound=type["ArchMapping"])
+
+
+def register_arch(*hf_names: str) -> Callable[[A], A]:
+    """Class decorator: this mapping converts checkpoints whose config names one of `hf_names`."""
+
+    def deco(cls: A) -> A:
+        for n in hf_names:
+            ARCHITECTURES[n] = cls
+        cls.hf_names = tuple(hf_names)
+        return cls
+
+    return deco
+
+
+def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
+    from . import qwen2, qwen3, qwen_moe  # noqa: F401  (built-ins register on import)
+
+    arch = checkpoint.architecture
+    cls = ARCHITECTURES.get(arch)
+    if cls is None:
+        raise UnsupportedArchitecture(
+            f"unsupported architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
+    return cls(checkpoint.config)
+
+
+def supported_architectures() -> list[str]:
+    from . import qwen2, qwen3, qwen_moe  # noqa: F401
+
+    return sorted(ARCHITECTURES)
+
+
+@dataclass
+class SourceTensor:
+    """One GGUF tensor to be: its name, logical shape (numpy order), the HF tensors it is built from
+    and how (identity for most; a stack for MoE experts)."""
+
+    name: str
+    shape: tuple[int, ...]
+    sources: list[LazyTensor]
+    combine: Callable[[list[np.ndarray]], np.ndarray] | None = None
+    hf_names: list[str] = field(default_factory=list)
+
+    def load(self) -> np.ndarray:
+        """Materialize the tensor (f32, or f16 when every source is f16, as llama.cpp keeps it)."""
+        arrays = [s.load() for s in self.sources]
+        if self.combine is None:
+            return arrays[0]
+        return self.combine(arrays)
+
+    @property
+    def source_dtype(self) -> str:
+        return self.sources[0].dtype
+
+
+_LAYER = re.compile(r"\.(\d+)\.")
+
+
+def _hparam(config: dict[str, Any], *keys: str, default: Any = None, required: bool = False) -> Any:
+    for k in keys:
+        if k in config and config[k] is not None:
+            return config[k]
+    if required:
+        raise CheckpointError(f"config.json lacks {keys[0]!r}")
+    return default
+
+
+class ArchMapping:
+    """Base mapping for decoder-only transformer checkpoints (llama-like naming)."""
+
+    hf_names: ClassVar[tuple[str, ...]] = ()
+    gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    #: HF tensors that carry nothing for the runtime
+    #: transformers' default when config.json has no rope_theta
+    default_rope_theta: ClassVar[float] = 10000.0
+    skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        if "text_config" in config and isinstance(config["text_config"], dict):
+            config = {**config, **config["text_config"]}
+        self.config = config
+        get = lambda *k, **kw: _hparam(config, *k, **kw)  # noqa: E731
+        self.n_layers = int(get("num_hidden_layers", "n_layers", required=True))
+        self.hidden = int(get("hidden_size", required=True))
+        self.n_head = int(get("num_attention_heads", required=True))
+        self.n_head_kv = int(get("num_key_value_heads", default=self.n_head))
+        self.head_dim = int(get("head_dim", default=self.hidden // self.n_head))
+        self.ff = get("intermediate_size")
+        self.vocab_size = int(get("vocab_size", required=True))
+        self.rope_params: dict[str, Any] = dict(get("rope_parameters", "rope_scaling", default={}) or {})
+        self.rope_theta = _hparam(self.rope_params, "rope_theta") or get("rope_theta", "rotary_emb_base")
+        self.tensor_map = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
+
+    @property
+    def arch_name(self) -> str:
+        return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    # --- tensor names and shapes -------------------------------------------------------------
+
+    def gguf_name(self, hf_name: str) -> str:
+        new = self.tensor_map.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise CheckpointError(f"{hf_name}: tensor not expected in a {self.hf_names[0]} checkpoint")
+        return new
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        """GGUF base name (blk.N. stripped) → the numpy-order shape the config implies."""
+        h, q, kv = self.hidden, self.n_head * self.head_dim, self.n_head_kv * self.head_dim
+        shapes: dict[str, tuple[int, ...]] = {
+            "token_embd.weight": (self.vocab_size, h),
+            "output.weight": (self.vocab_size, h),
+            "output_norm.weight": (h,),
+            "attn_norm.weight": (h,),
+            "ffn_norm.weight": (h,),
+            "attn_q.weight": (q, h),
+            "attn_k.weight": (kv, h),
+            "attn_v.weight": (kv, h),
+            "attn_output.weight": (h, q),
+            "attn_q.bias": (q,),
+            "attn_k.bias": (kv,),
+            "attn_v.bias": (kv,),
+        }
+        if self.ff is not None:
+            ff = int(self.ff)
+            shapes.update({"ffn_gate.weight": (ff, h), "ffn_up.weight": (ff, h), "ffn_down.weight": (h, ff)})
+        return shapes
+
+    def check_shape(self, t: SourceTensor) -> None:
+        base = re.sub(r"^blk\.\d+\.", "", t.name)
+        want = self.expected_shapes().get(base)
+        if want is not None and tuple(t.shape) != want:
+            raise CheckpointError(
+                f"{t.hf_names[0] if t.hf_names else t.name}: shape {tuple(t.shape)} disagrees with config.json "
+                f"(expects {want})", tensor=t.name)
+
+    # --- the tensor stream ---------------------------------------------------------------------
+
+    def tensors(self, checkpoint: Checkpoint) -> Iterator[SourceTensor]:
+        """GGUF tensors in the order llama.cpp's converter writes them (checkpoint order)."""
+        for lt in checkpoint:
+            if lt.name.endswith(self.skip_suffixes):
+                continue
+            yield from self.map_tensor(lt)
+
+    def map_tensor(self, lt: LazyTensor) -> Iterator[SourceTensor]:
+        yield SourceTensor(self.gguf_name(lt.name), lt.shape, [lt], hf_names=[lt.name])
+
+    # --- metadata ------------------------------------------------------------------------------
+
+    def add_metadata(self, w: gguf.GGUFWriter) -> None:
+        """Hyper-parameters as llama.cpp's TextModel writes them."""
+        c = self.config
+        w.add_block_count(self.n_layers)
+        if (n_ctx := _hparam(c, "max_position_embeddings", "n_ctx", "n_positions")) is not None:
+            w.add_context_length(int(n_ctx))
+        w.add_embedding_length(self.hidden)
+        if self.ff is not None:
+            w.add_feed_forward_length(int(self.ff))
+        w.add_head_count(self.n_head)
+        w.add_head_count_kv(self.n_head_kv)
+        self._add_rope(w)
+        if (eps := _hparam(c, "rms_norm_eps", "norm_eps")) is not None:
+            w.add_layer_norm_rms_eps(float(eps))
+        if (n_exp := _hparam(c, "num_local_experts", "num_experts", "n_routed_experts")) is not None:
+            w.add_expert_count(int(n_exp))
+        if (n_used := _hparam(c, "num_experts_per_tok", "num_experts_per_token")) is not None:
+            w.add_expert_used_count(int(n_used))
+        if c.get("head_dim") is not None:
+            w.add_key_length(int(c["head_dim"]))
+            w.add_value_length(int(c["head_dim"]))
+
+    def _add_rope(self, w: gguf.GGUFWriter) -> None:
+        rp = self.rope_params
+        rope_type = rp.get("rope_type", rp.get("type"))
+        factor = rp.get("factor")
+        if rope_type == "linear" and factor is not None:
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(factor))
+        elif rope_type == "yarn" and factor is not None:
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(factor))
+            if "original_max_position_embeddings" in rp:
+                w.add_rope_scaling_orig_ctx_len(int(rp["original_max_position_embeddings"]))
+        # Always written: a runtime that misses the key silently uses its own default.
+        theta = self.rope_theta if self.rope_theta is not None else self.default_rope_theta
+        w.add_rope_freq_base(float(theta))
+
+
+def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
+    return np.stack(arrays, axis=0)

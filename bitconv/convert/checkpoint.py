@@ -1,0 +1,392 @@
+"""Hugging Face checkpoints read lazily: config, tokenizer files and tensors from (sharded) safetensors.
+
+Headers are parsed and checked against the file size up front, so a truncated or forged file fails
+before anything is written. Tensor bytes are read with ``pread`` into a fresh buffer only when a
+tensor is converted; nothing stays mapped, so resident memory does not grow with the checkpoint.
+bf16 is decoded from its raw bits, so the GGUF path needs no torch.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import struct
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import CheckpointError
+
+#: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
+SAFETENSORS_DTYPES: dict[str, np.dtype] = {
+    "F64": np.dtype("<f8"),
+    "F32": np.dtype("<f4"),
+    "F16": np.dtype("<f2"),
+    "BF16": np.dtype("<u2"),
+    "I64": np.dtype("<i8"),
+    "I32": np.dtype("<i4"),
+    "I16": np.dtype("<i2"),
+    "I8": np.dtype("i1"),
+    "U8": np.dtype("u1"),
+    "BOOL": np.dtype("u1"),
+}
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
+
+#: A safetensors header beyond this is not a checkpoint (the format itself caps it at 100 MB).
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+CONFIG_FILE = "config.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "generation_config.json",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer.model",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
+                "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template*",
+                "README.md", "LICENSE*"]
+_REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
+
+
+def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
+    """bf16 is the top half of an f32: widening is a 16-bit shift, exact."""
+    return (bits.astype(np.uint32) << 16).view(np.float32)
+
+
+@dataclass(frozen=True)
+class LazyTensor:
+    """A tensor known by name, dtype and shape; its bytes are read only by `load()`."""
+
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    nbytes: int
+    source: Path
+    _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+    def load_raw(self) -> np.ndarray:
+        """The stored values in their stored numpy dtype (bf16 as uint16 bits), shaped."""
+        return self._reader()
+
+    def load(self) -> np.ndarray:
+        """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
+        raw = self.load_raw()
+        if self.dtype == "BF16":
+            return bf16_bits_to_f32(raw)
+        if self.dtype in ("F16", "F32"):
+            return raw
+        return raw.astype(np.float32)
+
+
+@dataclass(frozen=True)
+class SafetensorsEntry:
+    name: str
+    dtype: str
+    shape: tuple[int, ...]
+    begin: int  # absolute file offset
+    end: int
+
+
+def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
+    """Parse and check one safetensors header against the file's real size."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise CheckpointError(f"{path.name}: truncated safetensors file ({size} bytes, no header)")
+            (header_len,) = struct.unpack("<Q", head)
+            if header_len > size - 8:
+                raise CheckpointError(
+                    f"{path.name}: header length {header_len} is larger than the file ({size} bytes): "
+                    "truncated or not a safetensors file")
+            if header_len > MAX_HEADER_BYTES:
+                raise CheckpointError(f"{path.name}: header length {header_len} exceeds {MAX_HEADER_BYTES} bytes")
+            raw = f.read(header_len)
+    except OSError as e:
+        raise CheckpointError(f"{path.name}: cannot read: {e.strerror or e}") from e
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({e})") from e
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path.name}: safetensors header is not a JSON object")
+    data_start = 8 + header_len
+    entries: list[SafetensorsEntry] = []
+    for name, info in header.items():
+        if name == "__metadata__":
+            continue
+        entries.append(_check_entry(path, name, info, data_start, size))
+    ordered = sorted(entries, key=lambda e: (e.begin, e.end))
+    for prev, cur in zip(ordered, ordered[1:]):
+        if cur.begin < prev.end:
+            raise CheckpointError(f"{path.name}: tensors {prev.name} and {cur.name} overlap in the file")
+    return entries
+
+
+def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -> SafetensorsEntry:
+    if not isinstance(info, dict):
+        raise CheckpointError(f"{path.name}: {name}: malformed header entry")
+    dtype = info.get("dtype")
+    shape = info.get("shape")
+    offsets = info.get("data_offsets")
+    if dtype not in SAFETENSORS_DTYPES:
+        raise CheckpointError(f"{path.name}: {name}: unsupported dtype {dtype!r}")
+    if (not isinstance(shape, list) or len(shape) > 8
+            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
+        raise CheckpointError(f"{path.name}: {name}: malformed shape {shape!r}")
+    if (not isinstance(offsets, list) or len(offsets) != 2
+            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
+        raise CheckpointError(f"{path.name}: {name}: malformed data_offsets {offsets!r}")
+    begin, end = offsets
+    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
+    if begin < 0 or end < begin:
+        raise CheckpointError(f"{path.name}: {name}: invalid data_offsets {offsets}")
+    if end - begin != expected:
+        raise CheckpointError(
+            f"{path.name}: {name}: {end - begin} bytes stored but shape {tuple(shape)} {dtype} needs {expected}")
+    if data_start + end > size:
+        raise CheckpointError(
+            f"{path.name}: {name}: data runs past the end of the file ({data_start + end} > {size} bytes): "
+            "the file is truncated")
+    return SafetensorsEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
+
+
+def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
+    np_dtype = SAFETENSORS_DTYPES[entry.dtype]
+
+    def read() -> np.ndarray:
+        count = entry.end - entry.begin
+        buf = np.empty(count // np_dtype.itemsize, dtype=np_dtype)
+        view = memoryview(buf).cast("B")
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except OSError as e:
+            raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
+        try:
+            done = 0
+            while done < count:
+                n = os.preadv(fd, [view[done:]], entry.begin + done)
+                if n <= 0:
+                    raise CheckpointError(f"{entry.name}: {path.name} ended early (was it truncated during the run?)")
+                done += n
+        finally:
+            os.close(fd)
+        return buf.reshape(entry.shape)
+
+    return read
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """Resolve a file named by an index, refusing names that leave the checkpoint directory."""
+    p = Path(rel)
+    if p.is_absolute() or ".." in p.parts or rel.strip() == "":
+        raise CheckpointError(f"index names a file outside the checkpoint directory: {rel!r}")
+    full = root / p
+    if full.is_symlink():
+        _check_link(root, full)
+    return full
+
+
+def _check_link(root: Path, link: Path) -> None:
+    """Links inside the checkpoint are fine; links out of it only into a HF cache's own blobs/."""
+    target = link.resolve()
+    real_root = root.resolve()
+    if target.is_relative_to(real_root):
+        return
+    # <cache>/models--owner--name/snapshots/<rev>/file -> <cache>/models--owner--name/blobs/<sha>
+    if root.parent.name == "snapshots" and target.parent == (root.parent.parent / "blobs").resolve():
+        return
+    raise CheckpointError(f"{link.name} is a symbolic link pointing outside the checkpoint ({target})")
+
+
+def load_config(root: Path) -> dict[str, Any]:
+    path = root / CONFIG_FILE
+    if not path.is_file():
+        raise CheckpointError(f"no {CONFIG_FILE} in {root}: not a Hugging Face checkpoint directory")
+    try:
+        config = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: must hold a JSON object")
+    return config
+
+
+@dataclass
+class Checkpoint:
+    """A local checkpoint directory; tensors are lazy handles in checkpoint order."""
+
+    root: Path
+    config: dict[str, Any]
+    tensors: dict[str, LazyTensor]
+    weight_files: list[Path]
+    repo_id: str | None = None
+
+    @classmethod
+    def open(cls, source: str | os.PathLike[str], *, revision: str | None = None,
+             allow_pickle: bool = False) -> "Checkpoint":
+        root, repo_id = resolve_source(source, revision)
+        config = load_config(root)
+        tensors, files = _index_tensors(root, allow_pickle)
+        return cls(root=root, config=config, tensors=tensors, weight_files=files, repo_id=repo_id)
+
+    @property
+    def architecture(self) -> str:
+        archs = self.config.get("architectures")
+        if not isinstance(archs, list) or not archs or not isinstance(archs[0], str):
+            raise CheckpointError(f"{self.root / CONFIG_FILE}: no \"architectures\" list naming the model class")
+        return archs[0]
+
+    @property
+    def name(self) -> str:
+        return self.root.name if self.repo_id is None else self.repo_id.split("/")[-1]
+
+    def tokenizer_files(self) -> list[Path]:
+        return [self.root / n for n in TOKENIZER_FILES if (self.root / n).is_file()]
+
+    def input_files(self) -> list[Path]:
+        """Every file the conversion reads, for the manifest."""
+        extra = [self.root / CONFIG_FILE] + self.tokenizer_files()
+        index = self.root / SAFETENSORS_INDEX
+        if index.is_file():
+            extra.append(index)
+        return sorted(set(extra + self.weight_files))
+
+    def __iter__(self) -> Iterator[LazyTensor]:
+        return iter(self.tensors.values())
+
+
+def resolve_source(source: str | os.PathLike[str], revision: str | None) -> tuple[Path, str | None]:
+    """An existing path is a local checkpoint; otherwise `owner/name` is a hub repo id."""
+    path = Path(source).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise CheckpointError(f"{path} is a file; give the checkpoint directory (with config.json)")
+        return path, None
+    text = str(source)
+    if not _REPO_ID.match(text):
+        raise CheckpointError(f"{text}: no such checkpoint directory")
+    return _download_from_hub(text, revision), text
+
+
+def _download_from_hub(repo_id: str, revision: str | None) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+    except ImportError as e:
+        raise CheckpointError(
+            f"{repo_id}: no such directory, and huggingface_hub is not installed to fetch it as a hub repo "
+            "(pip install 'bitconv[hub]')") from e
+    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+    try:
+        local = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                  local_files_only=offline)
+    except Exception as e:  # huggingface_hub raises many types: offline, 404, gated, connection
+        why = "HF_HUB_OFFLINE=1 and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
+        first = str(why).splitlines()[0] if str(why) else type(e).__name__
+        raise CheckpointError(f"{repo_id}: not a local directory and cannot be fetched from the hub ({first})") from e
+    return Path(local)
+
+
+def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor], list[Path]]:
+    index = root / SAFETENSORS_INDEX
+    single = root / SAFETENSORS_SINGLE
+    if index.is_file():
+        files = _shards_from_index(root, index)
+    elif single.is_file():
+        files = [_inside(root, SAFETENSORS_SINGLE)]
+    else:
+        files = sorted(p for p in root.glob("*.safetensors") if p.is_file())
+        if not files:
+            return _pickle_tensors(root, allow_pickle)
+        files = [_inside(root, p.name) for p in files]
+    tensors: dict[str, LazyTensor] = {}
+    for path in files:
+        for entry in read_safetensors_header(path):
+            if entry.name in tensors:
+                raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
+            tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
+                                             path, _pread_reader(path, entry))
+    return tensors, files
+
+
+def _shards_from_index(root: Path, index: Path) -> list[Path]:
+    try:
+        data = json.loads(index.read_text(encoding="utf-8"))
+        weight_map = data["weight_map"]
+        if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+            raise TypeError("weight_map must map tensor names to file names")
+    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index.name}: invalid index ({e})") from e
+    files: list[Path] = []
+    for rel in dict.fromkeys(weight_map.values()):
+        path = _inside(root, rel)
+        if not path.is_file():
+            raise CheckpointError(f"shard {rel} is listed in {index.name} but missing from {root}")
+        files.append(path)
+    return files
+
+
+def _pickle_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor], list[Path]]:
+    index = root / PICKLE_INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
+        files = [_inside(root, rel) for rel in dict.fromkeys(weight_map.values())]
+    elif (root / PICKLE_SINGLE).is_file():
+        files = [_inside(root, PICKLE_SINGLE)]
+    else:
+        raise CheckpointError(f"no model.safetensors (or shards with {SAFETENSORS_INDEX}) in {root}")
+    if not allow_pickle:
+        raise CheckpointError(
+            f"{files[0].name} is a pickle, which can run code when loaded; convert it to safetensors, "
+            "or pass --allow-pickle to load it with torch.load(weights_only=True)")
+    try:
+        import torch
+    except ImportError as e:
+        raise CheckpointError("reading .bin checkpoints needs torch (pip install 'bitconv[torch]')") from e
+    tensors: dict[str, LazyTensor] = {}
+    for path in files:
+        if not path.is_file():
+            raise CheckpointError(f"shard {path.name} is listed in {PICKLE_INDEX} but missing from {root}")
+        try:
+            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except Exception as e:  # torch raises UnpicklingError, RuntimeError, ...
+            raise CheckpointError(f"{path.name}: cannot load with weights_only=True ({type(e).__name__})") from e
+        for name, t in state.items():
+            tensors[name] = _torch_lazy(name, t, path)
+    return tensors, files
+
+
+_TORCH_DTYPES = {"torch.float32": "F32", "torch.float16": "F16", "torch.bfloat16": "BF16",
+                 "torch.int8": "I8", "torch.uint8": "U8", "torch.int32": "I32", "torch.int64": "I64"}
+
+
+def _torch_lazy(name: str, t: Any, path: Path) -> LazyTensor:
+    dtype = _TORCH_DTYPES.get(str(t.dtype))
+    if dtype is None:
+        raise CheckpointError(f"{name}: unsupported dtype {t.dtype} in {path.name}")
+
+    def read() -> np.ndarray:
+        import torch
+        c = t.contiguous()
+        if dtype == "BF16":
+            return c.view(torch.int16).numpy().view(np.uint16).copy()
+        return c.numpy().copy()
+
+    return LazyTensor(name, dtype, tuple(t.shape), t.numel() * t.element_size(), path, read)

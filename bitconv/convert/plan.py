@@ -1,0 +1,105 @@
+"""TensorPlan: every output tensor's name, shape and quant type, decided before any data is read.
+
+The type rules are llama.cpp's (its converter and llama-quantize): 1-D tensors, norms, biases and
+MoE routers stay F32; token_embd/output take the quantizer's `embedding_type`; a row length the
+block size does not divide falls back to F16.
+"""
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from ..quant.base import Quantizer
+from ..quant.registry import get_quantizer
+from .arch.base import ArchMapping, SourceTensor
+from .checkpoint import Checkpoint
+
+_ALWAYS_F32 = re.compile(r"(^|\.)(ffn_gate_inp|ffn_gate_inp_shexp|pos_embd|token_types)\.weight$")
+_EMBEDDINGS = ("token_embd.weight", "output.weight")
+
+
+@dataclass
+class PlannedTensor:
+    source: SourceTensor
+    quant: Quantizer
+    nbytes: int
+    note: str = ""
+
+    @property
+    def name(self) -> str:
+        return self.source.name
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.source.shape
+
+    @property
+    def f32_nbytes(self) -> int:
+        return math.prod(self.shape) * 4
+
+
+@dataclass
+class TensorPlan:
+    mapping: ArchMapping
+    quant: Quantizer
+    tensors: list[PlannedTensor] = field(default_factory=list)
+
+    def __iter__(self) -> Iterator[PlannedTensor]:
+        return iter(self.tensors)
+
+    def __len__(self) -> int:
+        return len(self.tensors)
+
+    @property
+    def data_nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def largest_f32_nbytes(self) -> int:
+        return max((t.f32_nbytes for t in self.tensors), default=0)
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors)
+
+    def type_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.quant.name] = counts.get(t.quant.name, 0) + 1
+        return counts
+
+
+def choose_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -> tuple[Quantizer, str]:
+    """The quantizer one tensor gets in a file of type `quant`, and why when it differs."""
+    if len(shape) <= 1 or name.endswith("_norm.weight"):
+        return get_quantizer("f32"), "1-D / norm"
+    if _ALWAYS_F32.search(name) or not name.endswith(".weight"):
+        return get_quantizer("f32"), "kept f32 (router / bias)"
+    chosen = quant
+    note = ""
+    if name in _EMBEDDINGS and quant.embedding_type:
+        chosen, note = get_quantizer(quant.embedding_type), "embedding/output at higher precision"
+    if not chosen.can_quantize(shape):
+        return get_quantizer("f16"), f"row length {shape[-1]} not a multiple of {chosen.block_size}: f16"
+    return chosen, note
+
+
+def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) -> TensorPlan:
+    plan = TensorPlan(mapping, quant)
+    seen: set[str] = set()
+    for src in mapping.tensors(checkpoint):
+        if src.name in seen:
+            raise_dup(src)
+        seen.add(src.name)
+        mapping.check_shape(src)
+        q, note = choose_quant(src.name, src.shape, quant)
+        plan.tensors.append(PlannedTensor(src, q, q.encoded_nbytes(src.shape), note))
+    return plan
+
+
+def raise_dup(src: SourceTensor) -> None:
+    from ..errors import CheckpointError
+
+    raise CheckpointError(f"{src.hf_names[0] if src.hf_names else src.name}: two checkpoint tensors map to {src.name}")

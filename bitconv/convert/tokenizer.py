@@ -1,0 +1,132 @@
+"""HF `tokenizer.json` → GGUF vocabulary, without transformers.
+
+Tokens and token types follow llama.cpp's converter (`get_vocab_base`): ids missing from the
+tokenizer become `[PAD{i}]` (UNUSED) up to the config's vocab_size, added tokens are CONTROL when
+special (or when they look special, `<|…|>`), USER_DEFINED otherwise. Merges, special ids, add_bos /
+add_eos and the chat template come from gguf-py's SpecialVocab, the converter's own reader.
+
+llama.cpp identifies the pre-tokenizer by hashing token ids of a probe text; bitconv reads the
+pre-tokenizer regex itself and names it, and refuses a regex it does not know rather than guessing.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import gguf
+
+from ..errors import TokenizerError
+
+#: pre-tokenizer split regex (as in tokenizer.json) → llama.cpp's `tokenizer.ggml.pre` name
+PRE_TOKENIZER_REGEXES: dict[str, str] = {
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "qwen2",
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+": "llama-bpe",
+}
+
+
+@dataclass
+class GGUFVocab:
+    model: str
+    pre: str
+    tokens: list[str]
+    token_types: list[int]
+    special: gguf.SpecialVocab
+
+    def add_to(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        w.add_token_types(self.token_types)
+        self.special.add_to_gguf(w, quiet=True)
+
+
+def _looks_special(token: str) -> bool:
+    return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
+            or (token.startswith("<|") and token.endswith("|>"))
+            or (token.startswith("<｜") and token.endswith("｜>"))
+            or (token.startswith("<unused") and token.endswith(">")))
+
+
+def _split_regexes(node: Any) -> list[str]:
+    """Every Split regex in a (possibly nested) pre_tokenizer description."""
+    if isinstance(node, dict):
+        found = []
+        if node.get("type") == "Split" and isinstance(node.get("pattern"), dict):
+            regex = node["pattern"].get("Regex")
+            if isinstance(regex, str):
+                found.append(regex)
+        for v in node.values():
+            found.extend(_split_regexes(v))
+        return found
+    if isinstance(node, list):
+        return [r for v in node for r in _split_regexes(v)]
+    return []
+
+
+def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
+    regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
+    for r in regexes:
+        if r in PRE_TOKENIZER_REGEXES:
+            return PRE_TOKENIZER_REGEXES[r]
+    what = f"split regex {regexes[0]!r}" if regexes else "no split regex"
+    raise TokenizerError(
+        f"unknown pre-tokenizer ({what}); pass --pre NAME with llama.cpp's name for it "
+        f"(known: {', '.join(sorted(set(PRE_TOKENIZER_REGEXES.values())))})")
+
+
+def load_tokenizer_json(root: Path) -> dict[str, Any]:
+    path = root / "tokenizer.json"
+    if not path.is_file():
+        raise TokenizerError(f"no tokenizer.json in {root}: bitconv exports fast (BPE) tokenizers")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise TokenizerError(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+        raise TokenizerError(f"{path}: no \"model\" section")
+    return data
+
+
+def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVocab:
+    """The GGUF vocabulary of the tokenizer in `root`, padded to the model's `vocab_size`."""
+    data = load_tokenizer_json(root)
+    model = data["model"]
+    if model.get("type") != "BPE":
+        raise TokenizerError(f"tokenizer model {model.get('type')!r} is not supported yet (only byte-level BPE)")
+    vocab = model.get("vocab")
+    if not isinstance(vocab, dict):
+        raise TokenizerError("tokenizer.json: model.vocab is not a token → id table")
+    reverse: dict[int, str] = {int(i): t for t, i in vocab.items()}
+    added: dict[int, dict[str, Any]] = {}
+    for tok in data.get("added_tokens") or []:
+        try:
+            added[int(tok["id"])] = tok
+            reverse[int(tok["id"])] = str(tok["content"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise TokenizerError(f"tokenizer.json: malformed added token {tok!r}") from e
+    if reverse and max(reverse) >= vocab_size:
+        raise TokenizerError(f"tokenizer has id {max(reverse)} but config.json vocab_size is {vocab_size}")
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(vocab_size):
+        token = reverse.get(i)
+        if token is None:
+            tokens.append(f"[PAD{i}]")
+            types.append(gguf.TokenType.UNUSED)
+        elif i in added:
+            if added[i].get("special") or _looks_special(token):
+                types.append(gguf.TokenType.CONTROL)
+            else:
+                token = token.replace("\u2581", " ")
+                types.append(gguf.TokenType.USER_DEFINED)
+            tokens.append(token)
+        else:
+            tokens.append(token)
+            types.append(gguf.TokenType.NORMAL)
+    pre_name = pre or detect_pre_tokenizer(data)
+    special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
+    if not special.merges:
+        raise TokenizerError("tokenizer.json has no BPE merges")
+    return GGUFVocab("gpt2", pre_name, tokens, [int(t) for t in types], special)

@@ -1,0 +1,78 @@
+"""The quantizer contract: a per-tensor hook (`prepare`) plus block math (`quantize`/`dequantize`).
+
+Quantizers do numeric work only; they never touch files. A float32 (or float16, as llama.cpp keeps
+f16 sources) `[rows, K]` array goes in, bytes in the target layout come out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+
+@dataclass
+class QuantizedTensor:
+    """Encoded tensor: `data` in the artifact's layout, optional separate `scales` and a `trailer`
+    (per-tensor data that follows the blocks, as i2_s's scale does)."""
+
+    data: np.ndarray
+    scales: np.ndarray | None = None
+    trailer: bytes = b""
+
+    @property
+    def nbytes(self) -> int:
+        return int(self.data.nbytes) + (0 if self.scales is None else int(self.scales.nbytes)) + len(self.trailer)
+
+
+@dataclass(frozen=True)
+class QuantInfo:
+    """What `bitconv quants` prints about a type."""
+
+    name: str
+    bits_per_weight: float
+    runtimes: tuple[str, ...]
+    description: str = ""
+    formats: tuple[str, ...] = ("gguf",)
+
+
+class Quantizer:
+    """Base of every quant type. Subclasses set the class attributes and the three methods."""
+
+    name: ClassVar[str] = ""
+    block_size: ClassVar[int] = 1
+    ggml_type: ClassVar[int | None] = None  # gguf.GGMLQuantizationType value, or None if not a GGUF type
+    onnx_bits: ClassVar[int | None] = None
+    bits_per_weight: ClassVar[float] = 32.0
+    runtimes: ClassVar[tuple[str, ...]] = ()
+    description: ClassVar[str] = ""
+    #: the quant type token_embd/output take in a file of this type (None: the same type)
+    embedding_type: ClassVar[str | None] = None
+    #: gguf.LlamaFileType value written as general.file_type for a file of this type
+    file_type: ClassVar[int | None] = None
+    #: rows are independent: the writer may quantize row chunks in parallel with identical bytes
+    row_parallel: ClassVar[bool] = True
+
+    def prepare(self, w: np.ndarray) -> Any:
+        """Per-tensor statistic computed before the blocks (a scale); None for block-local types."""
+        return None
+
+    def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def dequantize(self, q: QuantizedTensor, shape: tuple[int, ...]) -> np.ndarray:  # pragma: no cover
+        raise NotImplementedError
+
+    def can_quantize(self, shape: tuple[int, ...]) -> bool:
+        return len(shape) >= 1 and shape[-1] % self.block_size == 0
+
+    def encoded_nbytes(self, shape: tuple[int, ...]) -> int:
+        """Bytes of the encoded tensor, known before any data is read (for the plan and disk check)."""
+        raise NotImplementedError
+
+    @classmethod
+    def info(cls) -> QuantInfo:
+        return QuantInfo(cls.name, cls.bits_per_weight, cls.runtimes, cls.description)
+
+
+__all__ = ["QuantizedTensor", "QuantInfo", "Quantizer", "field"]

@@ -1,0 +1,36 @@
+"""Unquantized GGUF types: f32, f16, bf16 (bf16 rounding as ggml does it, via gguf-py)."""
+from __future__ import annotations
+
+from gguf import GGMLQuantizationType, LlamaFileType
+
+from .gguf_native import GGUFNativeQuantizer
+from .registry import register_quantizer
+
+_ALL = ("llama.cpp", "Ollama", "bitnet.cpp")
+
+
+@register_quantizer()
+class F32(GGUFNativeQuantizer):
+    name = "f32"
+    qtype = GGMLQuantizationType.F32
+    file_type = int(LlamaFileType.ALL_F32)
+    runtimes = _ALL
+    description = "float32, lossless"
+
+
+@register_quantizer()
+class F16(GGUFNativeQuantizer):
+    name = "f16"
+    qtype = GGMLQuantizationType.F16
+    file_type = int(LlamaFileType.MOSTLY_F16)
+    runtimes = _ALL
+    description = "float16 (1-D tensors stay f32)"
+
+
+@register_quantizer()
+class BF16(GGUFNativeQuantizer):
+    name = "bf16"
+    qtype = GGMLQuantizationType.BF16
+    file_type = int(LlamaFileType.MOSTLY_BF16)
+    runtimes = _ALL
+    description = "bfloat16, lossless for bf16 checkpoints"
