@@ -308,7 +308,7 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
     index = root / SAFETENSORS_INDEX
     single = root / SAFETENSORS_SINGLE
     if index.is_file():
-        files = _shards_from_index(root, index)
+        files = sorted(_shards_from_index(root, index), key=lambda p: p.name)
     elif single.is_file():
         files = [_inside(root, SAFETENSORS_SINGLE)]
     else:
@@ -318,7 +318,9 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
         files = [_inside(root, p.name) for p in files]
     tensors: dict[str, LazyTensor] = {}
     for path in files:
-        for entry in read_safetensors_header(path):
+        # Name order within a shard, shards in file-name order: llama.cpp's converter order, and
+        # independent of how the writer happened to lay the file out.
+        for entry in sorted(read_safetensors_header(path), key=lambda e: e.name):
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,

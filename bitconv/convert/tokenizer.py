@@ -127,6 +127,11 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
             types.append(gguf.TokenType.NORMAL)
     pre_name = pre or detect_pre_tokenizer(data)
     special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
+    post = data.get("post_processor")
+    if isinstance(post, dict) and post.get("type") == "ByteLevel":
+        # A ByteLevel post-processor adds no BOS/EOS; llama.cpp's converter records that explicitly.
+        special.add_special_token.setdefault("bos", False)
+        special.add_special_token.setdefault("eos", False)
     if not special.merges:
         raise TokenizerError("tokenizer.json has no BPE merges")
     return GGUFVocab("gpt2", pre_name, tokens, [int(t) for t in types], special)

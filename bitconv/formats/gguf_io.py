@@ -75,9 +75,7 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
     for pt in plan:
         w.add_tensor_info(pt.name, pt.shape, np.dtype(np.float32), pt.nbytes, raw_dtype=gguf.GGMLQuantizationType(pt.quant.ggml_type))
     add_general_metadata(w, checkpoint)
-    mapping.add_metadata(w)
-    if plan.quant.file_type is not None:
-        w.add_file_type(plan.quant.file_type)
+    mapping.add_metadata(w, plan.quant.file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     vocab.add_to(w)
 

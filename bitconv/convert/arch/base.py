@@ -167,8 +167,8 @@ class ArchMapping:
 
     # --- metadata ------------------------------------------------------------------------------
 
-    def add_metadata(self, w: gguf.GGUFWriter) -> None:
-        """Hyper-parameters as llama.cpp's TextModel writes them."""
+    def add_metadata(self, w: gguf.GGUFWriter, file_type: int | None) -> None:
+        """Hyper-parameters as llama.cpp's TextModel writes them, in its order."""
         c = self.config
         w.add_block_count(self.n_layers)
         if (n_ctx := _hparam(c, "max_position_embeddings", "n_ctx", "n_positions")) is not None:
@@ -188,6 +188,8 @@ class ArchMapping:
         if c.get("head_dim") is not None:
             w.add_key_length(int(c["head_dim"]))
             w.add_value_length(int(c["head_dim"]))
+        if file_type is not None:
+            w.add_file_type(file_type)
 
     def _add_rope(self, w: gguf.GGUFWriter) -> None:
         rp = self.rope_params

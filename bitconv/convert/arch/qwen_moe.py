@@ -87,8 +87,8 @@ class QwenMoeMapping(ArchMapping):
             yield SourceTensor(self.gguf_name(f"{m['prefix']}.{w}.weight"), (lt.shape[0], half, lt.shape[2]), [lt],
                                lambda a, sl=sl: np.ascontiguousarray(a[0][:, sl, :]), [lt.name])
 
-    def add_metadata(self, w: gguf.GGUFWriter) -> None:
-        super().add_metadata(w)
+    def add_metadata(self, w: gguf.GGUFWriter, file_type: int | None) -> None:
+        super().add_metadata(w, file_type)
         w.add_expert_feed_forward_length(self.moe_ff)
         if self.shared_ff is not None:
             w.add_expert_shared_feed_forward_length(int(self.shared_ff))
