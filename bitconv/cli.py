@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 from rich.table import Table
@@ -71,7 +72,8 @@ def _fail(name: str, as_json: bool, debug: bool, kind: str, message: str, code: 
     if as_json:
         _emit_json({"ok": False, "command": name, "error": {"type": kind, "message": message, "exit_code": code}})
     else:
-        err.print(f"[bold red]error:[/] {message}", markup=True, highlight=False)
+        # escaped: a path or tensor name like "[/x]" is text, not markup; soft_wrap: one line, never re-wrapped
+        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False, soft_wrap=True)
     sys.exit(code)
 
 

@@ -75,6 +75,8 @@ class LazyTensor:
     nbytes: int
     source: Path
     _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    #: bf16 → f32 straight into the result, chunk by chunk (no full-size raw copy alongside it)
+    _widen_bf16: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def numel(self) -> int:
@@ -86,6 +88,8 @@ class LazyTensor:
 
     def load(self) -> np.ndarray:
         """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
+        if self.dtype == "BF16" and self._widen_bf16 is not None:
+            return self._widen_bf16()
         raw = self.load_raw()
         if self.dtype == "BF16":
             return bf16_bits_to_f32(raw)
@@ -168,29 +172,57 @@ def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -
     return SafetensorsEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
+#: bf16 is widened through a buffer of this many bytes
+_WIDEN_CHUNK = 8 * 1024 * 1024
+
+
+def _pread_into(fd: int, view: memoryview, offset: int, entry: SafetensorsEntry, path: Path) -> None:
+    done = 0
+    while done < len(view):
+        n = os.preadv(fd, [view[done:]], offset + done)
+        if n <= 0:
+            raise CheckpointError(f"{entry.name}: {path.name} ended early (was it truncated during the run?)")
+        done += n
+
+
+def _open_fd(path: Path, entry: SafetensorsEntry) -> int:
+    try:
+        return os.open(path, os.O_RDONLY)
+    except OSError as e:
+        raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
+
+
 def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
     np_dtype = SAFETENSORS_DTYPES[entry.dtype]
 
     def read() -> np.ndarray:
-        count = entry.end - entry.begin
-        buf = np.empty(count // np_dtype.itemsize, dtype=np_dtype)
-        view = memoryview(buf).cast("B")
+        buf = np.empty((entry.end - entry.begin) // np_dtype.itemsize, dtype=np_dtype)
+        fd = _open_fd(path, entry)
         try:
-            fd = os.open(path, os.O_RDONLY)
-        except OSError as e:
-            raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
-        try:
-            done = 0
-            while done < count:
-                n = os.preadv(fd, [view[done:]], entry.begin + done)
-                if n <= 0:
-                    raise CheckpointError(f"{entry.name}: {path.name} ended early (was it truncated during the run?)")
-                done += n
+            _pread_into(fd, memoryview(buf).cast("B"), entry.begin, entry, path)
         finally:
             os.close(fd)
         return buf.reshape(entry.shape)
 
     return read
+
+
+def _bf16_widener(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
+    def widen() -> np.ndarray:
+        n = (entry.end - entry.begin) // 2
+        out = np.empty(n, dtype=np.uint32)
+        chunk = np.empty(min(n, _WIDEN_CHUNK // 2), dtype=np.uint16)
+        fd = _open_fd(path, entry)
+        try:
+            for lo in range(0, n, len(chunk)):
+                part = chunk[:min(len(chunk), n - lo)]
+                _pread_into(fd, memoryview(part).cast("B"), entry.begin + 2 * lo, entry, path)
+                np.left_shift(part, 16, out=out[lo:lo + len(part)], dtype=np.uint32)
+        finally:
+            os.close(fd)
+        return out.view(np.float32).reshape(entry.shape)
+
+    return widen
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -323,8 +355,9 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
         for entry in sorted(read_safetensors_header(path), key=lambda e: e.name):
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
+            widen = _bf16_widener(path, entry) if entry.dtype == "BF16" else None
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
-                                             path, _pread_reader(path, entry))
+                                             path, _pread_reader(path, entry), widen)
     return tensors, files
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import struct
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,18 +51,34 @@ def add_general_metadata(w: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
 
 def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
                   allow_nonfinite: bool) -> np.ndarray:
-    if not allow_nonfinite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-        bad = int(arr.size - np.count_nonzero(np.isfinite(arr)))
-        raise QuantizationError(
-            f"{pt.source.hf_names[0] if pt.source.hf_names else pt.name}: {bad} NaN/Inf value(s); "
-            "pass --allow-nonfinite to convert anyway", tensor=pt.name)
+    """Quantize row chunks (in parallel when a pool is given) into one preallocated output.
+
+    Rows are independent for every GGUF type, so the bytes equal a single whole-tensor call; the
+    NaN/Inf check runs per chunk, so no tensor-sized temporary is made for it.
+    """
     q = pt.quant
     rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
-    if pool is None or not q.row_parallel or rows.shape[0] < 2 * _ROWS_PER_CHUNK:
-        out = q.quantize(rows).data
-    else:
-        chunks = [rows[i:i + _ROWS_PER_CHUNK] for i in range(0, rows.shape[0], _ROWS_PER_CHUNK)]
-        out = np.concatenate([r.data for r in pool.map(q.quantize, chunks)], axis=0)
+
+    def work(lo: int) -> np.ndarray | None:
+        chunk = rows[lo:lo + _ROWS_PER_CHUNK]
+        if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
+            return None
+        return q.quantize(chunk).data
+
+    starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
+    results = pool.map(work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
+    out: np.ndarray | None = None
+    for lo, res in zip(starts, results):
+        if res is None:
+            bad = int(rows.size - np.count_nonzero(np.isfinite(rows)))
+            raise QuantizationError(
+                f"{pt.source.hf_names[0] if pt.source.hf_names else pt.name}: {bad} NaN/Inf value(s); "
+                "pass --allow-nonfinite to convert anyway", tensor=pt.name)
+        res = res.reshape(res.shape[0], -1)
+        if out is None:
+            out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
+        out[lo:lo + res.shape[0]] = res
+    assert out is not None
     if out.nbytes != pt.nbytes:
         raise QuantizationError(f"{pt.name}: {q.name} produced {out.nbytes} bytes, planned {pt.nbytes}")
     return out
@@ -134,30 +151,123 @@ class GGUFSummary:
         return sum(math.prod(t.shape) for t in self.tensors)
 
 
-def _field_value(field: Any) -> Any:
-    """A KV value as plain Python; long arrays are summarized (inspect shows counts, not 150k tokens)."""
-    t = field.types[0] if field.types else None
-    if t == gguf.GGUFValueType.ARRAY:
-        n = len(field.data)
-        if n > 16:
-            return {"array_of": field.types[-1].name.lower(), "length": n}
-        return field.contents()
-    return field.contents()
+_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+_VALUE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
+                8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
+#: ggml types gguf-py does not name (bitnet.cpp's), so inspect can still list their tensors
+EXTRA_GGML_TYPES: dict[int, tuple[str, int, int]] = {}
+MAX_TENSORS = 1 << 20
+MAX_KV = 1 << 20
+MAX_DIMS = 4
+#: arrays longer than this are summarized as {"array_of", "length"} unless full values are asked for
+SUMMARY_ARRAY_LIMIT = 16
 
 
-def read_gguf_summary(path: Path) -> GGUFSummary:
+class _Cursor:
+    """Bounds-checked little-endian reads over a mapped file: a lying length fails, it never allocates."""
+
+    def __init__(self, buf: memoryview, path: Path) -> None:
+        self.buf, self.pos, self.path = buf, 0, path
+
+    def take(self, n: int) -> memoryview:
+        if n < 0 or self.pos + n > len(self.buf):
+            raise ArtifactError(f"{self.path}: truncated or corrupt GGUF (a field runs past the end at byte {self.pos})")
+        view = self.buf[self.pos:self.pos + n]
+        self.pos += n
+        return view
+
+    def scalar(self, fmt: str) -> Any:
+        return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
+
+    def string(self) -> str:
+        n = self.scalar("<Q")
+        return bytes(self.take(n)).decode("utf-8", errors="replace")
+
+    def value(self, vtype: int, keep: bool) -> Any:
+        if vtype in _SCALARS:
+            return self.scalar(_SCALARS[vtype])
+        if vtype == 8:
+            return self.string()
+        if vtype == 9:
+            sub, count = self.scalar("<I"), self.scalar("<Q")
+            if count > len(self.buf) - self.pos:
+                raise ArtifactError(f"{self.path}: array of {count} items cannot fit in the file")
+            if sub in _SCALARS and sub != 7:
+                dt = np.dtype(_SCALARS[sub])
+                raw = np.frombuffer(self.take(count * dt.itemsize), dtype=dt)
+                items: Any = raw.tolist() if keep or count <= SUMMARY_ARRAY_LIMIT else None
+            else:
+                items = [self.value(sub, keep) for _ in range(count)]
+            if keep or count <= SUMMARY_ARRAY_LIMIT:
+                return items
+            return {"array_of": _VALUE_NAMES.get(sub, str(sub)), "length": count}
+        raise ArtifactError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")
+
+
+def _type_info(type_id: int) -> tuple[str, int, int]:
+    """(name, block size, bytes per block) of a ggml type id."""
     try:
-        r = gguf.GGUFReader(path)
-    except (ValueError, OSError, KeyError, IndexError, EOFError) as e:
-        raise ArtifactError(f"{path}: not a readable GGUF file ({type(e).__name__}: {e})") from e
+        t = gguf.GGMLQuantizationType(type_id)
+        block, size = gguf.GGML_QUANT_SIZES[t]
+        return t.name, block, size
+    except (ValueError, KeyError):
+        if type_id in EXTRA_GGML_TYPES:
+            return EXTRA_GGML_TYPES[type_id]
+        return f"TYPE_{type_id}", 0, 0
+
+
+def read_gguf_summary(path: Path, *, full_arrays: bool = False) -> GGUFSummary:
+    """Header, metadata and tensor table of a GGUF file, parsed with every length checked first."""
+    import mmap
+
+    try:
+        with open(path, "rb") as f:
+            if os.fstat(f.fileno()).st_size < 24:
+                raise ArtifactError(f"{path}: too small to be a GGUF file")
+            mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+    except OSError as e:
+        raise ArtifactError(f"{path}: cannot read ({e.strerror or e})") from e
+    try:
+        return _parse(path, memoryview(mm), full_arrays)
+    finally:
+        try:
+            mm.close()
+        except BufferError:  # a view still alive; the mapping is freed with it
+            pass
+
+
+def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
+    c = _Cursor(buf, path)
+    if bytes(c.take(4)) != b"GGUF":
+        raise ArtifactError(f"{path}: not a GGUF file (bad magic)")
+    version = c.scalar("<I")
+    if version not in (2, 3):
+        raise ArtifactError(f"{path}: unsupported GGUF version {version}")
+    n_tensors, n_kv = c.scalar("<Q"), c.scalar("<Q")
+    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
+        raise ArtifactError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} metadata keys)")
     meta: dict[str, Any] = {}
-    version = 0
-    for name, fld in r.fields.items():
-        if name == "GGUF.version":
-            version = int(fld.contents())
-        if name.startswith("GGUF."):
-            continue
-        meta[name] = _field_value(fld)
-    tensors = [GGUFTensorInfo(t.name, t.tensor_type.name, tuple(int(d) for d in reversed(t.shape)), int(t.n_bytes))
-               for t in r.tensors]
-    return GGUFSummary(path, version, int(r.alignment), meta, tensors)
+    for _ in range(n_kv):
+        key = c.string()
+        meta[key] = c.value(c.scalar("<I"), full_arrays)
+    infos = []
+    for _ in range(n_tensors):
+        name = c.string()
+        n_dims = c.scalar("<I")
+        if n_dims > MAX_DIMS:
+            raise ArtifactError(f"{path}: tensor {name} has {n_dims} dimensions")
+        dims = [c.scalar("<Q") for _ in range(n_dims)]
+        infos.append((name, dims, c.scalar("<I"), c.scalar("<Q")))
+    alignment = int(meta.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
+    if alignment <= 0 or alignment & (alignment - 1):
+        raise ArtifactError(f"{path}: invalid general.alignment {alignment}")
+    data_start = -(-c.pos // alignment) * alignment
+    tensors = []
+    for name, dims, type_id, offset in infos:
+        type_name, block, size = _type_info(type_id)
+        numel = math.prod(dims)
+        nbytes = numel // block * size if block else 0
+        if data_start + offset + nbytes > len(buf):
+            raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
+        tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes))
+    return GGUFSummary(path, version, alignment, meta, tensors)
