@@ -119,6 +119,26 @@ def test_shard_listed_in_index_but_missing(tmp_path: Path, out_dir: Path) -> Non
     convert_fails(d, out_dir, ("model-00002-of-00002.safetensors", "missing"))
 
 
+def test_tensor_listed_in_index_but_in_no_shard(tmp_path: Path, out_dir: Path) -> None:
+    """An index promising lm_head.weight that no shard holds: refused, not converted without the head."""
+    d = write_config(tmp_path / "ckpt")
+    save_numpy({"model.norm.weight": np.ones(4, np.float32)}, str(d / "model-00001-of-00001.safetensors"))
+    index = {"weight_map": {"model.norm.weight": "model-00001-of-00001.safetensors",
+                            "lm_head.weight": "model-00001-of-00001.safetensors"}}
+    (d / "model.safetensors.index.json").write_text(json.dumps(index))
+    convert_fails(d, out_dir, ("lm_head.weight", "no shard holds it"))
+
+
+@pytest.mark.parametrize("index_text", ['{"weight_map": ', '{"weight_map": {}}', '{"weight_map": {"a": 3}}'],
+                         ids=["invalid-json", "empty", "non-string-file"])
+@pytest.mark.parametrize("kind", ["safetensors", "pickle"])
+def test_malformed_index(tmp_path: Path, out_dir: Path, index_text: str, kind: str) -> None:
+    d = write_config(tmp_path / "ckpt")
+    name = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+    (d / name).write_text(index_text)
+    convert_fails(d, out_dir, (name, "invalid index"))
+
+
 @pytest.mark.parametrize("keep", [4, 20, -3], ids=["no-header", "cut-in-header", "cut-in-data"])
 def test_truncated_safetensors(tmp_path: Path, out_dir: Path, keep: int) -> None:
     d = write_config(tmp_path / "ckpt")
@@ -362,10 +382,11 @@ def big_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     return checkpoint_factory("qwen2", "f32", 1, "hub", hidden=512, layers=4)
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.3])
-def test_ctrl_c_during_write(big_checkpoint: Path, out_dir: Path, delay: float) -> None:
+@pytest.mark.parametrize(("delay", "as_json"), [(0.0, False), (0.3, True)], ids=["at-once", "later-json"])
+def test_ctrl_c_during_write(big_checkpoint: Path, out_dir: Path, delay: float, as_json: bool) -> None:
     out = out_dir / "model.gguf"
-    proc = subprocess.Popen([sys.executable, "-m", "bitconv", "hf2gguf", str(big_checkpoint), "-o", str(out)],
+    cmd = [sys.executable, "-m", "bitconv", "hf2gguf", str(big_checkpoint), "-o", str(out)] + (["--json"] if as_json else [])
+    proc = subprocess.Popen(cmd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                             stdin=subprocess.DEVNULL)
     try:
@@ -384,8 +405,14 @@ def test_ctrl_c_during_write(big_checkpoint: Path, out_dir: Path, delay: float) 
             proc.communicate()
     assert proc.returncode == INTERRUPTED, stderr
     assert "Traceback" not in stderr, stderr
-    assert "interrupted, nothing written" in stderr
-    assert stdout == ""
+    if as_json:
+        obj = json.loads(stdout)
+        assert obj["ok"] is False and obj["error"]["exit_code"] == INTERRUPTED
+        assert obj["error"]["message"] == "interrupted, nothing written"
+        assert len(stdout.strip().splitlines()) == 1
+    else:
+        assert "interrupted, nothing written" in stderr
+        assert stdout == ""
     assert_nothing_written(out_dir, out)
     assert list(out_dir.iterdir()) == []
 
@@ -399,3 +426,21 @@ def test_header_length_field_is_little_endian_u64(tmp_path: Path) -> None:
                               struct.pack("<2f", 1.0, 2.0))
     (entry,) = read_safetensors_header(f)
     assert entry.name == "a" and entry.shape == (2,) and entry.end - entry.begin == 8
+
+
+def test_disk_full_writing_a_sidecar(small_tmpfs: Path) -> None:
+    """The manifest is written after the artifact: a full disk there is a typed error, not an internal one."""
+    from bitconv.errors import OutputError
+    from bitconv.formats.atomic import write_text_atomic
+
+    with open(small_tmpfs / "filler", "wb", buffering=0) as f:
+        try:
+            while True:
+                f.write(b"\0" * 65536)
+        except OSError:
+            pass
+    target = small_tmpfs / "model.gguf.manifest.json"
+    with pytest.raises(OutputError, match="disk full while writing"):
+        write_text_atomic(target, "{}\n" * 50_000)
+    assert not target.exists()
+    assert sorted(p.name for p in small_tmpfs.iterdir()) == ["filler"]

@@ -211,7 +211,7 @@ def _bf16_widener(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarra
     def widen() -> np.ndarray:
         n = (entry.end - entry.begin) // 2
         out = np.empty(n, dtype=np.uint32)
-        chunk = np.empty(min(n, _WIDEN_CHUNK // 2), dtype=np.uint16)
+        chunk = np.empty(max(1, min(n, _WIDEN_CHUNK // 2)), dtype=np.uint16)  # >= 1: range() step
         fd = _open_fd(path, entry)
         try:
             for lo in range(0, n, len(chunk)):
@@ -231,7 +231,8 @@ def _inside(root: Path, rel: str) -> Path:
     if p.is_absolute() or ".." in p.parts or rel.strip() == "":
         raise CheckpointError(f"index names a file outside the checkpoint directory: {rel!r}")
     full = root / p
-    if full.is_symlink():
+    # not only when `full` itself is a link: a linked folder on the way (sub -> /elsewhere) leaves too
+    if full.is_symlink() or full.resolve() != full.absolute():
         _check_link(root, full)
     return full
 
@@ -311,7 +312,8 @@ def resolve_source(source: str | os.PathLike[str], revision: str | None) -> tupl
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; give the checkpoint directory (with config.json)")
-        return path, None
+        # absolute (links kept): `.` or `..` must still name the model (<name>-<quant>.gguf, general.name)
+        return Path(os.path.abspath(path)), None
     text = str(source)
     if not _REPO_ID.match(text):
         raise CheckpointError(f"{text}: no such checkpoint directory")
@@ -358,7 +360,17 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
             widen = _bf16_widener(path, entry) if entry.dtype == "BF16" else None
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
                                              path, _pread_reader(path, entry), widen)
+    if index.is_file():
+        _check_index_complete(index, tensors)
     return tensors, files
+
+
+def _check_index_complete(index: Path, tensors: dict[str, LazyTensor]) -> None:
+    """A tensor the index lists but no shard holds (a lost lm_head, say) must not vanish silently."""
+    weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]  # validated by _shards_from_index
+    for name, rel in weight_map.items():
+        if name not in tensors:
+            raise CheckpointError(f"tensor {name} is listed in {index.name} (in {rel}) but no shard holds it")
 
 
 def _shards_from_index(root: Path, index: Path) -> list[Path]:
@@ -369,6 +381,8 @@ def _shards_from_index(root: Path, index: Path) -> list[Path]:
             raise TypeError("weight_map must map tensor names to file names")
     except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
         raise CheckpointError(f"{index.name}: invalid index ({e})") from e
+    if not weight_map:
+        raise CheckpointError(f"{index.name}: invalid index (weight_map lists no tensors)")
     files: list[Path] = []
     for rel in dict.fromkeys(weight_map.values()):
         path = _inside(root, rel)
@@ -381,8 +395,7 @@ def _shards_from_index(root: Path, index: Path) -> list[Path]:
 def _pickle_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor], list[Path]]:
     index = root / PICKLE_INDEX
     if index.is_file():
-        weight_map = json.loads(index.read_text(encoding="utf-8")).get("weight_map", {})
-        files = [_inside(root, rel) for rel in dict.fromkeys(weight_map.values())]
+        files = _shards_from_index(root, index)  # validates the JSON; an empty map is an error
     elif (root / PICKLE_SINGLE).is_file():
         files = [_inside(root, PICKLE_SINGLE)]
     else:

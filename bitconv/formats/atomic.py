@@ -100,6 +100,11 @@ def write_text_atomic(path: Path, text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
         fsync_path(tmp)
         os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a typed, one-line error, not an "internal error"
+            raise OutputError(f"disk full while writing {path}") from e
+        raise
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise

@@ -1,8 +1,13 @@
 """Legacy llama.cpp block types: q8_0, q4_0, q4_1, q5_0, q5_1 (32-value blocks, f16 scales)."""
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
+from ..accel import kernels
+from .base import QuantizedTensor
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
 
@@ -16,6 +21,9 @@ class Q8_0(GGUFNativeQuantizer):
     file_type = int(LlamaFileType.MOSTLY_Q8_0)
     runtimes = _ALL
     description = "8-bit, one f16 scale per 32 values; near-lossless"
+
+    def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
+        return QuantizedTensor(kernels.quantize_q8_0(w))
 
 
 class _LowBit(GGUFNativeQuantizer):

@@ -1,8 +1,13 @@
 """Unquantized GGUF types: f32, f16, bf16 (bf16 rounding as ggml does it, via gguf-py)."""
 from __future__ import annotations
 
+from typing import Any
+
+import numpy as np
 from gguf import GGMLQuantizationType, LlamaFileType
 
+from ..accel import kernels
+from .base import QuantizedTensor
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
 
@@ -25,6 +30,9 @@ class F16(GGUFNativeQuantizer):
     file_type = int(LlamaFileType.MOSTLY_F16)
     runtimes = _ALL
     description = "float16 (1-D tensors stay f32)"
+
+    def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
+        return QuantizedTensor(kernels.to_f16(w))
 
 
 @register_quantizer()
