@@ -24,6 +24,8 @@ from ..errors import ArtifactError, QuantizationError
 
 #: rows per work item when a tensor is quantized in parallel (bytes are identical: rows are independent)
 _ROWS_PER_CHUNK = 512
+#: bytes written between background fdatasync calls
+_SYNC_EVERY = 256 * 1024 * 1024
 #: header + metadata + tensor table are small next to the data; this bounds them for the disk check
 HEADER_ALLOWANCE = 16 * 1024 * 1024
 
@@ -99,11 +101,15 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
     n_threads = threads or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-read")
+    syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-sync")
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
         tensors = plan.tensors
+        fout = w.fout[0] if w.fout else None
+        unsynced = 0
+        syncing: Future[None] | None = None
         nxt: Future[np.ndarray] | None = reader.submit(tensors[0].source.load) if tensors else None
         for i, pt in enumerate(tensors):
             assert nxt is not None
@@ -113,11 +119,21 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
             del arr
             w.write_tensor_data(data)
             del data
+            unsynced += pt.nbytes
+            if fout is not None and unsynced >= _SYNC_EVERY and (syncing is None or syncing.done()):
+                # Write back while encoding goes on, so the final fsync has little left to do and
+                # dirty pages never pile up.
+                fout.flush()
+                syncing = syncer.submit(os.fdatasync, fout.fileno())
+                unsynced = 0
             if progress:
                 progress(pt, pt.nbytes)
+        if syncing is not None:
+            syncing.result()
         for f in w.fout or []:
             f.flush()
     finally:
+        syncer.shutdown(wait=True)
         reader.shutdown(wait=True, cancel_futures=True)
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
