@@ -18,7 +18,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from ..errors import CheckpointError
+from ..errors import BitconvError, CheckpointError
 
 #: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -249,17 +249,22 @@ def _check_link(root: Path, link: Path) -> None:
     raise CheckpointError(f"{link.name} is a symbolic link pointing outside the checkpoint ({target})")
 
 
-def load_config(root: Path) -> dict[str, Any]:
-    path = root / CONFIG_FILE
+def read_json_object(path: Path, missing: str, error: type[BitconvError] = CheckpointError) -> dict[str, Any]:
+    """A JSON object from a checkpoint file, or `error` with a one-line reason."""
     if not path.is_file():
-        raise CheckpointError(f"no {CONFIG_FILE} in {root}: not a Hugging Face checkpoint directory")
+        raise error(missing)
     try:
-        config = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path}: invalid JSON ({e})") from e
-    if not isinstance(config, dict):
-        raise CheckpointError(f"{path}: must hold a JSON object")
-    return config
+        raise error(f"{path}: invalid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise error(f"{path}: must hold a JSON object")
+    return data
+
+
+def load_config(root: Path) -> dict[str, Any]:
+    return read_json_object(root / CONFIG_FILE,
+                            f"no {CONFIG_FILE} in {root}: not a Hugging Face checkpoint directory")
 
 
 @dataclass

@@ -10,7 +10,6 @@ pre-tokenizer regex itself and names it, and refuses a regex it does not know ra
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import gguf
 
 from ..errors import TokenizerError
+from .checkpoint import read_json_object
 
 #: pre-tokenizer split regex (as in tokenizer.json) → llama.cpp's `tokenizer.ggml.pre` name
 PRE_TOKENIZER_REGEXES: dict[str, str] = {
@@ -78,13 +78,9 @@ def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
 
 def load_tokenizer_json(root: Path) -> dict[str, Any]:
     path = root / "tokenizer.json"
-    if not path.is_file():
-        raise TokenizerError(f"no tokenizer.json in {root}: bitconv exports fast (BPE) tokenizers")
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise TokenizerError(f"{path}: invalid JSON ({e})") from e
-    if not isinstance(data, dict) or not isinstance(data.get("model"), dict):
+    data = read_json_object(path, f"no tokenizer.json in {root}: bitconv exports fast (BPE) tokenizers",
+                            TokenizerError)
+    if not isinstance(data.get("model"), dict):
         raise TokenizerError(f"{path}: no \"model\" section")
     return data
 

@@ -210,3 +210,14 @@ class ArchMapping:
 
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
     return np.stack(arrays, axis=0)
+
+
+class QKNormShapes:
+    """Qwen3-style per-head q_norm / k_norm (width head_dim)."""
+
+    head_dim: int
+
+    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
+        shapes = super().expected_shapes()  # type: ignore[misc]
+        shapes.update({"attn_q_norm.weight": (self.head_dim,), "attn_k_norm.weight": (self.head_dim,)})
+        return shapes

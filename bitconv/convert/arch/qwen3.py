@@ -3,14 +3,9 @@ from __future__ import annotations
 
 import gguf
 
-from .base import ArchMapping, register_arch
+from .base import ArchMapping, QKNormShapes, register_arch
 
 
 @register_arch("Qwen3ForCausalLM")
-class Qwen3Mapping(ArchMapping):
+class Qwen3Mapping(QKNormShapes, ArchMapping):
     gguf_arch = gguf.MODEL_ARCH.QWEN3
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = super().expected_shapes()
-        shapes.update({"attn_q_norm.weight": (self.head_dim,), "attn_k_norm.weight": (self.head_dim,)})
-        return shapes

@@ -15,7 +15,7 @@ import numpy as np
 
 from ...errors import CheckpointError
 from ..checkpoint import Checkpoint, LazyTensor
-from .base import ArchMapping, SourceTensor, _hparam, register_arch, stack
+from .base import ArchMapping, QKNormShapes, SourceTensor, _hparam, register_arch, stack
 
 _EXPERT = re.compile(r"^(?P<prefix>.*\.layers\.(?P<layer>\d+)\.mlp\.experts)\.(?P<expert>\d+)\.(?P<w>gate_proj|up_proj|down_proj)\.weight$")
 _FUSED = re.compile(r"^(?P<prefix>.*\.layers\.(?P<layer>\d+)\.mlp\.experts)\.(?P<w>gate_up_proj|down_proj)(\.weight)?$")
@@ -100,10 +100,5 @@ class Qwen2MoeMapping(QwenMoeMapping):
 
 
 @register_arch("Qwen3MoeForCausalLM")
-class Qwen3MoeMapping(QwenMoeMapping):
+class Qwen3MoeMapping(QKNormShapes, QwenMoeMapping):
     gguf_arch = gguf.MODEL_ARCH.QWEN3MOE
-
-    def expected_shapes(self) -> dict[str, tuple[int, ...]]:
-        shapes = super().expected_shapes()
-        shapes.update({"attn_q_norm.weight": (self.head_dim,), "attn_k_norm.weight": (self.head_dim,)})
-        return shapes
