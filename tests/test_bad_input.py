@@ -291,6 +291,17 @@ def test_pickle_accepted_with_allow_pickle(pickle_checkpoint: Path, qwen2_checkp
     assert json_result(proc)["result"]["sha256"] == json_result(ref)["result"]["sha256"]
 
 
+@pytest.mark.parametrize("payload", ["non-tensor-entry", "not-a-dict"])
+def test_pickle_that_is_not_a_state_dict(tmp_path: Path, out_dir: Path, payload: str) -> None:
+    import torch
+
+    d = write_config(tmp_path / "ckpt")
+    obj = {"model.norm.weight": torch.ones(4), "step": 3} if payload == "non-tensor-entry" else [torch.ones(4)]
+    torch.save(obj, d / "pytorch_model.bin")
+    convert_fails(d, out_dir, ("pytorch_model.bin", "step is a int, not a tensor" if payload == "non-tensor-entry"
+                               else "not a state dict"), "--allow-pickle")
+
+
 # --- options and sources --------------------------------------------------------------------------
 
 def test_unknown_quant_type(qwen2_checkpoint: Path, out_dir: Path) -> None:

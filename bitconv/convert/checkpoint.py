@@ -421,7 +421,13 @@ def _pickle_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTenso
             state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, ...
             raise CheckpointError(f"{path.name}: cannot load with weights_only=True ({type(e).__name__})") from e
+        if not isinstance(state, dict):
+            raise CheckpointError(f"{path.name}: holds a {type(state).__name__}, not a state dict of tensors")
         for name, t in state.items():
+            if not isinstance(t, torch.Tensor):
+                raise CheckpointError(f"{path.name}: {name} is a {type(t).__name__}, not a tensor")
+            if name in tensors:
+                raise CheckpointError(f"tensor {name} appears in more than one shard")
             tensors[name] = _torch_lazy(name, t, path)
     return tensors, files
 
