@@ -412,11 +412,17 @@ def _config_kwargs(arch: str, hidden: int, layers: int, tie: bool | None) -> dic
     return kw
 
 
+#: output projections that write into the residual stream (dense, shared-expert and expert MLPs)
+_RESIDUAL_WRITERS = ("o_proj.weight", "down_proj.weight", "experts.down_proj")
+RESIDUAL_SCALE = 0.15
+
+
 def _randomize(model: Any, seed: int) -> None:
     """Deterministic weights large enough that any dropped/misplaced term moves the logits.
 
     Every matrix (embeddings and 3-D fused experts included) gets std 1/sqrt(last dim), so
-    block outputs and logits stay O(1) whether or not embeddings are tied; norm weights are
+    logits stay O(1) whether or not embeddings are tied, except the projections that write the
+    residual stream (o_proj, down_proj), scaled by RESIDUAL_SCALE; norm weights are
     1 + 0.1*N(0,1) (a converter doing ``1 + w`` or dropping a norm shows), biases 0.2*N(0,1).
     Values come from a private generator in ``named_parameters`` order, so the global torch
     RNG is untouched.
@@ -435,6 +441,12 @@ def _randomize(model: Any, seed: int) -> None:
                 # Confident routers, as trained ones are: quantization noise must not flip a
                 # near-tied top-k choice, or logit comparisons measure routing luck.
                 x = 6.0 * x / math.sqrt(p.shape[-1])
+            elif name.endswith(_RESIDUAL_WRITERS):
+                # Residual-dominated, as trained models are: each block adds a small update to
+                # the residual stream. With O(1) block outputs a 2-layer random model loses ~3%
+                # logits cos to q4_0 rounding alone (transformers on fake-quantized weights:
+                # 0.972), which would make q4 thresholds measure the fixture, not the converter.
+                x = RESIDUAL_SCALE * x / math.sqrt(p.shape[-1])
             else:
                 x = x / math.sqrt(p.shape[-1])
             p.copy_(x)

@@ -205,6 +205,28 @@ def test_hidden_size_disagrees_with_config(qwen2_checkpoint: Path, tmp_path: Pat
     convert_fails(d, out_dir, "disagrees with config.json")
 
 
+def _drop_tensor(src: Path, dst: Path, tensor: str) -> Path:
+    from safetensors.torch import load_file, save_file
+
+    d = clone_checkpoint(src, dst)
+    f = d / "model.safetensors"
+    state = load_file(str(f))
+    del state[tensor]
+    save_file(state, str(f), metadata={"format": "pt"})
+    return d
+
+
+def test_missing_lm_head_of_untied_model(qwen2_checkpoint: Path, tmp_path: Path, out_dir: Path) -> None:
+    """llama.cpp would silently reuse the embeddings as the output layer: refuse instead."""
+    d = _drop_tensor(qwen2_checkpoint, tmp_path / "ckpt", "lm_head.weight")
+    convert_fails(d, out_dir, ("output.weight", "tie_word_embeddings is false"))
+
+
+def test_missing_layer_tensor(qwen2_checkpoint: Path, tmp_path: Path, out_dir: Path) -> None:
+    d = _drop_tensor(qwen2_checkpoint, tmp_path / "ckpt", "model.layers.1.self_attn.v_proj.weight")
+    convert_fails(d, out_dir, ("layer 1", "blk.1.attn_v.weight"))
+
+
 BAD_TENSOR = "model.layers.0.mlp.down_proj.weight"
 
 

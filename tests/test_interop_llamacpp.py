@@ -15,11 +15,11 @@ pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.slow
 
 TOKENS = [9707, 1879, 11, 419, 374, 264, 1273, 315, 279, 15099, 13, 220, 16, 17, 18, 151644, 872, 198]
-# vs transformers on the original float32 weights. The q4/q5 figures are what quantization itself
-# costs on these random-weight fixtures (transformers with fake-quantized weights scores the same);
-# the layout is pinned by the second check, against that fake-quantized reference.
-MIN_COS = {"f32": 0.99999, "f16": 0.9999, "bf16": 0.999, "q8_0": 0.999, "q4_0": 0.90, "q4_1": 0.90,
-           "q5_0": 0.95, "q5_1": 0.95}
+# vs transformers on the original float32 weights (the thresholds)
+MIN_COS = {"f32": 0.99999, "f16": 0.9999, "bf16": 0.999, "q8_0": 0.999, "q4_0": 0.98, "q4_1": 0.98,
+           "q5_0": 0.98, "q5_1": 0.98}
+# vs transformers running the same quantize→dequantize image of every weight: only activation
+# rounding differs, so this pins the layout exactly whatever the quantization error itself is.
 MIN_COS_FAKE_QUANT = 0.999
 SAME_ARGMAX = {"f32", "f16", "q8_0"}
 
@@ -36,11 +36,7 @@ def _check(ckpt: Path, quant: str, tmp_path: Path) -> None:
     c = cos(got, ref)
     assert c >= MIN_COS[quant], f"{ckpt.name} {quant}: cos {c:.6f} < {MIN_COS[quant]}"
     if quant in SAME_ARGMAX:
-        # Random-weight logits over 151,936 tokens have near-ties; q8_0 may pick the other one of a
-        # pair closer than its own noise (3 × rms error), never a token the reference ranks lower.
-        top, pick = int(np.argmax(ref)), int(np.argmax(got))
-        tol = 0.0 if quant != "q8_0" else 3 * float(np.sqrt(np.mean((got - ref) ** 2)))
-        assert pick == top or ref[pick] >= ref[top] - tol, f"{ckpt.name} {quant}: argmax {pick} != {top}"
+        assert int(np.argmax(got)) == int(np.argmax(ref)), f"{ckpt.name} {quant}: argmax differs"
     if quant.startswith("q"):
         q = bitconv.quant.get_quantizer(quant)
         fake = hf_logits_fake_quant(ckpt, TOKENS, quant, q.embedding_type)

@@ -96,6 +96,7 @@ def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) ->
         mapping.check_shape(src)
         q, note = choose_quant(src.name, src.shape, quant)
         plan.tensors.append(PlannedTensor(src, q, q.encoded_nbytes(src.shape), note))
+    mapping.check_complete(seen)
     return plan
 
 

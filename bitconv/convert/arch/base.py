@@ -145,6 +145,35 @@ class ArchMapping:
             shapes.update({"ffn_gate.weight": (ff, h), "ffn_up.weight": (ff, h), "ffn_down.weight": (h, ff)})
         return shapes
 
+    #: per-layer tensors every block must have (GGUF base names)
+    layer_tensors: ClassVar[tuple[str, ...]] = (
+        "attn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+        "ffn_norm.weight")
+    #: alternative feed-forward sets; a block must have one of them completely
+    ffn_variants: ClassVar[tuple[tuple[str, ...], ...]] = (("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"),)
+
+    @property
+    def tied_embeddings(self) -> bool:
+        return bool(self.config.get("tie_word_embeddings", False))
+
+    def check_complete(self, names: set[str]) -> None:
+        """Refuse a checkpoint that lacks tensors its config implies (a runtime would silently
+        substitute or zero them: a lost lm_head becomes the tied embedding, for instance)."""
+        required = ["token_embd.weight", "output_norm.weight"]
+        if not self.tied_embeddings:
+            required.append("output.weight")
+        for name in required:
+            if name not in names:
+                hint = " (config.json says tie_word_embeddings is false)" if name == "output.weight" else ""
+                raise CheckpointError(f"checkpoint has no tensor for {name}{hint}")
+        for i in range(self.n_layers):
+            for base in self.layer_tensors:
+                if f"blk.{i}.{base}" not in names:
+                    raise CheckpointError(f"layer {i}: no tensor for blk.{i}.{base} in the checkpoint")
+            if not any(all(f"blk.{i}.{b}" in names for b in v) for v in self.ffn_variants):
+                raise CheckpointError(f"layer {i}: feed-forward tensors missing (expected one of "
+                                      f"{' / '.join('+'.join(v) for v in self.ffn_variants)})")
+
     def check_shape(self, t: SourceTensor) -> None:
         base = re.sub(r"^blk\.\d+\.", "", t.name)
         want = self.expected_shapes().get(base)
@@ -216,6 +245,7 @@ class QKNormShapes:
     """Qwen3-style per-head q_norm / k_norm (width head_dim)."""
 
     head_dim: int
+    layer_tensors: ClassVar[tuple[str, ...]] = ArchMapping.layer_tensors + ("attn_q_norm.weight", "attn_k_norm.weight")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = super().expected_shapes()  # type: ignore[misc]

@@ -22,6 +22,10 @@ _FUSED = re.compile(r"^(?P<prefix>.*\.layers\.(?P<layer>\d+)\.mlp\.experts)\.(?P
 
 
 class QwenMoeMapping(ArchMapping):
+    # a block is sparse (router + stacked experts) or, per mlp_only_layers / decoder_sparse_step, dense
+    ffn_variants = (("ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"),
+                    ArchMapping.ffn_variants[0])
+
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
         self.n_experts = int(_hparam(self.config, "num_local_experts", "num_experts", required=True))
