@@ -14,7 +14,7 @@ from .convert.tokenizer import build_vocab
 from .errors import UsageError
 from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path
-from .formats.manifest import BackgroundHasher, file_record, write_manifest
+from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
 
 DEFAULT_GGUF_QUANT = "f16"
@@ -114,15 +114,15 @@ def convert(source: str | os.PathLike[str], to: str = "gguf", quant: str | None 
     hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
     try:
         with atomic_output(out_path, force=force) as tmp:
-            gguf_io.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
-                               allow_nonfinite=allow_nonfinite, progress=progress)
+            digest = gguf_io.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
+                                        allow_nonfinite=allow_nonfinite, progress=progress)
     except BaseException:
         if hasher:
             hasher.cancel()
         raise
     result.output_bytes = out_path.stat().st_size
-    out_record = file_record(out_path, out_path.parent)
-    result.sha256 = out_record["sha256"]
+    result.sha256 = digest
+    out_record = {"path": out_path.name, "bytes": result.output_bytes, "sha256": digest}
     if hasher:
         options = {"format": "gguf", "quant": quant, "pre": vocab.pre, "allow_nonfinite": allow_nonfinite,
                    "revision": revision}

@@ -62,7 +62,17 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$"
 
 def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
     """bf16 is the top half of an f32: widening is a 16-bit shift, exact."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
+
+
+def to_compute_dtype(raw: np.ndarray, dtype: str) -> np.ndarray:
+    """Stored values (bf16 as raw bits) → what llama.cpp's converter computes with: f16 and f32
+    kept as they are, everything else widened to f32. Cheap enough to apply per row chunk."""
+    if dtype == "BF16":
+        return bf16_bits_to_f32(raw)
+    if dtype in ("F16", "F32"):
+        return raw
+    return raw.astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -75,8 +85,6 @@ class LazyTensor:
     nbytes: int
     source: Path
     _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    #: bf16 → f32 straight into the result, chunk by chunk (no full-size raw copy alongside it)
-    _widen_bf16: Callable[[], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def numel(self) -> int:
@@ -88,14 +96,7 @@ class LazyTensor:
 
     def load(self) -> np.ndarray:
         """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
-        if self.dtype == "BF16" and self._widen_bf16 is not None:
-            return self._widen_bf16()
-        raw = self.load_raw()
-        if self.dtype == "BF16":
-            return bf16_bits_to_f32(raw)
-        if self.dtype in ("F16", "F32"):
-            return raw
-        return raw.astype(np.float32)
+        return to_compute_dtype(self.load_raw(), self.dtype)
 
 
 @dataclass(frozen=True)
@@ -172,10 +173,6 @@ def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -
     return SafetensorsEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
 
 
-#: bf16 is widened through a buffer of this many bytes
-_WIDEN_CHUNK = 8 * 1024 * 1024
-
-
 def _pread_into(fd: int, view: memoryview, offset: int, entry: SafetensorsEntry, path: Path) -> None:
     done = 0
     while done < len(view):
@@ -205,24 +202,6 @@ def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarra
         return buf.reshape(entry.shape)
 
     return read
-
-
-def _bf16_widener(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
-    def widen() -> np.ndarray:
-        n = (entry.end - entry.begin) // 2
-        out = np.empty(n, dtype=np.uint32)
-        chunk = np.empty(max(1, min(n, _WIDEN_CHUNK // 2)), dtype=np.uint16)  # >= 1: range() step
-        fd = _open_fd(path, entry)
-        try:
-            for lo in range(0, n, len(chunk)):
-                part = chunk[:min(len(chunk), n - lo)]
-                _pread_into(fd, memoryview(part).cast("B"), entry.begin + 2 * lo, entry, path)
-                np.left_shift(part, 16, out=out[lo:lo + len(part)], dtype=np.uint32)
-        finally:
-            os.close(fd)
-        return out.view(np.float32).reshape(entry.shape)
-
-    return widen
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -362,9 +341,8 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
         for entry in sorted(read_safetensors_header(path), key=lambda e: e.name):
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
-            widen = _bf16_widener(path, entry) if entry.dtype == "BF16" else None
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
-                                             path, _pread_reader(path, entry), widen)
+                                             path, _pread_reader(path, entry))
     if index.is_file():
         _check_index_complete(index, tensors)
     return tensors, files

@@ -14,7 +14,7 @@ import gguf
 import numpy as np
 
 from ...errors import CheckpointError, UnsupportedArchitecture
-from ..checkpoint import Checkpoint, LazyTensor
+from ..checkpoint import Checkpoint, LazyTensor, to_compute_dtype
 
 ARCHITECTURES: dict[str, type["ArchMapping"]] = {}
 
@@ -61,12 +61,21 @@ class SourceTensor:
     combine: Callable[[list[np.ndarray]], np.ndarray] | None = None
     hf_names: list[str] = field(default_factory=list)
 
+    def load_stored(self) -> tuple[np.ndarray, str]:
+        """The tensor in its stored dtype (bf16 as raw bits) and that dtype's name; the encoder
+        widens it chunk by chunk (`to_compute_dtype`), so no float32 copy of the whole tensor exists."""
+        dtypes = {s.dtype for s in self.sources}
+        if len(dtypes) > 1:  # experts stored in different dtypes: widen each first
+            return self._combined([s.load().astype(np.float32, copy=False) for s in self.sources]), "F32"
+        return self._combined([s.load_raw() for s in self.sources]), self.sources[0].dtype
+
     def load(self) -> np.ndarray:
-        """Materialize the tensor (f32, or f16 when every source is f16, as llama.cpp keeps it)."""
-        arrays = [s.load() for s in self.sources]
-        if self.combine is None:
-            return arrays[0]
-        return self.combine(arrays)
+        """Materialize the tensor as llama.cpp computes with it (f32, or f16 for f16 sources)."""
+        raw, dtype = self.load_stored()
+        return to_compute_dtype(raw, dtype)
+
+    def _combined(self, arrays: list[np.ndarray]) -> np.ndarray:
+        return arrays[0] if self.combine is None else self.combine(arrays)
 
     @property
     def source_dtype(self) -> str:
