@@ -7,13 +7,15 @@ order. At most two tensors are in memory: the one being encoded and the next one
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import os
 import struct
+from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import gguf
 import numpy as np
@@ -25,8 +27,6 @@ from ..errors import ArtifactError, QuantizationError
 
 #: rows per work item when a tensor is quantized in parallel (bytes are identical: rows are independent)
 _ROWS_PER_CHUNK = 512
-#: bytes written between background fdatasync calls
-_SYNC_EVERY = 256 * 1024 * 1024
 #: header + metadata + tensor table are small next to the data; this bounds them for the disk check
 HEADER_ALLOWANCE = 16 * 1024 * 1024
 
@@ -79,6 +79,23 @@ def add_general_metadata(w: gguf.GGUFWriter, checkpoint: Checkpoint) -> None:
     meta.set_gguf_meta_model(w)
 
 
+def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[int], Any], items: range) -> Iterator[Any]:
+    """pool.map with a bounded window: results are consumed in order and at most a few chunks
+    are in flight, so a slow disk cannot make finished chunks pile up in memory."""
+    window = 2 * (pool._max_workers or 1)
+    it = iter(items)
+    pending: deque[Future[Any]] = deque(pool.submit(fn, x) for x in itertools.islice(it, window))
+    try:
+        while pending:
+            res = pending.popleft().result()
+            for x in itertools.islice(it, 1):
+                pending.append(pool.submit(fn, x))
+            yield res
+    finally:
+        for f in pending:
+            f.cancel()
+
+
 def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
                   allow_nonfinite: bool, stored_dtype: str | None = None) -> np.ndarray:
     """Widen, check and quantize row chunks (in parallel when a pool is given) into one buffer.
@@ -100,7 +117,7 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
         return q.quantize(chunk).data
 
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
-    results = pool.map(work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
+    results = _ordered_map(pool, work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
     out: np.ndarray | None = None
     for lo, res in zip(starts, results):
         if res is None:
@@ -166,7 +183,6 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
     n_threads = threads or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
     reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-read")
-    syncer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-sync")
     hasher = _StreamHasher()
     try:
         w.write_header_to_file()
@@ -180,8 +196,6 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
         with open(path, "rb") as f:
             hasher.update(f.read(pos))
         align = w.data_alignment
-        unsynced = 0
-        syncing: Future[None] | None = None
         nxt: Future[tuple[np.ndarray, str]] | None = (
             reader.submit(tensors[0].source.load_stored) if tensors else None)
         for i, pt in enumerate(tensors):
@@ -197,24 +211,14 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
             hasher.update(bytes(_pad(data.nbytes, align)))
             pos += _pad(pos, align) + data.nbytes + _pad(data.nbytes, align)
             del data
-            unsynced += pt.nbytes
-            if fout is not None and unsynced >= _SYNC_EVERY and (syncing is None or syncing.done()):
-                # Write back while encoding goes on, so the final fsync has little left to do and
-                # dirty pages never pile up.
-                fout.flush()
-                syncing = syncer.submit(os.fdatasync, fout.fileno())
-                unsynced = 0
             if progress:
                 progress(pt, pt.nbytes)
-        if syncing is not None:
-            syncing.result()
         fout.flush()
         if fout.tell() != hasher.nbytes:
             raise RuntimeError(f"hashed {hasher.nbytes} bytes but wrote {fout.tell()}")
         return hasher.hexdigest()
     finally:
         hasher.close()
-        syncer.shutdown(wait=True)
         reader.shutdown(wait=True, cancel_futures=True)
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
