@@ -77,10 +77,10 @@ def plan_gguf(source: str | os.PathLike[str], quant: str = DEFAULT_GGUF_QUANT, *
 
 
 def memory_estimate(plan: TensorPlan) -> int:
-    """Peak resident bytes: the tensor being encoded (f32 + encoded) and the next one being read."""
-    largest = plan.largest_f32_nbytes
+    """Peak resident bytes: the tensor being encoded (as stored, plus its encoded bytes) and the
+    next one being read; float32 exists only per row chunk."""
     largest_out = max((t.nbytes for t in plan), default=0)
-    return BASE_MEMORY + 2 * largest + largest_out
+    return BASE_MEMORY + 2 * plan.largest_stored_nbytes + largest_out
 
 
 def convert(source: str | os.PathLike[str], to: str = "gguf", quant: str | None = None,

@@ -260,6 +260,9 @@ class Checkpoint:
     def open(cls, source: str | os.PathLike[str], *, revision: str | None = None,
              allow_pickle: bool = False) -> "Checkpoint":
         root, repo_id = resolve_source(source, revision)
+        for name in (CONFIG_FILE, *TOKENIZER_FILES):  # what we read besides weights must stay inside too
+            if (root / name).is_symlink():
+                _check_link(root, root / name)
         config = load_config(root)
         tensors, files = _index_tensors(root, allow_pickle)
         return cls(root=root, config=config, tensors=tensors, weight_files=files, repo_id=repo_id)

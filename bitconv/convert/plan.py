@@ -39,6 +39,11 @@ class PlannedTensor:
     def f32_nbytes(self) -> int:
         return math.prod(self.shape) * 4
 
+    @property
+    def stored_nbytes(self) -> int:
+        """Bytes of the tensor as the checkpoint stores it (what the reader holds in memory)."""
+        return sum(s.nbytes for s in self.source.sources)
+
 
 @dataclass
 class TensorPlan:
@@ -59,6 +64,10 @@ class TensorPlan:
     @property
     def largest_f32_nbytes(self) -> int:
         return max((t.f32_nbytes for t in self.tensors), default=0)
+
+    @property
+    def largest_stored_nbytes(self) -> int:
+        return max((t.stored_nbytes for t in self.tensors), default=0)
 
     @property
     def n_params(self) -> int:

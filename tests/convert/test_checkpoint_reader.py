@@ -203,6 +203,19 @@ def test_symlink_out_of_checkpoint_refused(tmp_path: Path, layout: str) -> None:
         Checkpoint.open(d)
 
 
+@pytest.mark.parametrize("fname", ["config.json", "tokenizer.json"])
+def test_symlinked_metadata_out_of_checkpoint_refused(tmp_path: Path, fname: str) -> None:
+    d = tmp_path / "ckpt"
+    d.mkdir()
+    write_config(d)
+    _valid_shard(d / "model.safetensors")
+    outside = tmp_path / f"outside-{fname}"
+    os.replace(d / fname, outside) if (d / fname).exists() else outside.write_text("{}")
+    os.symlink(outside, d / fname)
+    with pytest.raises(CheckpointError, match="symbolic link pointing outside the checkpoint"):
+        Checkpoint.open(d)
+
+
 def test_symlinked_subfolder_out_of_checkpoint_refused(tmp_path: Path) -> None:
     """The link may be a folder on the way, not the file itself: `sub -> /elsewhere`, index names sub/x."""
     outside = tmp_path / "outside"
