@@ -11,15 +11,12 @@ from .base import QuantizedTensor
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
 
-_ALL = ("llama.cpp", "Ollama", "bitnet.cpp")
-
 
 @register_quantizer()
 class Q8_0(GGUFNativeQuantizer):
     name = "q8_0"
     qtype = GGMLQuantizationType.Q8_0
     file_type = int(LlamaFileType.MOSTLY_Q8_0)
-    runtimes = _ALL
     description = "8-bit, one f16 scale per 32 values; near-lossless"
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
@@ -29,7 +26,6 @@ class Q8_0(GGUFNativeQuantizer):
 class _LowBit(GGUFNativeQuantizer):
     # llama-quantize keeps token_embd/output at a higher type (q6_k); until k-quants land, q8_0.
     embedding_type = "q8_0"
-    runtimes = _ALL
 
 
 @register_quantizer()

@@ -11,15 +11,12 @@ from .base import QuantizedTensor
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
 
-_ALL = ("llama.cpp", "Ollama", "bitnet.cpp")
-
 
 @register_quantizer()
 class F32(GGUFNativeQuantizer):
     name = "f32"
     qtype = GGMLQuantizationType.F32
     file_type = int(LlamaFileType.ALL_F32)
-    runtimes = _ALL
     description = "float32, lossless"
 
 
@@ -28,7 +25,6 @@ class F16(GGUFNativeQuantizer):
     name = "f16"
     qtype = GGMLQuantizationType.F16
     file_type = int(LlamaFileType.MOSTLY_F16)
-    runtimes = _ALL
     description = "float16 (1-D tensors stay f32)"
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
@@ -40,5 +36,4 @@ class BF16(GGUFNativeQuantizer):
     name = "bf16"
     qtype = GGMLQuantizationType.BF16
     file_type = int(LlamaFileType.MOSTLY_BF16)
-    runtimes = _ALL
     description = "bfloat16, lossless for bf16 checkpoints"

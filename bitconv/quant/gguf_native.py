@@ -9,11 +9,15 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, quants
 
 from .base import QuantizedTensor, Quantizer
 
+#: runtimes that read the types gguf-py defines
+GGUF_RUNTIMES = ("llama.cpp", "Ollama", "bitnet.cpp")
+
 
 class GGUFNativeQuantizer(Quantizer):
     """A type whose encoder and decoder live in gguf-py (the bit-exact reference of ggml's C code)."""
 
     qtype: ClassVar[GGMLQuantizationType]
+    runtimes = GGUF_RUNTIMES
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
