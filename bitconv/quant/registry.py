@@ -33,10 +33,15 @@ def register_quantizer(name: str | None = None, *, replace: bool = False) -> Cal
 
 
 def _load_entry_points() -> None:
+    """Built-in types (they register on import), then third-party ones, once."""
     global _entry_points_loaded
     if _entry_points_loaded:
         return
     _entry_points_loaded = True
+    import importlib
+
+    for module in ("floats", "blockwise"):
+        importlib.import_module(f"{__package__}.{module}")
     for ep in entry_points(group="bitconv.quantizers"):
         cls = ep.load()
         QUANT_TYPES.setdefault(ep.name.lower(), cls)
@@ -44,8 +49,6 @@ def _load_entry_points() -> None:
 
 def get_quantizer(name: str) -> Quantizer:
     """An instance of the quant type called `name` (case-insensitive; fp16/fp32 aliases accepted)."""
-    from . import blockwise, floats  # noqa: F401  (built-ins register on import)
-
     _load_entry_points()
     key = ALIASES.get(name.lower(), name.lower())
     try:
@@ -56,7 +59,5 @@ def get_quantizer(name: str) -> Quantizer:
 
 
 def all_quantizers() -> list[type[Quantizer]]:
-    from . import blockwise, floats  # noqa: F401
-
     _load_entry_points()
     return [QUANT_TYPES[k] for k in sorted(QUANT_TYPES)]

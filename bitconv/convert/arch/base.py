@@ -33,9 +33,15 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
     return deco
 
 
-def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
-    from . import qwen2, qwen3, qwen_moe  # noqa: F401  (built-ins register on import)
+def _load_builtins() -> None:
+    import importlib
 
+    for module in ("qwen2", "qwen3", "qwen_moe"):  # built-in mappings register on import
+        importlib.import_module(f"{__package__}.{module}")
+
+
+def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
+    _load_builtins()
     arch = checkpoint.architecture
     cls = ARCHITECTURES.get(arch)
     if cls is None:
@@ -45,7 +51,7 @@ def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
 
 
 def supported_architectures() -> list[str]:
-    from . import qwen2, qwen3, qwen_moe  # noqa: F401
+    _load_builtins()
 
     return sorted(ARCHITECTURES)
 
