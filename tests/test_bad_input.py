@@ -326,6 +326,11 @@ def test_pickle_that_is_not_a_state_dict(tmp_path: Path, out_dir: Path, payload:
 
 # --- options and sources --------------------------------------------------------------------------
 
+def test_ternary_type_refused_for_non_ternary_model(qwen2_checkpoint: Path, out_dir: Path) -> None:
+    convert_fails(qwen2_checkpoint, out_dir, ("i2_s is a ternary type", "not a ternary-trained model"),
+                  "--quant", "i2_s")
+
+
 def test_unknown_quant_type(qwen2_checkpoint: Path, out_dir: Path) -> None:
     msg = convert_fails(qwen2_checkpoint, out_dir, ("unknown quant type", "q3_zz", "q4_0", "f16"), "-q", "q3_zz")
     assert "q8_0" in msg

@@ -68,7 +68,9 @@ def test_quants_json() -> None:
     assert by_name["q4_0"]["bits_per_weight"] == 4.5 and by_name["q4_0"]["embedding_type"] == "q8_0"
     for r in rows:
         assert set(r) >= {"name", "bits_per_weight", "block_size", "runtimes", "embedding_type", "description"}
-        assert "llama.cpp" in r["runtimes"]
+        assert r["runtimes"]
+    assert all("llama.cpp" in by_name[n]["runtimes"] for n in ("f32", "f16", "bf16", "q8_0", "q4_0", "q5_1"))
+    assert by_name["i2_s"]["bits_per_weight"] == 2 and by_name["i2_s"]["runtimes"] == ["bitnet.cpp (x86)"]
 
 
 def test_unknown_command_is_usage_error() -> None:

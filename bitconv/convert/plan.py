@@ -11,6 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
+from ..errors import UsageError
 from ..quant.base import Quantizer
 from ..quant.registry import get_quantizer
 from .arch.base import ArchMapping, SourceTensor
@@ -96,6 +97,10 @@ def choose_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -> tuple[Q
 
 
 def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) -> TensorPlan:
+    if quant.ternary and not mapping.ternary_model:
+        raise UsageError(
+            f"{quant.name} is a ternary type and {checkpoint.architecture} is not a ternary-trained model "
+            "(BitNet b1.58); ternarizing it would destroy its accuracy")
     plan = TensorPlan(mapping, quant)
     seen: set[str] = set()
     for src in mapping.tensors(checkpoint):

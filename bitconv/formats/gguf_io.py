@@ -63,6 +63,17 @@ class FastGGUFWriter(gguf.GGUFWriter):
         return super()._pack_val(val, vtype, add_vtype, sub_type)
 
 
+def ggml_type(type_id: int | None) -> Any:
+    """gguf-py's enum member, or the bare id for bitnet.cpp's types the enum cannot name (the
+    writer only packs the number)."""
+    if type_id is None:
+        raise QuantizationError("this quant type has no GGUF type id")
+    try:
+        return gguf.GGMLQuantizationType(type_id)
+    except ValueError:
+        return int(type_id)
+
+
 def estimated_file_size(plan: TensorPlan) -> int:
     align = gguf.GGUF_DEFAULT_ALIGNMENT
     return sum(-(-t.nbytes // align) * align for t in plan) + HEADER_ALLOWANCE
@@ -110,16 +121,21 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
     """
     q = pt.quant
     rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
+    starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
+
+    def widened(lo: int) -> np.ndarray:
+        chunk = rows[lo:lo + _ROWS_PER_CHUNK]
+        return chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
+
+    # per-tensor statistic first (a second pass over the stored bytes, never a float32 copy)
+    state = q.prepare(widened(lo) for lo in starts) if q.needs_prepare else None
 
     def work(lo: int) -> np.ndarray | None:
-        chunk = rows[lo:lo + _ROWS_PER_CHUNK]
-        if stored_dtype is not None:
-            chunk = to_compute_dtype(chunk, stored_dtype)
+        chunk = widened(lo)
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
-        return q.quantize(chunk).data
+        return q.quantize(chunk, state).data
 
-    starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
     results = _ordered_map(pool, work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
     out: np.ndarray | None = None
     for lo, res in zip(starts, results):
@@ -134,6 +150,8 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
         out[lo:lo + res.shape[0]] = res
     assert out is not None
+    if (tail := q.trailer(state)):
+        out = np.concatenate([out.reshape(-1).view(np.uint8), np.frombuffer(tail, dtype=np.uint8)])
     if out.nbytes != pt.nbytes:
         raise QuantizationError(f"{pt.name}: {q.name} produced {out.nbytes} bytes, planned {pt.nbytes}")
     return out
@@ -177,7 +195,7 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
     mapping = plan.mapping
     w = FastGGUFWriter(path, mapping.arch_name)
     for pt in plan:
-        w.add_tensor_info(pt.name, pt.shape, np.dtype(np.float32), pt.nbytes, raw_dtype=gguf.GGMLQuantizationType(pt.quant.ggml_type))
+        w.add_tensor_info(pt.name, pt.shape, np.dtype(np.float32), pt.nbytes, raw_dtype=ggml_type(pt.quant.ggml_type))
     add_general_metadata(w, checkpoint)
     mapping.add_metadata(w, plan.quant.file_type)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
@@ -265,8 +283,10 @@ class GGUFSummary:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _VALUE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
                 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
-#: ggml types gguf-py does not name (bitnet.cpp's), so inspect can still list their tensors
-EXTRA_GGML_TYPES: dict[int, tuple[str, int, int]] = {}
+#: ggml types gguf-py does not name (bitnet.cpp's): id → (name, bytes of a tensor of n values)
+EXTRA_GGML_TYPES: dict[int, tuple[str, Callable[[int], int]]] = {
+    36: ("I2_S", lambda n: n // 4 + 32),  # packed codes, then the f32 scale and 28 bytes of padding
+}
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 MAX_DIMS = 4
@@ -315,16 +335,16 @@ class _Cursor:
         raise ArtifactError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")
 
 
-def _type_info(type_id: int) -> tuple[str, int, int]:
-    """(name, block size, bytes per block) of a ggml type id."""
+def _type_name_and_nbytes(type_id: int, numel: int) -> tuple[str, int]:
     try:
         t = gguf.GGMLQuantizationType(type_id)
         block, size = gguf.GGML_QUANT_SIZES[t]
-        return t.name, block, size
+        return t.name, numel // block * size
     except (ValueError, KeyError):
         if type_id in EXTRA_GGML_TYPES:
-            return EXTRA_GGML_TYPES[type_id]
-        return f"TYPE_{type_id}", 0, 0
+            name, nbytes = EXTRA_GGML_TYPES[type_id]
+            return name, nbytes(numel)
+        return f"TYPE_{type_id}", 0
 
 
 def read_gguf_summary(path: Path, *, full_arrays: bool = False) -> GGUFSummary:
@@ -375,9 +395,7 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
     data_start = -(-c.pos // alignment) * alignment
     tensors = []
     for name, dims, type_id, offset in infos:
-        type_name, block, size = _type_info(type_id)
-        numel = math.prod(dims)
-        nbytes = numel // block * size if block else 0
+        type_name, nbytes = _type_name_and_nbytes(type_id, math.prod(dims))
         if data_start + offset + nbytes > len(buf):
             raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
         tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes))

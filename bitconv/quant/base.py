@@ -6,7 +6,7 @@ f16 sources) `[rows, K]` array goes in, bytes in the target layout come out.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Iterable
 
 import numpy as np
 
@@ -52,10 +52,21 @@ class Quantizer:
     file_type: ClassVar[int | None] = None
     #: rows are independent: the writer may quantize row chunks in parallel with identical bytes
     row_parallel: ClassVar[bool] = True
+    #: a ternary type: only ternary-trained linears take it (see the plan)
+    ternary: ClassVar[bool] = False
 
-    def prepare(self, w: np.ndarray) -> Any:
-        """Per-tensor statistic computed before the blocks (a scale); None for block-local types."""
+    def prepare(self, chunks: Iterable[np.ndarray]) -> Any:
+        """Per-tensor statistic computed before the blocks (a scale), from the tensor given as row
+        chunks in compute dtype; None for block-local types. Called once per tensor."""
         return None
+
+    @property
+    def needs_prepare(self) -> bool:
+        return type(self).prepare is not Quantizer.prepare
+
+    def trailer(self, state: Any) -> bytes:
+        """Per-tensor bytes after the blocks (i2_s: the scale and its padding)."""
+        return b""
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:  # pragma: no cover - abstract
         raise NotImplementedError

@@ -106,6 +106,8 @@ class ArchMapping:
     hf_names: ClassVar[tuple[str, ...]] = ()
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     #: HF tensors that carry nothing for the runtime
+    #: ternary-trained (BitNet b1.58): only such models may take a ternary quant type
+    ternary_model: ClassVar[bool] = False
     #: transformers' default when config.json has no rope_theta
     default_rope_theta: ClassVar[float] = 10000.0
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")

@@ -1,0 +1,100 @@
+"""BitNet b1.58 ternary numerics, exactly as the references compute them (FORMATS.md).
+
+Weights: inv = f32(1) / max(mean|W|, 1e-5) in float32; W_t = clip(rint(W · inv), −1, 1) (round half
+to even); stored scale s = f32(1 / inv); dequantized weight = s · W_t. `W / mean` and `W · inv`
+differ on near-ties: the multiply is what the references do.
+
+The mean is accumulated in float64 over row chunks and rounded once to float32, so the scale is
+within one ulp of torch's float32 reduction whatever the tensor size, and no float32 copy of a
+whole tensor is needed.
+
+HF packed checkpoints (transformers `quant_method: "bitnet"`) store codes (value + 1) four per
+uint8 along the output-row dimension: packed shape [ceil(N/4), K]; row r sits in packed row r mod R
+at bit pair r div R. `weight_scale` is divided by (`bitlinear`) or multiplied with
+(`autobitlinear`) the ternary values.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Iterable
+
+import numpy as np
+
+from ..errors import QuantizationError
+
+EPS = np.float32(1e-5)
+LINEAR_CLASSES = ("bitlinear", "autobitlinear")
+
+
+@dataclass(frozen=True)
+class TernaryScale:
+    """Per-tensor statistic: `inv` multiplies weights before rounding, `scale` = 1/inv is stored."""
+
+    inv: np.float32
+    scale: np.float32
+
+
+def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
+    """The reference's per-tensor scale from a tensor given as row chunks (or one array)."""
+    total = 0.0
+    count = 0
+    for c in chunks:
+        total += float(np.abs(c, dtype=np.float64).sum())
+        count += c.size
+    if count == 0:
+        raise QuantizationError("cannot ternarize an empty tensor")
+    mean = np.float32(total / count)
+    inv = np.float32(1.0) / np.maximum(mean, EPS)
+    return TernaryScale(inv=np.float32(inv), scale=np.float32(np.float32(1.0) / inv))
+
+
+def ternarize(w: np.ndarray, scale: TernaryScale) -> np.ndarray:
+    """Codes in {−1, 0, 1} (int8) of float weights under a per-tensor scale."""
+    x = np.asarray(w, dtype=np.float32) * scale.inv
+    return np.clip(np.rint(x), -1, 1).astype(np.int8)
+
+
+def is_ternary_times_scale(w: np.ndarray, rtol: float = 1e-3) -> bool:
+    """True when every nonzero |w| is one value: the tensor is already s · W_t (e.g. dequantized)."""
+    a = np.abs(np.asarray(w, dtype=np.float32))
+    nz = a[a > 0]
+    return nz.size == 0 or bool(np.all(np.abs(nz - nz[0]) <= rtol * nz[0]))
+
+
+# --- HF packed uint8 (transformers integrations/bitnet.py layout) --------------------------------
+
+def unpack_hf_packed(packed: np.ndarray, n_rows: int | None = None) -> np.ndarray:
+    """[R, K] uint8 → [4R (or n_rows), K] int8 codes in {−1, 0, 1}; codes of 3 are refused."""
+    if packed.dtype != np.uint8 or packed.ndim != 2:
+        raise QuantizationError(f"packed ternary weights must be a 2-D uint8 array, got {packed.dtype} {packed.shape}")
+    parts = [(packed >> np.uint8(2 * i)) & np.uint8(3) for i in range(4)]
+    codes = np.concatenate(parts, axis=0)
+    if n_rows is not None:
+        if not 4 * (packed.shape[0] - 1) < n_rows <= 4 * packed.shape[0]:
+            raise QuantizationError(f"packed shape {packed.shape} cannot hold {n_rows} rows")
+        codes = codes[:n_rows]
+    if (codes == 3).any():
+        raise QuantizationError("packed ternary weights hold code 3 (only 0, 1, 2 are valid)")
+    return codes.astype(np.int8) - np.int8(1)
+
+
+def pack_hf_packed(codes: np.ndarray) -> np.ndarray:
+    """[N, K] codes in {−1, 0, 1} → [ceil(N/4), K] uint8, the inverse of `unpack_hf_packed`."""
+    n, k = codes.shape
+    r = -(-n // 4)
+    padded = np.zeros((4 * r, k), dtype=np.uint8)
+    padded[:n] = (codes + 1).astype(np.uint8)
+    out = np.zeros((r, k), dtype=np.uint8)
+    for i in range(4):
+        out |= padded[i * r:(i + 1) * r] << np.uint8(2 * i)
+    return out
+
+
+def hf_weight_scale_to_scale(weight_scale: float, linear_class: str) -> np.float32:
+    """The multiplier s with real W = s · W_t for a packed checkpoint's `weight_scale`."""
+    if linear_class not in LINEAR_CLASSES:
+        raise QuantizationError(f"unknown linear_class {linear_class!r}; expected one of {LINEAR_CLASSES}")
+    ws = np.float32(weight_scale)
+    if not np.isfinite(ws) or ws <= 0:
+        raise QuantizationError(f"weight_scale {weight_scale} is not a positive finite number")
+    return np.float32(np.float32(1.0) / ws) if linear_class == "bitlinear" else ws
