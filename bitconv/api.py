@@ -10,7 +10,7 @@ from typing import Any, Callable
 from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, make_plan
-from .convert.tokenizer import build_vocab
+from .convert.tokenizer import export_vocab
 from .errors import UsageError
 from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path
@@ -95,7 +95,7 @@ def convert(source: str | os.PathLike[str], to: str = "gguf", quant: str | None 
     quant = (quant or DEFAULT_GGUF_QUANT).lower()
     checkpoint, plan = plan_gguf(source, quant, revision=revision, allow_pickle=allow_pickle)
     quant = plan.quant.name
-    vocab = build_vocab(checkpoint.root, plan.mapping.vocab_size, pre=pre)
+    vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
     out_path = default_output(checkpoint, quant, out)
     result = ConversionResult(
         source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,

@@ -55,7 +55,7 @@ VENDOR_SUBDIR = "vendor/llama.cpp"
 _WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "requirements/", "LICENSE")
 _COMPLETE_MARKER = ".bitconv-complete"
 
-OUTTYPES = ("f32", "f16", "bf16", "q8_0")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0")
 
 # Python modules the converter imports on the Qwen paths (import name -> pip name).
 # sentencepiece is needed even for BPE-only Qwen2/Qwen3 checkpoints: Qwen2Model.set_vocab

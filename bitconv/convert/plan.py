@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from ..errors import UsageError
+from ..errors import QuantizationError, UsageError
 from ..quant.base import Quantizer
 from ..quant.registry import get_quantizer
 from .arch.base import ArchMapping, SourceTensor
@@ -81,19 +81,39 @@ class TensorPlan:
         return counts
 
 
-def choose_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -> tuple[Quantizer, str]:
+def choose_quant(name: str, shape: tuple[int, ...], quant: Quantizer,
+                 mapping: ArchMapping | None = None) -> tuple[Quantizer, str]:
     """The quantizer one tensor gets in a file of type `quant`, and why when it differs."""
     if len(shape) <= 1 or name.endswith("_norm.weight"):
         return get_quantizer("f32"), "1-D / norm"
     if _ALWAYS_F32.search(name) or not name.endswith(".weight"):
         return get_quantizer("f32"), "kept f32 (router / bias)"
+    if mapping is not None and mapping.is_ternary_linear(name):
+        return _ternary_linear_quant(name, shape, quant)
     chosen = quant
     note = ""
     if name in _EMBEDDINGS and quant.embedding_type:
         chosen, note = get_quantizer(quant.embedding_type), "embedding/output at higher precision"
+    elif quant.ternary:
+        chosen, note = get_quantizer("f16"), "not a ternary linear: f16"
     if not chosen.can_quantize(shape):
         return get_quantizer("f16"), f"row length {shape[-1]} not a multiple of {chosen.block_size}: f16"
     return chosen, note
+
+
+def _ternary_linear_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -> tuple[Quantizer, str]:
+    """A BitNet linear is ternary whatever the file type: ternary types pack its codes, other types
+    store its dequantized ternary image (s · W_t), as llama.cpp's converter does."""
+    from ..quant.tq import ternary_input
+
+    if quant.ternary:
+        if not quant.can_quantize(shape):
+            raise QuantizationError(
+                f"{name}: shape {tuple(shape)} — {quant.name} needs the input dimension to be a multiple of "
+                f"{quant.block_size}", tensor=name)
+        return quant, "ternary"
+    chosen = quant if quant.can_quantize(shape) else get_quantizer("f16")
+    return ternary_input(chosen), "dequantized ternary (s·W_t)"
 
 
 def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) -> TensorPlan:
@@ -108,7 +128,7 @@ def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) ->
             raise_dup(src)
         seen.add(src.name)
         mapping.check_shape(src)
-        q, note = choose_quant(src.name, src.shape, quant)
+        q, note = choose_quant(src.name, src.shape, quant, mapping)
         plan.tensors.append(PlannedTensor(src, q, q.encoded_nbytes(src.shape), note))
     mapping.check_complete(seen)
     return plan

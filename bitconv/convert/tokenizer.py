@@ -12,9 +12,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import gguf
+import numpy as np
 
 from ..errors import TokenizerError
 from .checkpoint import read_json_object
@@ -33,11 +34,14 @@ class GGUFVocab:
     tokens: list[str]
     token_types: list[int]
     special: gguf.SpecialVocab
+    scores: list[float] | None = None
 
     def add_to(self, w: gguf.GGUFWriter) -> None:
         w.add_tokenizer_model(self.model)
         w.add_tokenizer_pre(self.pre)
         w.add_token_list(self.tokens)
+        if self.scores is not None:
+            w.add_token_scores(self.scores)
         w.add_token_types(self.token_types)
         self.special.add_to_gguf(w, quiet=True)
 
@@ -131,3 +135,109 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
     if not special.merges:
         raise TokenizerError("tokenizer.json has no BPE merges")
     return GGUFVocab("gpt2", pre_name, tokens, [int(t) for t in types], special)
+
+
+# --- SentencePiece (tokenizer.model), read without the sentencepiece package ------------------------
+
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise TokenizerError("tokenizer.model: truncated or corrupt protobuf")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
+    """(field number, wire type, value) of one protobuf message; unknown fields are skipped."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _varint(buf, pos)
+        field, wire = key >> 3, key & 7
+        if wire == 0:
+            value, pos = _varint(buf, pos)
+            yield field, wire, value
+        elif wire == 2:
+            n, pos = _varint(buf, pos)
+            if pos + n > len(buf):
+                raise TokenizerError("tokenizer.model: a field runs past the end of the file")
+            yield field, wire, buf[pos:pos + n]
+            pos += n
+        elif wire == 5:
+            yield field, wire, buf[pos:pos + 4]
+            pos += 4
+        elif wire == 1:
+            yield field, wire, buf[pos:pos + 8]
+            pos += 8
+        else:
+            raise TokenizerError(f"tokenizer.model: unsupported protobuf wire type {wire}")
+
+
+def read_sentencepiece_pieces(path: Path) -> list[tuple[str, float, int]]:
+    """(piece, score, type) of every piece in a SentencePiece ModelProto; types are the proto's
+    (NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6), which GGUF shares."""
+    pieces = []
+    for field, wire, value in _fields(path.read_bytes()):
+        if field != 1 or wire != 2:
+            continue
+        piece, score, kind = "", 0.0, 1
+        assert isinstance(value, bytes)
+        for f, w, v in _fields(value):
+            if f == 1 and w == 2:
+                piece = bytes(v).decode("utf-8")  # type: ignore[arg-type]
+            elif f == 2 and w == 5:
+                score = float(np.frombuffer(v, dtype="<f4")[0])  # type: ignore[arg-type]
+            elif f == 3 and w == 0:
+                kind = int(v)  # type: ignore[arg-type]
+        pieces.append((piece, score, kind))
+    if not pieces:
+        raise TokenizerError(f"{path}: no pieces (not a SentencePiece model?)")
+    return pieces
+
+
+def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
+    """tokenizer.model → a `llama` GGUF vocabulary, as llama.cpp's converter builds it: ids the model
+    does not define are `[PAD{i}]` (UNUSED, score −10000); added tokens from added_tokens.json and
+    tokenizer_config.json override pieces (score −1000)."""
+    path = root / "tokenizer.model"
+    tokens = [f"[PAD{i}]" for i in range(vocab_size)]
+    scores = [-10000.0] * vocab_size
+    types = [int(gguf.TokenType.UNUSED)] * vocab_size
+    for i, (piece, score, kind) in enumerate(read_sentencepiece_pieces(path)[:vocab_size]):
+        tokens[i], scores[i], types[i] = piece, score, kind
+    added_file = root / "added_tokens.json"
+    if added_file.is_file():
+        for text, i in read_json_object(added_file, "", TokenizerError).items():
+            if isinstance(i, int) and 0 <= i < vocab_size:
+                tokens[i], scores[i], types[i] = text, -1000.0, int(gguf.TokenType.USER_DEFINED)
+    config_file = root / "tokenizer_config.json"
+    if config_file.is_file():
+        decoder = read_json_object(config_file, "", TokenizerError).get("added_tokens_decoder") or {}
+        for key, data in decoder.items():
+            i, text = int(key), str(data.get("content", ""))
+            if not 0 <= i < vocab_size:
+                continue
+            if data.get("special") or _looks_special(text):
+                types[i] = int(gguf.TokenType.CONTROL)
+            else:
+                text = text.replace("\u2581", " ")
+                types[i] = int(gguf.TokenType.USER_DEFINED)
+            tokens[i], scores[i] = text, -1000.0
+    special = gguf.SpecialVocab(root, n_vocab=vocab_size)
+    return GGUFVocab("llama", "default", tokens, types, special, scores)
+
+
+def export_vocab(root: Path, vocab_size: int, *, prefer: tuple[str, ...] = ("bpe", "sentencepiece"),
+                 pre: str | None = None) -> GGUFVocab:
+    """The GGUF vocabulary of a checkpoint, from the first tokenizer kind in `prefer` it ships."""
+    for kind in prefer:
+        if kind == "bpe" and (root / "tokenizer.json").is_file():
+            return build_vocab(root, vocab_size, pre=pre)
+        if kind == "sentencepiece" and (root / "tokenizer.model").is_file():
+            return build_sentencepiece_vocab(root, vocab_size)
+    wanted = " or ".join({"bpe": "tokenizer.json", "sentencepiece": "tokenizer.model"}[k] for k in prefer)
+    raise TokenizerError(f"no {wanted} in {root}")

@@ -45,9 +45,10 @@ class I2S(Quantizer):
     runtimes = ("bitnet.cpp (x86)",)
     description = "ternary 2-bit codes + one f32 scale per tensor (bitnet.cpp's x86 layout)"
     file_type = I2S_FILE_TYPE
+    embedding_type = "f16"  # bitnet.cpp keeps token_embd in f16
     ternary = True
 
-    def prepare(self, chunks: Iterable[np.ndarray]) -> TernaryScale:
+    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None) -> TernaryScale:
         return absmean_scale(chunks)
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:

@@ -36,7 +36,7 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("qwen2", "qwen3", "qwen_moe"):  # built-in mappings register on import
+    for module in ("qwen2", "qwen3", "qwen_moe", "bitnet"):  # built-in mappings register on import
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -108,6 +108,10 @@ class ArchMapping:
     #: HF tensors that carry nothing for the runtime
     #: ternary-trained (BitNet b1.58): only such models may take a ternary quant type
     ternary_model: ClassVar[bool] = False
+    #: GGUF base names of the linears a ternary model stores as ternary
+    ternary_linears: ClassVar[tuple[str, ...]] = ()
+    #: tokenizer kinds in order of preference ("bpe": tokenizer.json, "sentencepiece": tokenizer.model)
+    tokenizer_kinds: ClassVar[tuple[str, ...]] = ("bpe", "sentencepiece")
     #: transformers' default when config.json has no rope_theta
     default_rope_theta: ClassVar[float] = 10000.0
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
@@ -168,6 +172,9 @@ class ArchMapping:
         "ffn_norm.weight")
     #: alternative feed-forward sets; a block must have one of them completely
     ffn_variants: ClassVar[tuple[tuple[str, ...], ...]] = (("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"),)
+
+    def is_ternary_linear(self, gguf_name: str) -> bool:
+        return self.ternary_model and re.sub(r"^blk\.\d+\.", "", gguf_name) in self.ternary_linears
 
     @property
     def tied_embeddings(self) -> bool:
