@@ -56,6 +56,7 @@ _WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "requirements/", 
 _COMPLETE_MARKER = ".bitconv-complete"
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0")
+I2_S = 36
 
 # Python modules the converter imports on the Qwen paths (import name -> pip name).
 # sentencepiece is needed even for BPE-only Qwen2/Qwen3 checkpoints: Qwen2Model.set_vocab
@@ -433,8 +434,12 @@ class GGUFFile:
             n_el = 1
             for d in dims:
                 n_el *= d
-            block, tsize = sizes[_gguf().GGMLQuantizationType(ttype)]
-            self.tensors.append(TensorInfo(_decode(name), tuple(int(d) for d in dims), ttype, toff, n_el // block * tsize))
+            if ttype == I2_S:  # bitnet.cpp's type, unknown to gguf-py: codes, then f32 scale + 28 bytes
+                n_bytes = n_el // 4 + 32
+            else:
+                block, tsize = sizes[_gguf().GGMLQuantizationType(ttype)]
+                n_bytes = n_el // block * tsize
+            self.tensors.append(TensorInfo(_decode(name), tuple(int(d) for d in dims), ttype, toff, n_bytes))
         self.tensor_info_end = off
         self.data_offset = (off + self.alignment - 1) // self.alignment * self.alignment
 

@@ -128,7 +128,8 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
         return chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
 
     # per-tensor statistic first (a second pass over the stored bytes, never a float32 copy)
-    state = q.prepare((widened(lo) for lo in starts), stored_dtype) if q.needs_prepare else None
+    known = pt.source.known_scale() if pt.source.known_scale is not None else None
+    state = q.prepare((widened(lo) for lo in starts), stored_dtype, known) if q.needs_prepare else None
 
     def work(lo: int) -> np.ndarray | None:
         chunk = widened(lo)

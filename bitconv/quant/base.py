@@ -55,10 +55,12 @@ class Quantizer:
     #: a ternary type: only ternary-trained linears take it (see the plan)
     ternary: ClassVar[bool] = False
 
-    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None) -> Any:
+    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
+                known_scale: np.float32 | None = None) -> Any:
         """Per-tensor statistic computed before the blocks (a scale), from the tensor given as row
-        chunks in compute dtype (`stored_dtype`: how the checkpoint stores it); None for
-        block-local types. Called once per tensor."""
+        chunks in compute dtype (`stored_dtype`: how the checkpoint stores it; `known_scale`: a
+        scale the checkpoint already fixes, as packed ternary weights do); None for block-local
+        types. Called once per tensor."""
         return None
 
     @property

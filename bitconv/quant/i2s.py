@@ -15,7 +15,7 @@ import numpy as np
 from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .registry import register_quantizer
-from .ternary import TernaryScale, absmean_scale, ternarize
+from .ternary import TernaryScale, scale_for, ternarize
 
 I2S_TYPE_ID = 36
 I2S_FILE_TYPE = 40  # general.file_type bitnet.cpp writes for an I2_S model
@@ -48,8 +48,9 @@ class I2S(Quantizer):
     embedding_type = "f16"  # bitnet.cpp keeps token_embd in f16
     ternary = True
 
-    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None) -> TernaryScale:
-        return absmean_scale(chunks)
+    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
+                known_scale: np.float32 | None = None) -> TernaryScale:
+        return scale_for(chunks, known_scale)
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         if not isinstance(state, TernaryScale):

@@ -4,9 +4,9 @@ Weights: inv = f32(1) / max(mean|W|, 1e-5) in float32; W_t = clip(rint(W · inv)
 to even); stored scale s = f32(1 / inv); dequantized weight = s · W_t. `W / mean` and `W · inv`
 differ on near-ties: the multiply is what the references do.
 
-The mean is accumulated in float64 over row chunks and rounded once to float32, so the scale is
-within one ulp of torch's float32 reduction whatever the tensor size, and no float32 copy of a
-whole tensor is needed.
+The sum is accumulated in float64 over row chunks, rounded to float32 and divided in float32 as
+torch does, so the scale matches torch's float32 reduction (within an ulp where its cascade sum
+rounds differently) whatever the tensor size, and no float32 copy of a whole tensor is needed.
 
 HF packed checkpoints (transformers `quant_method: "bitnet"`) store codes (value + 1) four per
 uint8 along the output-row dimension: packed shape [ceil(N/4), K]; row r sits in packed row r mod R
@@ -43,9 +43,19 @@ def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
         count += c.size
     if count == 0:
         raise QuantizationError("cannot ternarize an empty tensor")
-    mean = np.float32(total / count)
+    # torch reduces in float32 with an accurate cascade sum, then divides in float32: round the
+    # (float64) sum once, then divide in float32, as it does
+    mean = np.float32(np.float32(total) / np.float32(count))
     inv = np.float32(1.0) / np.maximum(mean, EPS)
     return TernaryScale(inv=np.float32(inv), scale=np.float32(np.float32(1.0) / inv))
+
+
+def scale_for(chunks: Iterable[np.ndarray], known_scale: np.float32 | None) -> TernaryScale:
+    """The tensor's scale: the one a packed checkpoint fixes, else the absmean of its weights."""
+    if known_scale is None:
+        return absmean_scale(chunks)
+    s = np.float32(known_scale)
+    return TernaryScale(inv=np.float32(np.float32(1.0) / s), scale=s)
 
 
 def ternarize(w: np.ndarray, scale: TernaryScale) -> np.ndarray:

@@ -16,7 +16,7 @@ from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
-from .ternary import TernaryScale, absmean_scale
+from .ternary import TernaryScale, scale_for
 
 
 def round_through(x: np.ndarray, stored_dtype: str | None) -> np.ndarray:
@@ -32,8 +32,9 @@ class TernaryInput:
 
     ternary = True
 
-    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None) -> Any:
-        return absmean_scale(chunks), stored_dtype
+    def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
+                known_scale: np.float32 | None = None) -> Any:
+        return scale_for(chunks, known_scale), stored_dtype
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         if not (isinstance(state, tuple) and isinstance(state[0], TernaryScale)):

@@ -13,19 +13,9 @@ from bitconv.quant.i2s import I2S, pack_i2s
 from bitconv.quant.ternary import (TernaryScale, absmean_scale, hf_weight_scale_to_scale, pack_hf_packed,
                                    ternarize, unpack_hf_packed)
 
+from independent import unpack_i2s
+
 torch = pytest.importorskip("torch")
-
-
-def unpack_i2s_independent(blob: bytes, n: int, k: int) -> tuple[np.ndarray, float, bytes]:
-    """From FORMATS.md: groups of 128 row-major values → 32 bytes; byte j holds values j, 32+j,
-    64+j, 96+j in bit pairs 7–6, 5–4, 3–2, 1–0; code = value + 1; then f32 scale + 28 bytes."""
-    raw = np.frombuffer(blob, dtype=np.uint8)
-    packed, tail = raw[: n * k // 4], raw[n * k // 4:]
-    groups = packed.reshape(-1, 32)
-    values = np.empty((groups.shape[0], 128), dtype=np.int8)
-    for shift, first in ((6, 0), (4, 32), (2, 64), (0, 96)):
-        values[:, first:first + 32] = ((groups >> shift) & 3).astype(np.int8) - 1
-    return values.reshape(n, k), float(tail[:4].view(np.float32)[0]), tail[4:].tobytes()
 
 
 def torch_reference(w: np.ndarray) -> tuple[np.ndarray, np.float32]:
@@ -62,7 +52,7 @@ def test_i2s_pack_then_independent_unpack(n, k_groups, seed, scale):
     state = TernaryScale(inv=np.float32(1) / np.float32(scale), scale=np.float32(scale))
     blob = q.quantize(codes.astype(np.float32) * np.float32(scale), state).data.tobytes() + q.trailer(state)
     assert len(blob) == q.encoded_nbytes((n, k)) == n * k // 4 + 32
-    got, got_scale, padding = unpack_i2s_independent(blob, n, k)
+    got, got_scale, padding = unpack_i2s(blob, n, k)
     assert np.array_equal(got, codes)
     assert got_scale == np.float32(scale)
     assert padding == bytes(28)
@@ -90,7 +80,7 @@ def test_i2s_writer_path_row_chunks_equal_whole_tensor():
     with ThreadPoolExecutor(2) as pool:
         blob = encode_tensor(pt, w, pool, allow_nonfinite=False).tobytes()
     ref_codes, ref_scale = torch_reference(w)
-    codes, scale, _ = unpack_i2s_independent(blob, *w.shape)
+    codes, scale, _ = unpack_i2s(blob, *w.shape)
     assert abs(int(np.float32(scale).view(np.int32)) - int(ref_scale.view(np.int32))) <= 1
     assert np.array_equal(codes, ref_codes)
 

@@ -66,10 +66,16 @@ class SourceTensor:
     sources: list[LazyTensor]
     combine: Callable[[list[np.ndarray]], np.ndarray] | None = None
     hf_names: list[str] = field(default_factory=list)
+    #: a decoder for stored forms that are not plain floats (HF packed ternary): returns float32
+    decode: Callable[[], np.ndarray] | None = None
+    #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
+    known_scale: Callable[[], np.float32] | None = None
 
     def load_stored(self) -> tuple[np.ndarray, str]:
         """The tensor in its stored dtype (bf16 as raw bits) and that dtype's name; the encoder
         widens it chunk by chunk (`to_compute_dtype`), so no float32 copy of the whole tensor exists."""
+        if self.decode is not None:
+            return self.decode(), "F32"
         dtypes = {s.dtype for s in self.sources}
         if len(dtypes) > 1:  # experts stored in different dtypes: widen each first
             return self._combined([s.load().astype(np.float32, copy=False) for s in self.sources]), "F32"
