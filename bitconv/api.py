@@ -16,6 +16,7 @@ from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
+from .targets import get_target
 
 DEFAULT_GGUF_QUANT = "f16"
 #: resident memory the process needs besides tensor data (interpreter, numpy, gguf-py, vocab)
@@ -68,11 +69,15 @@ def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[st
     return p
 
 
-def plan_gguf(source: str | os.PathLike[str], quant: str = DEFAULT_GGUF_QUANT, *, revision: str | None = None,
+def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, target: str | None = None,
+              lut: bool = False, smallest: bool = False, revision: str | None = None,
               allow_pickle: bool = False) -> tuple[Checkpoint, TensorPlan]:
-    """Read a checkpoint's headers and decide every output tensor; no tensor data is read."""
+    """Read a checkpoint's headers and decide every output tensor; no tensor data is read.
+    The quant type is `quant`, else the target's default for this model, else f16."""
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
     mapping = mapping_for(checkpoint)
+    if quant is None:
+        quant = get_target(target).quant_for(mapping, lut=lut, smallest=smallest) if target else DEFAULT_GGUF_QUANT
     return checkpoint, make_plan(checkpoint, mapping, get_quantizer(quant))
 
 
@@ -83,17 +88,22 @@ def memory_estimate(plan: TensorPlan) -> int:
     return BASE_MEMORY + 2 * plan.largest_stored_nbytes + largest_out
 
 
-def convert(source: str | os.PathLike[str], to: str = "gguf", quant: str | None = None,
-            out: str | os.PathLike[str] | None = None, *, force: bool = False, dry_run: bool = False,
+def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | None = None,
+            out: str | os.PathLike[str] | None = None, *, target: str | None = None, lut: bool = False,
+            smallest: bool = False, force: bool = False, dry_run: bool = False,
             threads: int = 0, allow_nonfinite: bool = False, allow_pickle: bool = False,
             revision: str | None = None, pre: str | None = None, manifest: bool = True,
             progress: Callable[[PlannedTensor, int], None] | None = None,
             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
-    """Convert a HF checkpoint (local directory or hub repo id) into an artifact."""
-    if to != "gguf":
-        raise UsageError(f"output format {to!r} is not available yet; available: gguf")
-    quant = (quant or DEFAULT_GGUF_QUANT).lower()
-    checkpoint, plan = plan_gguf(source, quant, revision=revision, allow_pickle=allow_pickle)
+    """Convert a HF checkpoint (local directory or hub repo id) into an artifact. `target` names a
+    preset (`bitconv targets`) that implies the format and, unless `quant` is given, the quant type."""
+    fmt = to or (get_target(target).format if target else "gguf")
+    if target and get_target(target).format != fmt:
+        raise UsageError(f"target {target} writes {get_target(target).format}, not {fmt}")
+    if fmt != "gguf":
+        raise UsageError(f"output format {fmt!r} is not available yet; available: gguf")
+    checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
+                                 smallest=smallest, revision=revision, allow_pickle=allow_pickle)
     quant = plan.quant.name
     vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
     out_path = default_output(checkpoint, quant, out)

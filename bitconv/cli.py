@@ -85,8 +85,11 @@ def cli() -> None:
 
 @cli.command("hf2gguf")
 @click.argument("source")
-@click.option("--quant", "-q", default=api.DEFAULT_GGUF_QUANT, show_default=True,
-              help="Quant type (see `bitconv quants`).")
+@click.option("--quant", "-q", default=None,
+              help="Quant type (see `bitconv quants`). Default: the target's, else f16.")
+@click.option("--target", default=None, help="Hardware preset (see `bitconv targets`).")
+@click.option("--lut", is_flag=True, help="With --target bitnet-x86: the LUT kernel layout (tl2).")
+@click.option("--smallest", is_flag=True, help="With --target llama.cpp: tq1_0 instead of tq2_0.")
 @click.option("-o", "--output", "output", default=None,
               help="Output file, or a folder for <name>-<quant>.gguf. Default: ./<name>-<quant>.gguf")
 @click.option("--dry-run", is_flag=True, help="Show the plan (tensors, types, sizes, memory); write nothing.")
@@ -99,7 +102,8 @@ def cli() -> None:
 @click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2gguf")
-def hf2gguf(source: str, quant: str, output: str | None, dry_run: bool, force: bool, threads: int,
+def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, smallest: bool,
+            output: str | None, dry_run: bool, force: bool, threads: int,
             revision: str | None, pre: str | None, allow_nonfinite: bool, allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
@@ -115,7 +119,8 @@ def hf2gguf(source: str, quant: str, output: str | None, dry_run: bool, force: b
         progress.update(task[0], advance=nbytes, description=pt.name)
 
     with progress:
-        result = api.convert(source, "gguf", quant, output, force=force, dry_run=dry_run, threads=threads,
+        result = api.convert(source, "gguf", quant, output, target=target, lut=lut, smallest=smallest,
+                             force=force, dry_run=dry_run, threads=threads,
                              allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
                              pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start)
     data = result.to_dict()
@@ -172,6 +177,30 @@ def inspect_cmd(path: str, all_metadata: bool, as_json: bool) -> tuple[dict[str,
         out.print(tt)
 
     return data, render
+
+
+@cli.command("targets")
+@command("targets")
+def targets_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
+    """List the hardware-target presets: format, default quant types and runtime."""
+    from .targets import TARGETS
+
+    rows = [{"name": t.name, "format": t.format, "runtime": t.runtime, "ternary_quant": t.ternary_quant,
+             "other_quant": t.other_quant, "lut_quant": t.lut_quant, "smallest_quant": t.smallest_quant,
+             "description": t.description} for t in TARGETS.values()]
+
+    def render() -> None:
+        t = Table(title="targets (an explicit --quant overrides the default)")
+        for col in ("target", "format", "ternary models", "other models", "runtime"):
+            t.add_column(col)
+        for r in rows:
+            extra = [f"{r['lut_quant']} with --lut"] if r["lut_quant"] else []
+            extra += [f"{r['smallest_quant']} with --smallest"] if r["smallest_quant"] else []
+            tern = (r["ternary_quant"] or "—") + (f" ({', '.join(extra)})" if extra else "")
+            t.add_row(r["name"], r["format"], tern, r["other_quant"] or "—", r["runtime"])
+        out.print(t)
+
+    return rows, render
 
 
 @cli.command("quants")

@@ -10,6 +10,8 @@ pre-tokenizer regex itself and names it, and refuses a regex it does not know ra
 """
 from __future__ import annotations
 
+import logging
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
@@ -44,6 +46,19 @@ class GGUFVocab:
             w.add_token_scores(self.scores)
         w.add_token_types(self.token_types)
         self.special.add_to_gguf(w, quiet=True)
+
+
+@contextmanager
+def _quiet_gguf() -> Iterator[None]:
+    """gguf-py logs notes about tokenizer.json details it skips (e.g. the pair template of a
+    TemplateProcessing post-processor); they are not actionable for a user of bitconv."""
+    log = logging.getLogger("gguf")
+    level = log.level
+    log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        log.setLevel(level)
 
 
 def _looks_special(token: str) -> bool:
@@ -126,7 +141,8 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     pre_name = pre or detect_pre_tokenizer(data)
-    special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
+    with _quiet_gguf():
+        special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
     post = data.get("post_processor")
     if isinstance(post, dict) and post.get("type") == "ByteLevel":
         # A ByteLevel post-processor adds no BOS/EOS; llama.cpp's converter records that explicitly.
@@ -227,7 +243,8 @@ def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
                 text = text.replace("\u2581", " ")
                 types[i] = int(gguf.TokenType.USER_DEFINED)
             tokens[i], scores[i] = text, -1000.0
-    special = gguf.SpecialVocab(root, n_vocab=vocab_size)
+    with _quiet_gguf():
+        special = gguf.SpecialVocab(root, n_vocab=vocab_size)
     return GGUFVocab("llama", "default", tokens, types, special, scores)
 
 
