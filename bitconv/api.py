@@ -71,14 +71,14 @@ def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[st
 
 def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, target: str | None = None,
               lut: bool = False, smallest: bool = False, revision: str | None = None,
-              allow_pickle: bool = False) -> tuple[Checkpoint, TensorPlan]:
+              allow_pickle: bool = False, force_ternarize: bool = False) -> tuple[Checkpoint, TensorPlan]:
     """Read a checkpoint's headers and decide every output tensor; no tensor data is read.
     The quant type is `quant`, else the target's default for this model, else f16."""
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
     mapping = mapping_for(checkpoint)
     if quant is None:
         quant = get_target(target).quant_for(mapping, lut=lut, smallest=smallest) if target else DEFAULT_GGUF_QUANT
-    return checkpoint, make_plan(checkpoint, mapping, get_quantizer(quant))
+    return checkpoint, make_plan(checkpoint, mapping, get_quantizer(quant), force_ternarize=force_ternarize)
 
 
 def memory_estimate(plan: TensorPlan) -> int:
@@ -90,7 +90,7 @@ def memory_estimate(plan: TensorPlan) -> int:
 
 def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | None = None,
             out: str | os.PathLike[str] | None = None, *, target: str | None = None, lut: bool = False,
-            smallest: bool = False, force: bool = False, dry_run: bool = False,
+            smallest: bool = False, force: bool = False, dry_run: bool = False, force_ternarize: bool = False,
             threads: int = 0, allow_nonfinite: bool = False, allow_pickle: bool = False,
             revision: str | None = None, pre: str | None = None, manifest: bool = True,
             progress: Callable[[PlannedTensor, int], None] | None = None,
@@ -103,7 +103,8 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     if fmt != "gguf":
         raise UsageError(f"output format {fmt!r} is not available yet; available: gguf")
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
-                                 smallest=smallest, revision=revision, allow_pickle=allow_pickle)
+                                 smallest=smallest, revision=revision, allow_pickle=allow_pickle,
+                                 force_ternarize=force_ternarize)
     quant = plan.quant.name
     vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
     out_path = default_output(checkpoint, quant, out)

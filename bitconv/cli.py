@@ -98,13 +98,16 @@ def cli() -> None:
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--pre", default=None, help="Override the tokenizer pre-tokenizer name written to the GGUF.")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert weights that contain NaN/Inf.")
+@click.option("--force-ternarize", is_flag=True,
+              help="Allow a ternary type for a model not trained ternary (destroys accuracy; for runtime tests).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
 @click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2gguf")
 def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, smallest: bool,
             output: str | None, dry_run: bool, force: bool, threads: int,
-            revision: str | None, pre: str | None, allow_nonfinite: bool, allow_pickle: bool,
+            revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
+            allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
     progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -122,7 +125,8 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
         result = api.convert(source, "gguf", quant, output, target=target, lut=lut, smallest=smallest,
                              force=force, dry_run=dry_run, threads=threads,
                              allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
-                             pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start)
+                             pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start,
+                             force_ternarize=force_ternarize)
     data = result.to_dict()
     if not dry_run:
         data.pop("tensors")

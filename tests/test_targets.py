@@ -63,3 +63,21 @@ def test_llamacpp_target_for_qwen(qwen2_checkpoint):
 def test_unknown_target(qwen2_checkpoint):
     code, obj = _dry(qwen2_checkpoint, "--target", "tpu")
     assert code == 2 and "unknown target" in obj["error"]["message"]
+
+
+def test_force_ternarize_a_non_ternary_model(checkpoint_factory, tmp_path):
+    from independent import unpack_i2s
+    from llamacpp_oracle import read_gguf
+
+    ckpt = checkpoint_factory("qwen2", "f32", 1, "hub", hidden=128)
+    out = tmp_path / "t.gguf"
+    proc = run_cli("hf2gguf", str(ckpt), "-q", "i2_s", "-o", str(out))
+    assert proc.returncode == 2 and "--force-ternarize" in proc.stderr and not out.exists()
+    proc = run_cli("hf2gguf", str(ckpt), "-q", "i2_s", "-o", str(out), "--force-ternarize")
+    assert proc.returncode == 0, proc.stderr
+    g = read_gguf(out)
+    i2s = [t for t in g.tensors if t.ggml_type == 36]
+    assert len(i2s) == 14  # 7 linears x 2 layers; embeddings/output stay f16, norms and biases f32
+    k, n = i2s[0].shape
+    codes, scale, _ = unpack_i2s(g.tensor_bytes(i2s[0]), n, k)
+    assert set(codes.ravel().tolist()) <= {-1, 0, 1} and scale > 0

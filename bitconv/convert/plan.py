@@ -116,11 +116,15 @@ def _ternary_linear_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -
     return ternary_input(chosen), "dequantized ternary (s·W_t)"
 
 
-def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer) -> TensorPlan:
+def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer, *,
+              force_ternarize: bool = False) -> TensorPlan:
     if quant.ternary and not mapping.ternary_model:
-        raise UsageError(
-            f"{quant.name} is a ternary type and {checkpoint.architecture} is not a ternary-trained model "
-            "(BitNet b1.58); ternarizing it would destroy its accuracy")
+        if not force_ternarize:
+            raise UsageError(
+                f"{quant.name} is a ternary type and {checkpoint.architecture} is not a ternary-trained model "
+                "(BitNet b1.58): ternarizing it after training destroys its accuracy; pass --force-ternarize "
+                "only to test a runtime")
+        mapping.treat_as_ternary()
     plan = TensorPlan(mapping, quant)
     seen: set[str] = set()
     for src in mapping.tensors(checkpoint):

@@ -113,9 +113,13 @@ class ArchMapping:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     #: HF tensors that carry nothing for the runtime
     #: ternary-trained (BitNet b1.58): only such models may take a ternary quant type
-    ternary_model: ClassVar[bool] = False
-    #: GGUF base names of the linears a ternary model stores as ternary
-    ternary_linears: ClassVar[tuple[str, ...]] = ()
+    ternary_model: bool = False
+    #: the attention and MLP linears of a block, which BitNet b1.58 trains ternary
+    TERNARY_LINEARS: ClassVar[tuple[str, ...]] = (
+        "attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+        "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
+    #: GGUF base names of the linears this model stores as ternary
+    ternary_linears: tuple[str, ...] = ()
     #: tokenizer kinds in order of preference ("bpe": tokenizer.json, "sentencepiece": tokenizer.model)
     tokenizer_kinds: ClassVar[tuple[str, ...]] = ("bpe", "sentencepiece")
     #: transformers' default when config.json has no rope_theta
@@ -178,6 +182,11 @@ class ArchMapping:
         "ffn_norm.weight")
     #: alternative feed-forward sets; a block must have one of them completely
     ffn_variants: ClassVar[tuple[tuple[str, ...], ...]] = (("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"),)
+
+    def treat_as_ternary(self) -> None:
+        """--force-ternarize: the attention and MLP linears of every block become ternary."""
+        self.ternary_model = True
+        self.ternary_linears = self.TERNARY_LINEARS
 
     def is_ternary_linear(self, gguf_name: str) -> bool:
         return self.ternary_model and re.sub(r"^blk\.\d+\.", "", gguf_name) in self.ternary_linears

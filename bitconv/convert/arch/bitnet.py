@@ -21,8 +21,6 @@ from ...quant.ternary import hf_weight_scale_to_scale, unpack_hf_packed
 from ..checkpoint import Checkpoint, LazyTensor
 from .base import ArchMapping, SourceTensor, register_arch
 
-_LINEARS = ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
-            "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")
 
 
 class BitnetMapping(ArchMapping):
@@ -31,7 +29,7 @@ class BitnetMapping(ArchMapping):
 
     gguf_arch = gguf.MODEL_ARCH.BITNET
     ternary_model = True
-    ternary_linears = _LINEARS
+    ternary_linears = ArchMapping.TERNARY_LINEARS
     layer_tensors = ArchMapping.layer_tensors + ("attn_sub_norm.weight", "ffn_sub_norm.weight")
     #: the tied 2B-4T / 1bitLLM checkpoints carry no lm_head
     default_tied: ClassVar[bool] = True
