@@ -56,7 +56,7 @@ class Quantizer:
     ternary: ClassVar[bool] = False
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
-                known_scale: np.float32 | None = None) -> Any:
+                known_scale: Any = None) -> Any:
         """Per-tensor statistic computed before the blocks (a scale), from the tensor given as row
         chunks in compute dtype (`stored_dtype`: how the checkpoint stores it; `known_scale`: a
         scale the checkpoint already fixes, as packed ternary weights do); None for block-local

@@ -49,7 +49,7 @@ class I2S(Quantizer):
     ternary = True
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
-                known_scale: np.float32 | None = None) -> TernaryScale:
+                known_scale: Any = None) -> TernaryScale:
         return scale_for(chunks, known_scale)
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:

@@ -50,12 +50,9 @@ def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
     return TernaryScale(inv=np.float32(inv), scale=np.float32(np.float32(1.0) / inv))
 
 
-def scale_for(chunks: Iterable[np.ndarray], known_scale: np.float32 | None) -> TernaryScale:
+def scale_for(chunks: Iterable[np.ndarray], known_scale: TernaryScale | None) -> TernaryScale:
     """The tensor's scale: the one a packed checkpoint fixes, else the absmean of its weights."""
-    if known_scale is None:
-        return absmean_scale(chunks)
-    s = np.float32(known_scale)
-    return TernaryScale(inv=np.float32(np.float32(1.0) / s), scale=s)
+    return absmean_scale(chunks) if known_scale is None else known_scale
 
 
 def ternarize(w: np.ndarray, scale: TernaryScale) -> np.ndarray:
@@ -100,11 +97,18 @@ def pack_hf_packed(codes: np.ndarray) -> np.ndarray:
     return out
 
 
-def hf_weight_scale_to_scale(weight_scale: float, linear_class: str) -> np.float32:
-    """The multiplier s with real W = s · W_t for a packed checkpoint's `weight_scale`."""
+def hf_weight_scale_to_scale(weight_scale: float, linear_class: str) -> TernaryScale:
+    """The per-tensor scale a packed checkpoint's `weight_scale` fixes, keeping the stored number
+    exact on the side it is stored on (bitlinear stores inv, autobitlinear stores s)."""
     if linear_class not in LINEAR_CLASSES:
         raise QuantizationError(f"unknown linear_class {linear_class!r}; expected one of {LINEAR_CLASSES}")
     ws = np.float32(weight_scale)
     if not np.isfinite(ws) or ws <= 0:
         raise QuantizationError(f"weight_scale {weight_scale} is not a positive finite number")
-    return np.float32(np.float32(1.0) / ws) if linear_class == "bitlinear" else ws
+    other = np.float32(np.float32(1.0) / ws)
+    return TernaryScale(inv=ws, scale=other) if linear_class == "bitlinear" else TernaryScale(inv=other, scale=ws)
+
+
+def dequantize_codes(codes: np.ndarray, scale: TernaryScale) -> np.ndarray:
+    """s · W_t in float32 as the references compute it: codes / inv."""
+    return codes.astype(np.float32) / scale.inv

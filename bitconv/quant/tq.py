@@ -33,7 +33,7 @@ class TernaryInput:
     ternary = True
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
-                known_scale: np.float32 | None = None) -> Any:
+                known_scale: Any = None) -> Any:
         return scale_for(chunks, known_scale), stored_dtype
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:

@@ -108,5 +108,9 @@ def test_packed_code_3_refused():
 
 
 def test_weight_scale_conventions():
-    assert hf_weight_scale_to_scale(4.0, "bitlinear") == np.float32(0.25)
-    assert hf_weight_scale_to_scale(4.0, "autobitlinear") == np.float32(4.0)
+    """bitlinear stores inv (real W = W_t / weight_scale), autobitlinear stores s (W = W_t · it);
+    the stored number is kept exact on its side."""
+    bit = hf_weight_scale_to_scale(3.0, "bitlinear")
+    assert bit.inv == np.float32(3.0) and bit.scale == np.float32(1) / np.float32(3)
+    auto = hf_weight_scale_to_scale(3.0, "autobitlinear")
+    assert auto.scale == np.float32(3.0) and auto.inv == np.float32(1) / np.float32(3)

@@ -69,7 +69,7 @@ class SourceTensor:
     #: a decoder for stored forms that are not plain floats (HF packed ternary): returns float32
     decode: Callable[[], np.ndarray] | None = None
     #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
-    known_scale: Callable[[], np.float32] | None = None
+    known_scale: Callable[[], Any] | None = None
 
     def load_stored(self) -> tuple[np.ndarray, str]:
         """The tensor in its stored dtype (bf16 as raw bits) and that dtype's name; the encoder

@@ -10,20 +10,15 @@ The seven linears of every block are ternary: stored as codes (i2_s, tq*) or as 
 """
 from __future__ import annotations
 
-import re
-from typing import Any, ClassVar, Iterator
+from typing import Any, ClassVar
 
 import gguf
-import numpy as np
 
-from ...errors import CheckpointError
-from ...quant.ternary import hf_weight_scale_to_scale, unpack_hf_packed
-from ..checkpoint import Checkpoint, LazyTensor
-from .base import ArchMapping, SourceTensor, register_arch
+from .base import ArchMapping, register_arch
+from .packed_ternary import PackedTernaryMixin
 
 
-
-class BitnetMapping(ArchMapping):
+class BitnetMapping(PackedTernaryMixin):
     """Master weights (bf16/f32) are ternarized on conversion; a packed checkpoint (transformers
     `quant_method: "bitnet"`: uint8 codes + `weight_scale`) is decoded with the scale it fixes."""
 
@@ -42,52 +37,6 @@ class BitnetMapping(ArchMapping):
         shapes = super().expected_shapes()
         shapes.update({"attn_sub_norm.weight": (self.hidden,), "ffn_sub_norm.weight": (int(self.ff),)})
         return shapes
-
-    @property
-    def linear_class(self) -> str | None:
-        """The packed checkpoint's weight_scale convention, or None for master weights."""
-        qc = self.config.get("quantization_config") or {}
-        if not isinstance(qc, dict) or qc.get("quant_method") != "bitnet":
-            return None
-        return str(qc.get("linear_class") or "bitlinear")
-
-    def tensors(self, checkpoint: Checkpoint) -> Iterator[SourceTensor]:
-        scales = {n for n in checkpoint.tensors if n.endswith(".weight_scale")}
-        for lt in checkpoint:
-            if lt.name in scales or lt.name.endswith(self.skip_suffixes):
-                continue
-            if lt.dtype == "U8":
-                yield self._packed_linear(lt, checkpoint)
-            else:
-                yield from self.map_tensor(lt)
-
-    def _packed_linear(self, packed: LazyTensor, checkpoint: Checkpoint) -> SourceTensor:
-        name = self.gguf_name(packed.name)
-        base = re.sub(r"^blk\.\d+\.", "", name)
-        linear_class = self.linear_class
-        if base not in self.ternary_linears or linear_class is None:
-            raise CheckpointError(f"{packed.name}: uint8 weights, but config.json has no bitnet "
-                                  "quantization_config for a packed ternary linear")
-        scale_name = packed.name.removesuffix(".weight") + ".weight_scale"
-        scale_t = checkpoint.tensors.get(scale_name)
-        if scale_t is None:
-            raise CheckpointError(f"{packed.name}: packed ternary weights without {scale_name}")
-        rows, k = self.expected_shapes()[base]
-        if len(packed.shape) != 2 or packed.shape != (-(-rows // 4), k):
-            raise CheckpointError(f"{packed.name}: packed shape {packed.shape} does not match config.json "
-                                  f"(expects {(-(-rows // 4), k)} for a {rows}×{k} ternary matrix)")
-
-        def scale() -> np.float32:
-            values = scale_t.load().reshape(-1)
-            if values.size != 1:
-                raise CheckpointError(f"{scale_name}: expected one value, found {values.size}")
-            return hf_weight_scale_to_scale(float(values[0]), linear_class)
-
-        def decode() -> np.ndarray:
-            return unpack_hf_packed(packed.load_raw(), rows).astype(np.float32) * scale()
-
-        return SourceTensor(name, (rows, k), [packed, scale_t], hf_names=[packed.name], decode=decode,
-                            known_scale=scale)
 
 
 @register_arch("BitnetForCausalLM")
