@@ -61,6 +61,19 @@ def _quiet_gguf() -> Iterator[None]:
         log.setLevel(level)
 
 
+def _add_flags_from_tokenizer_config(root: Path, special: gguf.SpecialVocab) -> None:
+    """add_<type>_token booleans of tokenizer_config.json that the post-processor did not decide,
+    as llama.cpp's converter records them (the gguf wheel's SpecialVocab skips some)."""
+    path = root / "tokenizer_config.json"
+    if not path.is_file():
+        return
+    config = read_json_object(path, "", TokenizerError)
+    for typ in special.special_token_types:
+        flag = config.get(f"add_{typ}_token")
+        if isinstance(flag, bool):
+            special.add_special_token.setdefault(typ, flag)
+
+
 def _looks_special(token: str) -> bool:
     return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
             or (token.startswith("<|") and token.endswith("|>"))
@@ -144,10 +157,13 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
     with _quiet_gguf():
         special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
     post = data.get("post_processor")
-    if isinstance(post, dict) and post.get("type") == "ByteLevel":
-        # A ByteLevel post-processor adds no BOS/EOS; llama.cpp's converter records that explicitly.
+    processors = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    if any(isinstance(p, dict) and p.get("type") == "ByteLevel" for p in processors):
+        # A ByteLevel post-processor adds no BOS/EOS of its own; llama.cpp's converter records that
+        # explicitly (a TemplateProcessing beside it may still have set add_bos).
         special.add_special_token.setdefault("bos", False)
         special.add_special_token.setdefault("eos", False)
+    _add_flags_from_tokenizer_config(root, special)
     if not special.merges:
         raise TokenizerError("tokenizer.json has no BPE merges")
     return GGUFVocab("gpt2", pre_name, tokens, [int(t) for t in types], special)
@@ -245,6 +261,7 @@ def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
             tokens[i], scores[i] = text, -1000.0
     with _quiet_gguf():
         special = gguf.SpecialVocab(root, n_vocab=vocab_size)
+    _add_flags_from_tokenizer_config(root, special)
     return GGUFVocab("llama", "default", tokens, types, special, scores)
 
 

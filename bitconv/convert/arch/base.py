@@ -36,7 +36,7 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("qwen2", "qwen3", "qwen_moe", "bitnet"):  # built-in mappings register on import
+    for module in ("qwen2", "qwen3", "qwen_moe", "bitnet", "llama"):  # built-in mappings register on import
         importlib.import_module(f"{__package__}.{module}")
 
 
