@@ -11,6 +11,9 @@ from .base import Quantizer
 QUANT_TYPES: dict[str, type[Quantizer]] = {}
 ALIASES: dict[str, str] = {"fp32": "f32", "fp16": "f16", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 _entry_points_loaded = False
+#: types named by targets or docs that are not implemented yet, with what to use meanwhile
+PLANNED = {"tl1": "bitnet.cpp's ARM LUT layout; for x86 use i2_s",
+           "tl2": "bitnet.cpp's x86 LUT layout; use i2_s (--target bitnet-x86 without --lut)"}
 
 Q = TypeVar("Q", bound=type[Quantizer])
 
@@ -51,6 +54,8 @@ def get_quantizer(name: str) -> Quantizer:
     """An instance of the quant type called `name` (case-insensitive; fp16/fp32 aliases accepted)."""
     _load_entry_points()
     key = ALIASES.get(name.lower(), name.lower())
+    if key in PLANNED and key not in QUANT_TYPES:
+        raise UsageError(f"{key} is not available yet ({PLANNED[key]})")
     try:
         return QUANT_TYPES[key]()
     except KeyError:
