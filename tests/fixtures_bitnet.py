@@ -63,9 +63,7 @@ assumed; ``integrations/bitnet.py`` is abbreviated ``ib``):
 
 from __future__ import annotations
 
-import base64
 import functools
-import importlib.util
 import json
 import math
 import os
@@ -78,7 +76,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fixtures import _bytes_to_unicode, _cache_root, _write_json
+from fixtures import _bytes_to_unicode, _cache_root, _write_json, read_tiktoken_ranks, wheel_resource
 
 Form = Literal["master", "packed"]
 LinearClass = Literal["bitlinear", "autobitlinear"]
@@ -139,28 +137,10 @@ LLAMA3_CHAT_TEMPLATE = (
 # --------------------------------------------------------------------------- tokenizer
 
 
-def _llama3_tiktoken_path() -> Path:
-    """Locate llama3/tokenizer.model in the llama-models wheel without importing the package."""
-    spec = importlib.util.find_spec("llama_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise RuntimeError("the 'llama-models' wheel is required for the Llama-3 tokenizer fixture")
-    path = Path(next(iter(spec.submodule_search_locations))) / "llama3" / "tokenizer.model"
-    if not path.is_file():
-        raise RuntimeError(f"missing {path}")
-    return path
-
-
 @functools.cache
 def llama3_ranks() -> dict[bytes, int]:
     """Token bytes -> BPE rank (== token id) read from llama-models' tiktoken file."""
-    ranks: dict[bytes, int] = {}
-    for line in _llama3_tiktoken_path().read_bytes().splitlines():
-        if line.strip():
-            token, rank = line.split()
-            ranks[base64.b64decode(token)] = int(rank)
-    if len(ranks) != LLAMA3_NUM_RANKS or sorted(ranks.values()) != list(range(LLAMA3_NUM_RANKS)):
-        raise RuntimeError("unexpected llama3/tokenizer.model contents")
-    return ranks
+    return read_tiktoken_ranks(wheel_resource("llama_models", "llama3", "tokenizer.model"), LLAMA3_NUM_RANKS)
 
 
 @functools.cache
@@ -326,7 +306,7 @@ def llama3_reference_encode(text: str) -> list[int]:
 def _llama_models_tokenizer() -> Any:
     from llama_models.llama3.tokenizer import Tokenizer
 
-    return Tokenizer(_llama3_tiktoken_path())
+    return Tokenizer(wheel_resource("llama_models", "llama3", "tokenizer.model"))
 
 
 # --------------------------------------------------------------------------- ternary numerics

@@ -136,8 +136,9 @@ def test_merges_match_transformers_tiktoken_converter(monkeypatch: pytest.Monkey
 
     # read the ranks with llama-models' own reader instead of tiktoken's (which caches downloads)
     monkeypatch.setattr(TikTokenConverter, "load_tiktoken_bpe", staticmethod(lambda p: load_bpe_file(Path(p))))
-    vocab, merges = TikTokenConverter(vocab_file=str(fb._llama3_tiktoken_path())).extract_vocab_merges_from_model(
-        str(fb._llama3_tiktoken_path())
+    ranks_file = str(fb.wheel_resource("llama_models", "llama3", "tokenizer.model"))
+    vocab, merges = TikTokenConverter(vocab_file=ranks_file).extract_vocab_merges_from_model(
+        ranks_file
     )
     ours_vocab, ours_merges = fb.llama3_vocab_and_merges()
     assert ours_vocab == vocab
