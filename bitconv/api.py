@@ -11,7 +11,7 @@ from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, make_plan
 from .convert.tokenizer import export_vocab
-from .errors import UsageError
+from .errors import ArtifactError, UsageError
 from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path
 from .formats.manifest import BackgroundHasher, write_manifest
@@ -135,8 +135,8 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     result.sha256 = digest
     out_record = {"path": out_path.name, "bytes": result.output_bytes, "sha256": digest}
     if hasher:
-        options = {"format": "gguf", "quant": quant, "pre": vocab.pre, "allow_nonfinite": allow_nonfinite,
-                   "revision": revision}
+        options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre,
+                   "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision}
         result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=[out_record],
                                              options=options, source=str(source)))
     result.seconds = time.perf_counter() - start
@@ -145,8 +145,6 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
 
 def inspect(path: str | os.PathLike[str]) -> gguf_io.GGUFSummary:
     """Metadata and tensor table of a GGUF artifact."""
-    from .errors import ArtifactError
-
     p = Path(path)
     if not p.is_file():
         raise ArtifactError(f"{p}: no such file")
