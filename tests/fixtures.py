@@ -200,33 +200,30 @@ def qwen_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
     return vocab, merges
 
 
-def build_qwen_tokenizer() -> Any:
-    """A ``tokenizers.Tokenizer`` configured like Qwen2's real tokenizer.json."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, normalizers, pre_tokenizers, processors
+def byte_level_bpe(vocab: dict[str, int], merges: list[tuple[str, str]], split_regex: str, *,
+                   ignore_merges: bool, nfc: bool, trim_offsets: bool) -> Any:
+    """The byte-level BPE core shared by the Qwen2 and Llama-3 tokenizer.json files: BPE model,
+    optional NFC normalizer, regex split then ByteLevel (no regex of its own), ByteLevel decoder."""
+    from tokenizers import Regex, Tokenizer, decoders, normalizers, pre_tokenizers
     from tokenizers.models import BPE
 
-    vocab, merges = qwen_vocab_and_merges()
-    tok = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=merges,
-            dropout=None,
-            unk_token=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-            ignore_merges=False,
-        )
-    )
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False),
-        ]
-    )
+    tok = Tokenizer(BPE(vocab=vocab, merges=merges, dropout=None, unk_token=None, continuing_subword_prefix="",
+                        end_of_word_suffix="", fuse_unk=False, byte_fallback=False, ignore_merges=ignore_merges))
+    tok.normalizer = normalizers.NFC() if nfc else None
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(split_regex), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=trim_offsets, use_regex=False),
+    ])
     tok.decoder = decoders.ByteLevel()
+    return tok
+
+
+def build_qwen_tokenizer() -> Any:
+    """A ``tokenizers.Tokenizer`` configured like Qwen2's real tokenizer.json."""
+    from tokenizers import AddedToken, processors
+
+    vocab, merges = qwen_vocab_and_merges()
+    tok = byte_level_bpe(vocab, merges, QWEN2_PRETOKENIZE_REGEX, ignore_merges=False, nfc=True, trim_offsets=False)
     tok.post_processor = processors.ByteLevel(add_prefix_space=False, trim_offsets=False, use_regex=False)
     tok.add_tokens([AddedToken(t, special=s, normalized=False) for t, s in QWEN_ADDED_TOKENS])
     for i, (content, _) in enumerate(QWEN_ADDED_TOKENS):

@@ -76,7 +76,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fixtures import _bytes_to_unicode, _cache_root, _write_json, read_tiktoken_ranks, wheel_resource
+from fixtures import _bytes_to_unicode, _cache_root, _write_json, byte_level_bpe, read_tiktoken_ranks, wheel_resource
 
 Form = Literal["master", "packed"]
 LinearClass = Literal["bitlinear", "autobitlinear"]
@@ -175,31 +175,10 @@ def llama3_vocab_and_merges() -> tuple[dict[str, int], list[tuple[str, str]]]:
 
 def build_llama3_tokenizer() -> Any:
     """A ``tokenizers.Tokenizer`` configured like Meta-Llama-3's tokenizer.json."""
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, pre_tokenizers, processors
-    from tokenizers.models import BPE
+    from tokenizers import AddedToken, processors
 
     vocab, merges = llama3_vocab_and_merges()
-    tok = Tokenizer(
-        BPE(
-            vocab=vocab,
-            merges=merges,
-            dropout=None,
-            unk_token=None,
-            continuing_subword_prefix="",
-            end_of_word_suffix="",
-            fuse_unk=False,
-            byte_fallback=False,
-            ignore_merges=True,
-        )
-    )
-    tok.normalizer = None
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(LLAMA3_PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
+    tok = byte_level_bpe(vocab, merges, LLAMA3_PRETOKENIZE_REGEX, ignore_merges=True, nfc=False, trim_offsets=True)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in LLAMA3_SPECIAL_TOKENS])
     for i, content in enumerate(LLAMA3_SPECIAL_TOKENS):
         if tok.token_to_id(content) != LLAMA3_NUM_RANKS + i:
