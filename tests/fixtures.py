@@ -418,7 +418,7 @@ _RESIDUAL_WRITERS = ("o_proj.weight", "down_proj.weight", "experts.down_proj")
 RESIDUAL_SCALE = 0.15
 
 
-def _randomize(model: Any, seed: int) -> None:
+def randomize(model: Any, seed: int, residual_scale: float = RESIDUAL_SCALE) -> None:
     """Deterministic weights large enough that any dropped/misplaced term moves the logits.
 
     Every matrix (embeddings and 3-D fused experts included) gets std 1/sqrt(last dim), so
@@ -447,7 +447,7 @@ def _randomize(model: Any, seed: int) -> None:
                 # the residual stream. With O(1) block outputs a 2-layer random model loses ~3%
                 # logits cos to q4_0 rounding alone (transformers on fake-quantized weights:
                 # 0.972), which would make q4 thresholds measure the fixture, not the converter.
-                x = RESIDUAL_SCALE * x / math.sqrt(p.shape[-1])
+                x = residual_scale * x / math.sqrt(p.shape[-1])
             else:
                 x = x / math.sqrt(p.shape[-1])
             p.copy_(x)
@@ -535,7 +535,7 @@ def make_checkpoint(
     kwargs.update(overrides)
     config = getattr(transformers, config_cls_name)(**kwargs)
     model = getattr(transformers, model_cls_name)(config)
-    _randomize(model, seed)
+    randomize(model, seed)
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     model = model.to(torch_dtype).eval()
 

@@ -65,7 +65,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import re
 import shutil
@@ -76,7 +75,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from fixtures import _bytes_to_unicode, _cache_root, _write_json, byte_level_bpe, read_tiktoken_ranks, wheel_resource
+from fixtures import _bytes_to_unicode, randomize, _cache_root, _write_json, byte_level_bpe, read_tiktoken_ranks, wheel_resource
 
 Form = Literal["master", "packed"]
 LinearClass = Literal["bitlinear", "autobitlinear"]
@@ -422,25 +421,6 @@ def _config_kwargs(hidden: int, layers: int, intermediate: int, heads: int, kv_h
     )
 
 
-def _randomize(model: Any, seed: int) -> None:
-    """Deterministic weights: norms 1 + 0.1*N(0,1), every matrix (embedding included) N(0,1)/sqrt(fan_in).
-
-    With tied embeddings of std 1/sqrt(hidden) and a unit-RMS final norm the logits are O(1).
-    A private generator in ``named_parameters`` order; the global torch RNG is untouched.
-    """
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            x = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if name.endswith("norm.weight"):
-                x = 1.0 + 0.1 * x
-            else:
-                x = x / math.sqrt(p.shape[-1])
-            p.copy_(x)
-
-
 def _to_hub_config(cfg: dict[str, Any]) -> dict[str, Any]:
     """transformers-5 config.json -> the key layout of the hub's bitnet-b1.58-2B-4T config."""
     out = dict(cfg)
@@ -512,7 +492,9 @@ def make_bitnet_checkpoint(
     kwargs.update(overrides)
     config = transformers.BitNetConfig(**kwargs)
     model = transformers.BitNetForCausalLM(config)
-    _randomize(model, seed)
+    # every matrix N(0,1)/sqrt(fan_in), norms 1 + 0.1·N(0,1): with tied embeddings of std
+    # 1/sqrt(hidden) and a unit-RMS final norm the logits are O(1)
+    randomize(model, seed, residual_scale=1.0)
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
     model = model.to(torch_dtype).eval()
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import functools
 import json
-import math
 import os
 import random
 import shutil
@@ -17,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fixtures import _cache_root
+from fixtures import _cache_root, randomize
 
 SP_VOCAB = 1000
 CONFIG_VOCAB = 1024  # a few padded ids, as real checkpoints have (32002 vs 32000)
@@ -49,22 +48,6 @@ def sentencepiece_model() -> Path:
     return model
 
 
-def _randomize(model, seed: int) -> None:
-    import torch
-
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            x = torch.randn(p.shape, generator=gen, dtype=torch.float32)
-            if name.endswith("norm.weight"):
-                x = 1.0 + 0.1 * x
-            elif name.endswith(("o_proj.weight", "down_proj.weight")):
-                x = 0.15 * x / math.sqrt(p.shape[-1])
-            else:
-                x = x / math.sqrt(p.shape[-1])
-            p.copy_(x)
-
-
 def make_onebit_checkpoint(path: str | os.PathLike[str], *, dtype: str = "bf16", seed: int = 0, hidden: int = 256,
                            intermediate: int = 768, layers: int = 2, heads: int = 4, kv_heads: int = 2) -> Path:
     import torch
@@ -79,7 +62,7 @@ def make_onebit_checkpoint(path: str | os.PathLike[str], *, dtype: str = "bf16",
                           rope_theta=10000.0, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2,
                           pad_token_id=None)
     model = BitNetForCausalLM(config)
-    _randomize(model, seed)
+    randomize(model, seed)
     model = model.to(torch.bfloat16 if dtype == "bf16" else torch.float32).eval()
     model.save_pretrained(str(ref), safe_serialization=True)
     out.mkdir(parents=True, exist_ok=True)

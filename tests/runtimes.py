@@ -65,3 +65,22 @@ def hf_logits_fake_quant(path: Path, tokens: list[int], ggml_type: str, embeddin
             p.copy_(torch.from_numpy(roundtrip(p.detach().numpy(), qname)))
         logits = model(torch.tensor([tokens], dtype=torch.long)).logits
     return logits[0, -1].numpy()
+
+
+def assert_identical_to_llamacpp_converter(ckpt: Path, outtype: str, tmp_path: Path,
+                                           extra_args: tuple[str, ...] = ()) -> None:
+    """bitconv's GGUF equals what llama.cpp's own convert_hf_to_gguf.py writes for `ckpt`
+    (tensors, tokenizer, hyper-parameters); skips only when the converter cannot be fetched."""
+    import pytest
+
+    import bitconv
+    from llamacpp_oracle import ReferenceUnavailable, compare_gguf, format_diffs, run_reference_converter
+
+    try:
+        ref = run_reference_converter(ckpt, outtype, tmp_path / "ref.gguf", extra_args=extra_args)
+    except ReferenceUnavailable as e:
+        pytest.skip(str(e))
+    ours = tmp_path / "ours.gguf"
+    bitconv.convert(ckpt, "gguf", outtype, ours, manifest=False)
+    diffs = compare_gguf(ours, ref)
+    assert not diffs, format_diffs(diffs)

@@ -11,8 +11,7 @@ import pytest
 import bitconv
 import fixtures_onebit
 from cli_helpers import run_cli
-from llamacpp_oracle import ReferenceUnavailable, compare_gguf, format_diffs, run_reference_converter
-from runtimes import cos, llama_last_logits, llama_tokenize
+from runtimes import assert_identical_to_llamacpp_converter, cos, llama_last_logits, llama_tokenize
 
 pytestmark = pytest.mark.slow
 TOKENS = [1, 50, 60, 70, 80, 90, 100, 200, 300, 400, 500, 600, 700]
@@ -35,15 +34,7 @@ def onebit(tmp_path_factory: pytest.TempPathFactory):
 @pytest.mark.parametrize("dtype", ["bf16", "f32"])
 @pytest.mark.parametrize("quant", ["tq1_0", "tq2_0", "f16"])
 def test_identical_to_llamacpp_converter(onebit, dtype, quant, tmp_path):
-    ckpt = onebit(dtype)
-    try:
-        ref = run_reference_converter(ckpt, quant, tmp_path / "ref.gguf")
-    except ReferenceUnavailable as e:
-        pytest.skip(str(e))
-    ours = tmp_path / "ours.gguf"
-    bitconv.convert(ckpt, "gguf", quant, ours, manifest=False)
-    diffs = compare_gguf(ours, ref)
-    assert not diffs, format_diffs(diffs)
+    assert_identical_to_llamacpp_converter(onebit(dtype), quant, tmp_path)
 
 
 @pytest.mark.parametrize("quant,min_cos", [("tq1_0", 0.999), ("tq2_0", 0.999), ("f16", 0.9999)])

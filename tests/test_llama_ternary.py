@@ -10,8 +10,7 @@ import pytest
 
 import bitconv
 import fixtures_llama_ternary
-from llamacpp_oracle import ReferenceUnavailable, compare_gguf, format_diffs, run_reference_converter
-from runtimes import cos, llama_last_logits
+from runtimes import assert_identical_to_llamacpp_converter, cos, llama_last_logits
 
 pytestmark = pytest.mark.slow
 TOKENS = [128000, 9906, 1917, 11, 420, 374, 264, 1296, 315, 279, 1887, 13]
@@ -24,14 +23,8 @@ def llama_ternary(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("quant", ["tq1_0", "tq2_0", "f16"])
 def test_identical_to_llamacpp_converter(llama_ternary, quant, tmp_path):
-    try:  # the converter's lazy mode cannot dequantize packed bitnet weights (torch meta device)
-        ref = run_reference_converter(llama_ternary, quant, tmp_path / "ref.gguf", extra_args=("--no-lazy",))
-    except ReferenceUnavailable as e:
-        pytest.skip(str(e))
-    ours = tmp_path / "ours.gguf"
-    bitconv.convert(llama_ternary, "gguf", quant, ours, manifest=False)
-    diffs = compare_gguf(ours, ref)
-    assert not diffs, format_diffs(diffs)
+    # the converter's lazy mode cannot dequantize packed bitnet weights (torch meta device)
+    assert_identical_to_llamacpp_converter(llama_ternary, quant, tmp_path, extra_args=("--no-lazy",))
 
 
 @pytest.mark.parametrize("quant,min_cos", [("tq1_0", 0.999), ("tq2_0", 0.999), ("f16", 0.9999)])
