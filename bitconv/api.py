@@ -1,6 +1,7 @@
 """The Python API. The CLI is a thin layer over these functions; nothing here prints or exits."""
 from __future__ import annotations
 
+import hashlib
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -13,9 +14,10 @@ from .convert.plan import PlannedTensor, TensorPlan, make_plan
 from .convert.tokenizer import export_vocab
 from .errors import ArtifactError, UsageError
 from .formats import gguf_io
-from .formats.atomic import atomic_output, check_free_space, check_output_path
+from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
+from .quant.tl import KernelConfig, LutQuantizer
 from .targets import get_target
 
 DEFAULT_GGUF_QUANT = "f16"
@@ -52,6 +54,10 @@ class ConversionResult:
     seconds: float = 0.0
     sha256: str | None = None
     manifest: str | None = None
+    #: tl1/tl2: the tilings used ({m, k, bm, bk, bmm} per shape) and the files written for bitnet.cpp
+    tilings: list[dict[str, int]] = field(default_factory=list)
+    kernel_config: str | None = None
+    codegen: str | None = None
     tensors: list[TensorRecord] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
@@ -71,14 +77,29 @@ def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[st
 
 def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, target: str | None = None,
               lut: bool = False, smallest: bool = False, revision: str | None = None,
-              allow_pickle: bool = False, force_ternarize: bool = False) -> tuple[Checkpoint, TensorPlan]:
+              allow_pickle: bool = False, force_ternarize: bool = False,
+              kernel_config: str | os.PathLike[str] | KernelConfig | None = None) -> tuple[Checkpoint, TensorPlan]:
     """Read a checkpoint's headers and decide every output tensor; no tensor data is read.
-    The quant type is `quant`, else the target's default for this model, else f16."""
+    The quant type is `quant`, else the target's default for this model, else f16. `kernel_config`
+    (tl1/tl2): pack for an existing bitnet.cpp build's kernel_config.ini instead of choosing tilings."""
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
     mapping = mapping_for(checkpoint)
     if quant is None:
         quant = get_target(target).quant_for(mapping, lut=lut, smallest=smallest) if target else DEFAULT_GGUF_QUANT
-    return checkpoint, make_plan(checkpoint, mapping, get_quantizer(quant), force_ternarize=force_ternarize)
+    quantizer = get_quantizer(quant)
+    if kernel_config is not None:
+        if not isinstance(quantizer, LutQuantizer):
+            raise UsageError(f"--kernel-config applies to the LUT layouts tl1/tl2, not {quantizer.name}")
+        cfg = kernel_config if isinstance(kernel_config, KernelConfig) else KernelConfig.read(kernel_config)
+        quantizer = type(quantizer)(kernel_config=cfg)
+    return checkpoint, make_plan(checkpoint, mapping, quantizer, force_ternarize=force_ternarize)
+
+
+def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
+    """`<stem>.kernel_config.ini` and `<stem>.codegen.txt` beside a tl1/tl2 GGUF: one pair per
+    output, so two outputs in one folder never overwrite each other's."""
+    stem = out_path.name[:-len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
+    return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
 
 
 def memory_estimate(plan: TensorPlan) -> int:
@@ -93,6 +114,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
             smallest: bool = False, force: bool = False, dry_run: bool = False, force_ternarize: bool = False,
             threads: int = 0, allow_nonfinite: bool = False, allow_pickle: bool = False,
             revision: str | None = None, pre: str | None = None, manifest: bool = True,
+            kernel_config: str | os.PathLike[str] | KernelConfig | None = None,
             progress: Callable[[PlannedTensor, int], None] | None = None,
             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
     """Convert a HF checkpoint (local directory or hub repo id) into an artifact. `target` names a
@@ -104,7 +126,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         raise UsageError(f"output format {fmt!r} is not available yet; available: gguf")
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
-                                 force_ternarize=force_ternarize)
+                                 force_ternarize=force_ternarize, kernel_config=kernel_config)
     quant = plan.quant.name
     vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
     out_path = default_output(checkpoint, quant, out)
@@ -115,29 +137,45 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         memory_estimate_bytes=memory_estimate(plan), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
         tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
                  for t in plan])
+    lut = plan.quant if isinstance(plan.quant, LutQuantizer) else None
+    if lut is not None:
+        result.tilings = [asdict(t) for t in lut.used_config().tilings]
     if dry_run:
         return result
     check_output_path(out_path, force)
+    if lut is not None:
+        for p in kernel_files_for(out_path):
+            check_output_path(p, force)
     check_free_space(out_path.parent, result.output_bytes)
     start = time.perf_counter()
     if on_start:
         on_start(plan)
     hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
+    sidecars: dict[Path, str] = {}
+    if lut is not None:
+        used = lut.used_config()
+        ini, codegen = kernel_files_for(out_path)
+        sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, checkpoint.name)}
     try:
-        with atomic_output(out_path, force=force) as tmp:
+        with atomic_output(out_path, force=force) as tmp, staged_texts(sidecars) as commit_sidecars:
             digest = gguf_io.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
                                         allow_nonfinite=allow_nonfinite, progress=progress)
+            commit_sidecars()  # the GGUF is renamed right after: a usable file always has its config
     except BaseException:
         if hasher:
             hasher.cancel()
         raise
+    if sidecars:
+        result.kernel_config, result.codegen = (str(p) for p in sidecars)
     result.output_bytes = out_path.stat().st_size
     result.sha256 = digest
-    out_record = {"path": out_path.name, "bytes": result.output_bytes, "sha256": digest}
+    out_records = [{"path": out_path.name, "bytes": result.output_bytes, "sha256": digest}]
+    out_records += [{"path": p.name, "bytes": len(t.encode()), "sha256": hashlib.sha256(t.encode()).hexdigest()}
+                    for p, t in sidecars.items()]
     if hasher:
-        options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre,
+        options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre, "tilings": result.tilings,
                    "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision}
-        result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=[out_record],
+        result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=out_records,
                                              options=options, source=str(source)))
     result.seconds = time.perf_counter() - start
     return result

@@ -90,6 +90,9 @@ def cli() -> None:
 @click.option("--target", default=None, help="Hardware preset (see `bitconv targets`).")
 @click.option("--lut", is_flag=True, help="With --target bitnet-x86: the LUT kernel layout (tl2).")
 @click.option("--smallest", is_flag=True, help="With --target llama.cpp: tq1_0 instead of tq2_0.")
+@click.option("--kernel-config", type=click.Path(dir_okay=False), default=None,
+              help="tl1/tl2: pack for this bitnet.cpp build's include/kernel_config.ini (its tiling per shape). "
+                   "Without it bitconv picks tilings and writes <stem>.kernel_config.ini and <stem>.codegen.txt.")
 @click.option("-o", "--output", "output", default=None,
               help="Output file, or a folder for <name>-<quant>.gguf. Default: ./<name>-<quant>.gguf")
 @click.option("--dry-run", is_flag=True, help="Show the plan (tensors, types, sizes, memory); write nothing.")
@@ -105,7 +108,7 @@ def cli() -> None:
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2gguf")
 def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, smallest: bool,
-            output: str | None, dry_run: bool, force: bool, threads: int,
+            kernel_config: str | None, output: str | None, dry_run: bool, force: bool, threads: int,
             revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
             allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
@@ -126,7 +129,7 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
                              force=force, dry_run=dry_run, threads=threads,
                              allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
                              pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start,
-                             force_ternarize=force_ternarize)
+                             force_ternarize=force_ternarize, kernel_config=kernel_config)
     data = result.to_dict()
     if not dry_run:
         data.pop("tensors")
@@ -147,6 +150,8 @@ def _render_conversion(r: api.ConversionResult) -> None:
                   f"(largest tensor {_fmt_bytes(r.largest_tensor_f32_bytes)} as f32); nothing written (dry run)")
         return
     out.print(f"wrote {r.output} ({_fmt_bytes(r.output_bytes)}, {r.n_tensors} tensors: {types}) in {r.seconds:.1f} s")
+    if r.kernel_config:
+        out.print(f"bitnet.cpp kernels: {r.kernel_config} (tilings), {r.codegen} (codegen command)")
     if r.manifest:
         out.print(f"manifest: {r.manifest}")
 

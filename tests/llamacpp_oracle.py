@@ -48,6 +48,8 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from independent import tl2_padded_size
+
 LLAMA_CPP_PYTHON_VERSION = "0.3.36"
 SDIST_TOP = f"llama_cpp_python-{LLAMA_CPP_PYTHON_VERSION}"
 VENDOR_SUBDIR = "vendor/llama.cpp"
@@ -56,7 +58,7 @@ _WANTED = ("convert_hf_to_gguf.py", "conversion/", "gguf-py/", "requirements/", 
 _COMPLETE_MARKER = ".bitconv-complete"
 
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "tq1_0", "tq2_0")
-I2_S = 36
+I2_S, TL1, TL2 = 36, 38, 39  # bitnet.cpp's type ids
 
 # Python modules the converter imports on the Qwen paths (import name -> pip name).
 # sentencepiece is needed even for BPE-only Qwen2/Qwen3 checkpoints: Qwen2Model.set_vocab
@@ -434,8 +436,11 @@ class GGUFFile:
             n_el = 1
             for d in dims:
                 n_el *= d
-            if ttype == I2_S:  # bitnet.cpp's type, unknown to gguf-py: codes, then f32 scale + 28 bytes
+            if ttype in (I2_S, TL1):  # bitnet.cpp's types, unknown to gguf-py: codes, then f32 scale + 28 bytes
                 n_bytes = n_el // 4 + 32
+            elif ttype == TL2 and self.kv.get("general.file_type") is not None \
+                    and self.kv["general.file_type"].value() == TL2:  # mainline uses 39 for MXFP4
+                n_bytes = tl2_padded_size(n_el // dims[0], dims[0]) + 32
             else:
                 block, tsize = sizes[_gguf().GGMLQuantizationType(ttype)]
                 n_bytes = n_el // block * tsize

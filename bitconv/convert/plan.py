@@ -107,10 +107,8 @@ def _ternary_linear_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -
     from ..quant.tq import ternary_input
 
     if quant.ternary:
-        if not quant.can_quantize(shape):
-            raise QuantizationError(
-                f"{name}: shape {tuple(shape)} — {quant.name} needs the input dimension to be a multiple of "
-                f"{quant.block_size}", tensor=name)
+        if (problem := quant.shape_error(shape)):
+            raise QuantizationError(f"{name}: shape {tuple(shape)} — {problem}", tensor=name)
         return quant, "ternary"
     chosen = quant if quant.can_quantize(shape) else get_quantizer("f16")
     return ternary_input(chosen), "dequantized ternary (s·W_t)"

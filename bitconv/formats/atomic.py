@@ -10,7 +10,7 @@ import os
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 from ..errors import Interrupted, OutputError
 
@@ -108,3 +108,23 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def staged_texts(files: dict[Path, str]) -> Iterator[Callable[[], None]]:
+    """Companion files of an artifact (kernel configs): written to temp files on entry, renamed into
+    place by the yielded function; removed if the block fails before that."""
+    temps = {p: temp_path_for(p) for p in files}
+    try:
+        for p, text in files.items():
+            temps[p].write_text(text, encoding="utf-8")
+            fsync_path(temps[p])
+
+        def commit() -> None:
+            for p, tmp in temps.items():
+                os.replace(tmp, p)
+
+        yield commit
+    finally:
+        for tmp in temps.values():
+            tmp.unlink(missing_ok=True)

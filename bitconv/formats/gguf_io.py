@@ -24,6 +24,7 @@ from ..convert.checkpoint import Checkpoint, to_compute_dtype
 from ..convert.plan import PlannedTensor, TensorPlan
 from ..convert.tokenizer import GGUFVocab
 from ..errors import ArtifactError, QuantizationError
+from ..quant.tl import tl1_nbytes, tl2_nbytes
 
 #: rows per work item when a tensor is quantized in parallel (bytes are identical: rows are independent)
 _ROWS_PER_CHUNK = 512
@@ -151,6 +152,7 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
         out[lo:lo + res.shape[0]] = res
     assert out is not None
+    out = q.assemble(out, state)
     if (tail := q.trailer(state)):
         out = np.concatenate([out.reshape(-1).view(np.uint8), np.frombuffer(tail, dtype=np.uint8)])
     if out.nbytes != pt.nbytes:
@@ -284,10 +286,13 @@ class GGUFSummary:
 _SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
 _VALUE_NAMES = {0: "uint8", 1: "int8", 2: "uint16", 3: "int16", 4: "uint32", 5: "int32", 6: "float32", 7: "bool",
                 8: "string", 9: "array", 10: "uint64", 11: "int64", 12: "float64"}
-#: ggml types gguf-py does not name (bitnet.cpp's): id → (name, bytes of a tensor of n values)
-EXTRA_GGML_TYPES: dict[int, tuple[str, Callable[[int], int]]] = {
-    36: ("I2_S", lambda n: n // 4 + 32),  # packed codes, then the f32 scale and 28 bytes of padding
+#: ggml types gguf-py does not name (bitnet.cpp's): id → (name, bytes of a tensor of shape (M, K))
+EXTRA_GGML_TYPES: dict[int, tuple[str, Callable[[int, int], int]]] = {
+    36: ("I2_S", lambda m, k: m * k // 4 + 32),  # packed codes, then the f32 scale and 28 bytes of padding
+    38: ("TL1", tl1_nbytes),
+    39: ("TL2", tl2_nbytes),
 }
+
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 MAX_DIMS = 4
@@ -336,15 +341,19 @@ class _Cursor:
         raise ArtifactError(f"{self.path}: unknown GGUF value type {vtype} at byte {self.pos}")
 
 
-def _type_name_and_nbytes(type_id: int, numel: int) -> tuple[str, int]:
+def _type_name_and_nbytes(type_id: int, dims: list[int], bitnet_lut: bool = False) -> tuple[str, int]:
+    """Type name and byte size of a tensor (dims in GGUF order, ne0 first). `bitnet_lut`: the file
+    is a bitnet.cpp TL1/TL2 file, whose type 39 is TL2, not mainline's MXFP4."""
+    numel = math.prod(dims)
+    if type_id in EXTRA_GGML_TYPES and (type_id != 39 or bitnet_lut):
+        name, nbytes = EXTRA_GGML_TYPES[type_id]
+        k = dims[0] if dims else 0
+        return name, nbytes(numel // k if k else 0, k)
     try:
         t = gguf.GGMLQuantizationType(type_id)
         block, size = gguf.GGML_QUANT_SIZES[t]
         return t.name, numel // block * size
     except (ValueError, KeyError):
-        if type_id in EXTRA_GGML_TYPES:
-            name, nbytes = EXTRA_GGML_TYPES[type_id]
-            return name, nbytes(numel)
         return f"TYPE_{type_id}", 0
 
 
@@ -396,7 +405,7 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
     data_start = -(-c.pos // alignment) * alignment
     tensors = []
     for name, dims, type_id, offset in infos:
-        type_name, nbytes = _type_name_and_nbytes(type_id, math.prod(dims))
+        type_name, nbytes = _type_name_and_nbytes(type_id, dims, meta.get("general.file_type") == 39)
         if data_start + offset + nbytes > len(buf):
             raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
         tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes))

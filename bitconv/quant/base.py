@@ -71,6 +71,11 @@ class Quantizer:
         """Per-tensor bytes after the blocks (i2_s: the scale and its padding)."""
         return b""
 
+    def assemble(self, out: np.ndarray, state: Any) -> np.ndarray:
+        """The whole tensor's `quantize` output, [rows, …], → its bytes before the trailer. Identity
+        for row-local layouts; layouts that interleave rows across tiles (tl1/tl2) regroup here."""
+        return out
+
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
@@ -79,6 +84,12 @@ class Quantizer:
 
     def can_quantize(self, shape: tuple[int, ...]) -> bool:
         return len(shape) >= 1 and shape[-1] % self.block_size == 0
+
+    def shape_error(self, shape: tuple[int, ...]) -> str | None:
+        """Why this type cannot store a tensor of `shape` (None when it can), for error messages."""
+        if self.can_quantize(shape):
+            return None
+        return f"{self.name} needs the input dimension to be a multiple of {self.block_size}"
 
     def encoded_nbytes(self, shape: tuple[int, ...]) -> int:
         """Bytes of the encoded tensor, known before any data is read (for the plan and disk check)."""

@@ -12,8 +12,7 @@ QUANT_TYPES: dict[str, type[Quantizer]] = {}
 ALIASES: dict[str, str] = {"fp32": "f32", "fp16": "f16", "float32": "f32", "float16": "f16", "bfloat16": "bf16"}
 _entry_points_loaded = False
 #: types named by targets or docs that are not implemented yet, with what to use meanwhile
-PLANNED = {"tl1": "bitnet.cpp's ARM LUT layout; for x86 use i2_s",
-           "tl2": "bitnet.cpp's x86 LUT layout; use i2_s (--target bitnet-x86 without --lut)"}
+PLANNED: dict[str, str] = {}
 
 Q = TypeVar("Q", bound=type[Quantizer])
 
@@ -43,7 +42,7 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     import importlib
 
-    for module in ("floats", "blockwise", "i2s", "tq"):
+    for module in ("floats", "blockwise", "i2s", "tq", "tl"):
         importlib.import_module(f"{__package__}.{module}")
     for ep in entry_points(group="bitconv.quantizers"):
         cls = ep.load()
