@@ -264,6 +264,8 @@ class GGUFTensorInfo:
     type_name: str
     shape: tuple[int, ...]  # numpy order (outermost first)
     nbytes: int
+    type_id: int = -1
+    offset: int = 0  # absolute file offset of the tensor's data
 
 
 @dataclass
@@ -408,5 +410,5 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
         type_name, nbytes = _type_name_and_nbytes(type_id, dims, meta.get("general.file_type") == 39)
         if data_start + offset + nbytes > len(buf):
             raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
-        tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes))
+        tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes, type_id, data_start + offset))
     return GGUFSummary(path, version, alignment, meta, tensors)
