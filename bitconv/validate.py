@@ -246,13 +246,29 @@ class CheckpointWeights(WeightSource):
 # --- checks ----------------------------------------------------------------------------------------
 
 def _cos(a: np.ndarray, b: np.ndarray) -> float:
-    a64, b64 = a.astype(np.float64).reshape(-1), b.astype(np.float64).reshape(-1)
-    na, nb = np.linalg.norm(a64), np.linalg.norm(b64)
-    if na == 0 and nb == 0:
-        return 1.0
-    if na == 0 or nb == 0:
-        return 0.0
-    return float(a64 @ b64 / (na * nb))
+    return _compare_arrays(a, b)["cos"]
+
+
+def _compare_arrays(got: np.ndarray, want: np.ndarray, chunk: int = 1 << 18) -> dict[str, float]:
+    """cos, max |got − want| and ‖got − want‖ / ‖want‖ in one float64 pass over cache-sized chunks."""
+    g, w = got.reshape(-1), want.reshape(-1)
+    dot = gg = ww = ee = 0.0
+    emax = 0.0
+    for lo in range(0, g.size, chunk):
+        a, b = g[lo:lo + chunk].astype(np.float64), w[lo:lo + chunk].astype(np.float64)
+        e = a - b
+        dot += float(a @ b)
+        gg += float(a @ a)
+        ww += float(b @ b)
+        ee += float(e @ e)
+        emax = max(emax, float(np.abs(e).max(initial=0.0)))
+    if gg == 0 and ww == 0:
+        cos = 1.0
+    elif gg == 0 or ww == 0:
+        cos = 0.0
+    else:
+        cos = dot / np.sqrt(gg * ww)
+    return {"cos": float(cos), "max_abs_err": emax, "rel_err": float(np.sqrt(ee / ww)) if ww else float(np.sqrt(ee))}
 
 
 def structural_checks(summary: GGUFSummary, art: ArtifactWeights) -> list[Check]:
@@ -350,11 +366,8 @@ def _tensor_check(t: GGUFTensorInfo, art: ArtifactWeights, ref: CheckpointWeight
         if ternary and ref.mapping.is_ternary_linear(t.name):  # float file of a ternary model: s·W_t
             want_f = ref.get(t.name).dense()
         assert want_f is not None
-        err = np.abs(got_f.astype(np.float64) - want_f)
-        tc.max_abs_err = float(err.max()) if err.size else 0.0
-        norm = float(np.linalg.norm(want_f.astype(np.float64)))
-        tc.rel_err = float(np.linalg.norm(err) / norm) if norm else float(np.linalg.norm(err))
-        tc.cos = _cos(got_f, want_f)
+        stats = _compare_arrays(got_f, want_f)
+        tc.cos, tc.max_abs_err, tc.rel_err = stats["cos"], stats["max_abs_err"], stats["rel_err"]
         need = thresholds.get(type_name)
         if need is not None and tc.cos < need:
             tc.ok, tc.message = False, f"cos {tc.cos:.6f} < {need} ({type_name})"
@@ -392,9 +405,39 @@ def tokenize(reference: Path, prompt: str) -> list[int]:
     return list(ids)
 
 
+class _RecentResults:
+    """The last few reference results (transformers logits, reference forwards) by checkpoint and
+    prompt: validating several artifacts of one checkpoint runs the reference once."""
+
+    def __init__(self, size: int = 4) -> None:
+        self.size = size
+        self.items: dict[tuple[Any, ...], Any] = {}
+
+    @staticmethod
+    def key(reference: Path, *parts: Any) -> tuple[Any, ...]:
+        stamp = tuple((p.name, p.stat().st_mtime_ns, p.stat().st_size) for p in sorted(reference.iterdir())
+                      if p.is_file())
+        return (str(reference.resolve()), stamp) + parts
+
+    def get_or_make(self, key: tuple[Any, ...], make: Any) -> Any:
+        if key not in self.items:
+            self.items[key] = make()
+            while len(self.items) > self.size:
+                self.items.pop(next(iter(self.items)))
+        return self.items[key]
+
+
+_RECENT = _RecentResults()
+
+
 def transformers_logits(reference: Path, tokens: list[int]) -> np.ndarray | None:
     """All-position float32 logits from transformers (eager attention, float32), or None when it is
     not installed or has no class for this checkpoint."""
+    return _RECENT.get_or_make(_RECENT.key(reference, "transformers", tuple(tokens)),
+                               lambda: _transformers_logits(reference, tokens))
+
+
+def _transformers_logits(reference: Path, tokens: list[int]) -> np.ndarray | None:
     try:
         import torch
         import transformers
@@ -501,17 +544,18 @@ def _compare(report: ValidationReport, art: ArtifactWeights, summary: GGUFSummar
     if report.architecture not in SUPPORTED_ARCHS:
         report.checks.append(Check("forward pass", True, f"skipped: no reference forward for {report.architecture}"))
         return
-    ids = tokens or tokenize(reference, prompt or DEFAULT_PROMPT)
+    text = prompt or DEFAULT_PROMPT
+    ids = tokens or _RECENT.get_or_make(_RECENT.key(reference, "tokens", text), lambda: tokenize(reference, text))
     try:
         hp_art = Hparams.from_metadata(summary.metadata, ternary=ternary)
     except ArtifactError as e:
         report.checks.append(Check("forward pass", False, str(e)))
         return
     hp_ref = _reference_hparams(plan, ternary)
-    ref_hidden: list[np.ndarray] = []
-    ref_out = ReferenceForward(hp_ref, ref).run(ids, lambda i, h: ref_hidden.append(h))
+    ref_out = _RECENT.get_or_make(_RECENT.key(reference, "forward", tuple(ids), ternary),
+                                  lambda: ReferenceForward(hp_ref, ref).run(ids))
     art_out = ReferenceForward(hp_art, art).run(ids)
-    report.layers = [{"layer": i, "cos": _cos(a, b)} for i, (a, b) in enumerate(zip(art_out.hidden, ref_hidden))]
+    report.layers = [{"layer": i, "cos": _cos(a, b)} for i, (a, b) in enumerate(zip(art_out.hidden, ref_out.hidden))]
     target, source = None, ""
     if use_transformers:
         target = transformers_logits(reference, ids)

@@ -318,6 +318,17 @@ class _Cursor:
     def scalar(self, fmt: str) -> Any:
         return struct.unpack(fmt, self.take(struct.calcsize(fmt)))[0]
 
+    def skip_strings(self, count: int) -> None:
+        buf, pos, end = self.buf, self.pos, len(self.buf)
+        for _ in range(count):
+            if pos + 8 > end:
+                pos = end + 1
+                break
+            pos += 8 + int.from_bytes(buf[pos:pos + 8], "little")
+        if pos > end:
+            raise ArtifactError(f"{self.path}: truncated or corrupt GGUF (a string array runs past the end)")
+        self.pos = pos
+
     def string(self) -> str:
         n = self.scalar("<Q")
         return bytes(self.take(n)).decode("utf-8", errors="replace")
@@ -335,6 +346,9 @@ class _Cursor:
                 dt = np.dtype(_SCALARS[sub])
                 raw = np.frombuffer(self.take(count * dt.itemsize), dtype=dt)
                 items: Any = raw.tolist() if keep or count <= SUMMARY_ARRAY_LIMIT else None
+            elif sub == 8 and not keep and count > SUMMARY_ARRAY_LIMIT:
+                self.skip_strings(count)  # a vocabulary being summarized: walk the lengths only
+                items = None
             else:
                 items = [self.value(sub, keep) for _ in range(count)]
             if keep or count <= SUMMARY_ARRAY_LIMIT:
