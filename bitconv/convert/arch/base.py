@@ -71,6 +71,12 @@ class SourceTensor:
     #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
     known_scale: Callable[[], Any] | None = None
 
+    @classmethod
+    def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":
+        """A tensor the converter derives from config.json rather than reads from the checkpoint
+        (llama3 RoPE frequency factors); `values` returns it as float32 when the writer asks."""
+        return cls(name, shape, [], decode=values)
+
     def load_stored(self) -> tuple[np.ndarray, str]:
         """The tensor in its stored dtype (bf16 as raw bits) and that dtype's name; the encoder
         widens it chunk by chunk (`to_compute_dtype`), so no float32 copy of the whole tensor exists."""
@@ -91,7 +97,7 @@ class SourceTensor:
 
     @property
     def source_dtype(self) -> str:
-        return self.sources[0].dtype
+        return self.sources[0].dtype if self.sources else "F32"  # computed: no checkpoint tensor
 
 
 _LAYER = re.compile(r"\.(\d+)\.")
@@ -271,6 +277,15 @@ class ArchMapping:
             w.add_rope_scaling_factor(float(factor))
             if "original_max_position_embeddings" in rp:
                 w.add_rope_scaling_orig_ctx_len(int(rp["original_max_position_embeddings"]))
+            # the optional YaRN parameters, as llama.cpp's converter writes them
+            if (ext := rp.get("extrapolation_factor")) is not None:
+                w.add_rope_scaling_yarn_ext_factor(float(ext))
+            if (attn := rp.get("attention_factor", rp.get("attn_factor"))) is not None:
+                w.add_rope_scaling_yarn_attn_factor(float(attn))
+            if (beta_fast := rp.get("beta_fast")) is not None:
+                w.add_rope_scaling_yarn_beta_fast(float(beta_fast))
+            if (beta_slow := rp.get("beta_slow")) is not None:
+                w.add_rope_scaling_yarn_beta_slow(float(beta_slow))
         # Always written: a runtime that misses the key silently uses its own default.
         theta = self.rope_theta if self.rope_theta is not None else self.default_rope_theta
         w.add_rope_freq_base(float(theta))
