@@ -261,3 +261,23 @@ def test_extension_checks_sizes_itself():
         ext.ternary_gemm(p, 1.0, q, s, 4, 200)
     with pytest.raises(ValueError):
         ext.unpack_i2s(p, 5, 256)
+
+
+@pytest.mark.parametrize("use_ext", PATHS)
+@pytest.mark.parametrize("n", [1, 16, 64])
+def test_extremes_all_127_activations_and_zero_weights(use_ext, n):
+    """Saturated activations (all ±127) against all-±1 rows (the largest |int32| sums) and an
+    all-zero weight matrix: exact against the int64 reference."""
+    M, K = 96, 2560
+    rng = np.random.default_rng(n)
+    values = np.where(rng.random((M, K)) < 0.5, -1, 1).astype(np.int8)
+    values[:32] = 1  # rows whose sums reach ±127·K
+    q = np.where(rng.random((n, K)) < 0.5, -127, 127).astype(np.int8)
+    q[0] = 127
+    s = np.full(n, 1.0, np.float32)
+    for w in (values, np.zeros_like(values)):
+        packed = ref_pack(w)
+        out = ternary.ternary_gemm(packed, 1.0, q, s, M, K, use_extension=use_ext)
+        exact = (q.astype(np.int64) @ w.T.astype(np.int64)).astype(np.float64)
+        assert np.array_equal(out.astype(np.float64), exact)
+    assert out.max() == 0 and out.min() == 0
