@@ -264,8 +264,9 @@ def _render_validation(r: Any) -> None:
     out.print(checks)
     if r.tensors:
         t = Table(title="tensors vs the reference")
-        for col in ("tensor", "type", "codes identical", "max abs err", "rel err", "cos", "bytes identical", "ok"):
-            t.add_column(col, justify="left" if col in ("tensor", "type") else "right")
+        for col in ("tensor", "type", "codes same", "max abs err", "rel err", "cos", "bytes same", "ok"):
+            t.add_column(col, justify="left" if col in ("tensor", "type") else "right",
+                         no_wrap=col == "tensor", min_width=22 if col == "tensor" else None)
 
         def f(x: Any, spec: str = ".3g") -> str:
             return "-" if x is None else (("yes" if x else "NO") if isinstance(x, bool) else format(x, spec))
@@ -273,7 +274,7 @@ def _render_validation(r: Any) -> None:
         for tc in r.tensors:
             t.add_row(tc.name, tc.type, f(tc.codes_identical), f(tc.max_abs_err), f(tc.rel_err), f(tc.cos, ".6f"),
                       f(tc.bytes_identical), "[green]ok[/]" if tc.ok else f"[red]{escape(tc.message)}[/]")
-        out.print(t)
+        Console(width=max(out.width, 120), highlight=False).print(t)  # at 80 columns the numbers are cut
     if r.layers:
         lt = Table(title="hidden states per layer (artifact vs reference forward)")
         lt.add_column("layer", justify="right")

@@ -1,4 +1,4 @@
-"""`make demo`: build a small example Qwen2 checkpoint offline, convert it, inspect it.
+"""`make demo`: build a small example Qwen2 checkpoint offline, convert it, inspect it, validate it.
 
 Runs the real `bitconv` commands a user would type, so what it prints is what they will see.
 """
@@ -35,6 +35,7 @@ def main() -> None:
     run("hf2gguf", str(ckpt), "--quant", args.quant, "-o", f"{out}/", "--force")
     artifact = out / f"{ckpt.name}-{args.quant}.gguf"
     run("inspect", str(artifact))
+    run("validate", str(artifact), "--reference", str(ckpt))
     print(f"\nartifact: {artifact}\nmanifest: {artifact}.manifest.json")
 
 
