@@ -6,7 +6,8 @@
     python benchmarks/convert.py --small              # quick smoke with a tiny shape
     python benchmarks/convert.py --quant q8_0 --only bitconv
     python benchmarks/convert.py --model onebit-3b --keep /tmp/onebit3b        # tq2_0, both tools (~6.7 GB)
-    python benchmarks/convert.py --model bitnet-2b4t --keep /tmp/bitnet2b4t    # i2_s,tq2_0, bitconv only (~4.8 GB)
+    python benchmarks/convert.py --model onebit-3b-tq --keep /tmp/onebit3b-tq  # tq2_0, both tools (~6.1 GB)
+    python benchmarks/convert.py --model bitnet-2b4t --keep /tmp/bitnet2b4t    # i2_s,tl2,tq2_0, bitconv only (~4.8 GB)
     python benchmarks/convert.py --model bitnet-2b4t --form packed --small     # transformers' packed layout
 
 Models (``--model``):
@@ -14,10 +15,14 @@ Models (``--model``):
 ``qwen2.5-1.5b`` (default): Qwen2ForCausalLM, hidden 1536, 28 layers, vocab 151936; f16,q8_0.
 ``onebit-3b``: 1bitLLM bitnet_b1_58-3B shape (BitnetForCausalLM, hidden 3200, intermediate 8640,
     26 layers, 32/32 heads, vocab 32002, tied, SentencePiece tokenizer from tests/fixtures_onebit.py);
-    llama.cpp ``--outtype tq2_0`` vs ``bitconv --quant tq2_0`` by default.
+    llama.cpp ``--outtype tq2_0`` vs ``bitconv --quant tq2_0`` by default.  3200 and 8640 are not
+    multiples of 256, so llama.cpp writes every ternary linear as F16 there and bitconv refuses.
+``onebit-3b-tq``: the same architecture, config layout and tokenizer at a full-size shape whose row
+    lengths are multiples of 256 (hidden 3072, intermediate 8192, 26 layers, 32/32 heads, vocab
+    32002), so both tools really write tq1_0/tq2_0; tq2_0 by default.
 ``bitnet-2b4t``: transformers BitNetForCausalLM (bitnet-b1.58-2B-4T) shape (hidden 2560, intermediate
     6912, 30 layers, 20/5 heads, vocab 128256, relu2, Llama-3 tokenizer from tests/fixtures_bitnet.py);
-    bitconv only (llama.cpp's converter cannot convert it), i2_s,tq2_0 by default, reported next to
+    bitconv only (llama.cpp's converter cannot convert it), i2_s,tl2,tq2_0 by default, reported next to
     the issue's reference figure for bitnet.cpp's own three-step flow.  ``--form packed`` writes
     transformers' offline-packed layout (uint8 codes + float32 ``weight_scale``, bitlinear) instead
     of bf16 master weights.
@@ -53,7 +58,7 @@ sys.path.insert(1, str(REPO))
 QUANTS = ("f16", "q8_0")
 COMPLETE_MARKER = ".bench-complete"
 VOCAB = 151936
-MODELS = ("qwen2.5-1.5b", "onebit-3b", "bitnet-2b4t")
+MODELS = ("qwen2.5-1.5b", "onebit-3b", "onebit-3b-tq", "bitnet-2b4t")
 
 
 class Shape(NamedTuple):
@@ -74,6 +79,9 @@ SMALL = Shape(hidden=256, intermediate=704, layers=2, heads=4, kv_heads=2, vocab
 # blocks) and the fixture's 1024-entry config vocab (SentencePiece model of 1000 pieces, padded).
 ONEBIT_FULL = Shape(hidden=3200, intermediate=8640, layers=26, heads=32, kv_heads=32, vocab=32002,
                     shard_bytes=5_000_000_000)
+# Same architecture at a tq-compatible full size: every row length (3072, 8192) a multiple of 256.
+ONEBIT_TQ_FULL = Shape(hidden=3072, intermediate=8192, layers=26, heads=32, kv_heads=32, vocab=32002,
+                       shard_bytes=5_000_000_000)
 ONEBIT_SMALL = Shape(hidden=256, intermediate=768, layers=2, heads=4, kv_heads=4, vocab=1024, shard_bytes=5_000_000_000)
 # bitnet-b1.58-2B-4T (single model.safetensors on the hub).  vocab must stay 128256: the Llama-3
 # tokenizer has that many entries.
@@ -81,6 +89,11 @@ BITNET_FULL = Shape(hidden=2560, intermediate=6912, layers=30, heads=20, kv_head
                     shard_bytes=10_000_000_000)
 BITNET_SMALL = Shape(hidden=256, intermediate=768, layers=2, heads=4, kv_heads=1, vocab=128256,
                      shard_bytes=10_000_000_000)
+
+
+def is_onebit(model: str) -> bool:
+    """onebit-3b and onebit-3b-tq: 1bitLLM's BitnetForCausalLM layout, config and tokenizer."""
+    return model.startswith("onebit-3b")
 
 
 class ModelDef(NamedTuple):
@@ -100,9 +113,13 @@ MODEL_DEFS: dict[str, ModelDef] = {
     "onebit-3b": ModelDef("onebit-3b", "synthetic 1bitLLM bitnet_b1_58-3B shape (BitnetForCausalLM)", ONEBIT_FULL,
                           ONEBIT_SMALL, ("tq2_0",), ("tq1_0", "tq2_0", "f32", "f16", "bf16", "q8_0"),
                           ("llamacpp", "bitconv"), "bitnet_b1_58-3B-synthetic"),
+    "onebit-3b-tq": ModelDef("onebit-3b-tq", "synthetic 1bitLLM-style BitnetForCausalLM, tq-compatible 3B shape",
+                             ONEBIT_TQ_FULL, ONEBIT_SMALL, ("tq2_0",),
+                             ("tq1_0", "tq2_0", "f32", "f16", "bf16", "q8_0"), ("llamacpp", "bitconv"),
+                             "bitnet_b1_58-3B-tq-synthetic"),
     "bitnet-2b4t": ModelDef("bitnet-2b4t", "synthetic bitnet-b1.58-2B-4T shape (transformers BitNetForCausalLM)",
-                            BITNET_FULL, BITNET_SMALL, ("i2_s", "tq2_0"),
-                            ("i2_s", "tq1_0", "tq2_0", "f32", "f16", "bf16", "q8_0"), ("bitconv",),
+                            BITNET_FULL, BITNET_SMALL, ("i2_s", "tl2", "tq2_0"),
+                            ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f32", "f16", "bf16", "q8_0"), ("bitconv",),
                             "bitnet-b1.58-2B-4T-synthetic"),
 }
 
@@ -183,7 +200,7 @@ def bitnet_tensor_specs(s: Shape, model: str, form: str = "master") -> list[tupl
     """
     head_dim = s.hidden // s.heads
     kv = s.kv_heads * head_dim
-    attn_norm, ffn_norm = (("self_attn.inner_attn_ln", "mlp.ffn_layernorm") if model == "onebit-3b"
+    attn_norm, ffn_norm = (("self_attn.inner_attn_ln", "mlp.ffn_layernorm") if is_onebit(model)
                            else ("self_attn.attn_sub_norm", "mlp.ffn_sub_norm"))
     linear_shapes = {
         "self_attn.q_proj": (s.hidden, s.hidden), "self_attn.k_proj": (kv, s.hidden),
@@ -437,7 +454,7 @@ def generate_bitnet_checkpoint(out: Path, model: str, s: Shape, form: str = "mas
         (out / "model.safetensors.index.json").write_text(
             json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
             + "\n")
-    if model == "onebit-3b":
+    if is_onebit(model):
         import fixtures_onebit  # tests/fixtures_onebit.py: a small SentencePiece model, trained offline once
 
         (out / "config.json").write_text(json.dumps(onebit_config(s), indent=2) + "\n")
@@ -531,6 +548,19 @@ def measure(cmd: list[str], env: dict[str, str] | None, log: Path, timeout: floa
     return Run(r["rc"], r["wall"], kib / 1024, r["user"] + r["sys"], log, int(r.get("disk_peak", 0)))
 
 
+def output_files(out: Path) -> list[Path]:
+    """The GGUF and what bitconv writes beside it: ``<out>.manifest.json`` and, for tl1/tl2,
+    ``<stem>.kernel_config.ini`` and ``<stem>.codegen.txt`` (bitconv.api.kernel_files_for)."""
+    stem = out.name.removesuffix(".gguf")
+    return [out, out.with_name(out.name + ".manifest.json"), out.with_name(stem + ".kernel_config.ini"),
+            out.with_name(stem + ".codegen.txt")]
+
+
+def remove_output(out: Path) -> None:
+    for p in output_files(out):
+        p.unlink(missing_ok=True)
+
+
 def bitconv_command(model: Path, quant: str, out: Path) -> list[str]:
     script = Path(sys.executable).parent / "bitconv"
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "bitconv"]
@@ -554,6 +584,11 @@ def fmt_runs(runs: list[Run]) -> tuple[str, str]:
     return " / ".join(f"{r.wall:.1f}" for r in runs), f"{max(r.maxrss_mib for r in ok):.0f}"
 
 
+def fmt_cpu(runs: list[Run]) -> str:
+    """CPU seconds (user + sys) of each run: steadier than wall time on a shared machine."""
+    return " / ".join(f"{r.cpu:.1f}" for r in runs) if any(r.rc == 0 for r in runs) else "-"
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", choices=MODELS, default="qwen2.5-1.5b", help="checkpoint shape (default qwen2.5-1.5b)")
@@ -562,7 +597,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="generate the checkpoint here (or reuse it) instead of a temp dir")
     ap.add_argument("--only", choices=("bitconv", "llamacpp"), help="run just one tool")
     ap.add_argument("--quant", default=None,
-                    help="comma-separated outtypes (default: f16,q8_0; onebit-3b: tq2_0; bitnet-2b4t: i2_s,tq2_0)")
+                    help="comma-separated outtypes (default: f16,q8_0; onebit-3b(-tq): tq2_0; "
+                         "bitnet-2b4t: i2_s,tl2,tq2_0)")
     ap.add_argument("--small", action="store_true", help="tiny shape for a quick smoke run")
     ap.add_argument("--runs", type=int, default=2, help="runs per tool and outtype (default 2)")
     ap.add_argument("--workdir", type=Path, help="where the .gguf outputs go (default: a temp dir)")
@@ -622,8 +658,7 @@ def main(argv: list[str] | None = None) -> int:
                         cmd, env = oracle.reference_converter_command(model_dir, quant, out)
                     else:
                         cmd, env = bitconv_command(model_dir, quant, out), None
-                    if out.exists():
-                        out.unlink()
+                    remove_output(out)
                     if i == 0:
                         print(f"$ {' '.join(cmd)}", file=sys.stderr)
                     run = measure(cmd, env, log, args.timeout)
@@ -631,7 +666,8 @@ def main(argv: list[str] | None = None) -> int:
                         run = run._replace(out_bytes=out.stat().st_size)
                     runs.append(run)
                     status = "ok" if run.rc == 0 else f"FAILED rc={run.rc} (log {log})"
-                    print(f"{tool:8s} {quant:5s} run {i + 1}: {run.wall:7.1f} s  peak RSS {run.maxrss_mib:7.0f} MiB  "
+                    print(f"{tool:8s} {quant:5s} run {i + 1}: {run.wall:7.1f} s  cpu {run.cpu:6.1f} s  "
+                          f"peak RSS {run.maxrss_mib:7.0f} MiB  "
                           f"output {run.out_bytes / 1e9:5.2f} GB  peak disk use {run.disk_peak / 1e9:5.2f} GB  {status}",
                           file=sys.stderr)
                     if run.rc != 0:
@@ -648,8 +684,10 @@ def main(argv: list[str] | None = None) -> int:
                     # keep only the newest output of each tool (disk: an f16 file is ~3 GB)
                     if run.rc == 0 and out.exists():
                         if tool in kept:
-                            kept[tool].unlink(missing_ok=True)
+                            remove_output(kept[tool])
                         kept[tool] = out
+                    elif run.rc != 0:
+                        remove_output(out)
                 results[(tool, quant)] = runs
             if args.check and len(kept) == 2:
                 import llamacpp_oracle as oracle
@@ -664,7 +702,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.check:
                 print(f"check {quant}: skipped (needs a successful output of both tools)", file=sys.stderr)
             for p in kept.values():
-                p.unlink(missing_ok=True)
+                remove_output(p)
 
         print_table(results, quants, tools, shape, ckpt_bytes, args, notes)
         return 0 if all(r.rc == 0 for runs in results.values() for r in runs) else 1
@@ -715,13 +753,14 @@ def print_table(results: dict[tuple[str, str], list[Run]], quants: list[str], to
     print(f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.system()} {platform.release()}; {_versions()}.  ")
     if "llamacpp" in tools:
         print("llama.cpp = convert_hf_to_gguf.py from llama-cpp-python 0.3.36 sdist.  ", end="")
-    print(f"Times are wall seconds of each of {args.runs} runs (first run cold-ish, later runs warm page cache); "
-          f"ratios use the fastest run; peak RSS is the max over runs.")
+    print(f"Times are wall seconds of each of {args.runs} runs (first run cold-ish, later runs warm page cache), "
+          f"CPU = user + sys seconds; ratios use the fastest run (least CPU); peak RSS is the max over runs.")
     print()
     if len(tools) == 2:
         print("| outtype | llama.cpp time (s) | bitconv time (s) | speedup (llama.cpp / bitconv) "
+              "| llama.cpp CPU (s) | bitconv CPU (s) | CPU ratio "
               "| llama.cpp peak RSS (MiB) | bitconv peak RSS (MiB) | RSS ratio (llama.cpp / bitconv) |")
-        print("|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for q in quants:
             lr, br = results[("llamacpp", q)], results[("bitconv", q)]
             lt, lm = fmt_runs(lr)
@@ -730,14 +769,15 @@ def print_table(results: dict[tuple[str, str], list[Run]], quants: list[str], to
             bok = [r for r in br if r.rc == 0]
             if lok and bok:
                 speed = f"{min(r.wall for r in lok) / min(r.wall for r in bok):.2f}x"
+                cpu = f"{min(r.cpu for r in lok) / max(min(r.cpu for r in bok), 1e-9):.2f}x"
                 rss = f"{max(r.maxrss_mib for r in lok) / max(r.maxrss_mib for r in bok):.2f}x"
             else:
-                speed = rss = "-"
-            print(f"| {q} | {lt} | {bt} | {speed} | {lm} | {bm} | {rss} |")
+                speed = cpu = rss = "-"
+            print(f"| {q} | {lt} | {bt} | {speed} | {fmt_cpu(lr)} | {fmt_cpu(br)} | {cpu} | {lm} | {bm} | {rss} |")
     elif model == "bitnet-2b4t" and tools == ["bitconv"]:
-        print("| outtype | bitconv time (s) | bitconv peak RSS (MiB) | output (GB) | peak disk use during run (GB) "
-              "| vs bitnet.cpp reference: time ratio | vs reference: RSS ratio |")
-        print("|---|---|---|---|---|---|---|")
+        print("| outtype | bitconv time (s) | bitconv CPU (s) | bitconv peak RSS (MiB) | output (GB) "
+              "| peak disk use during run (GB) | vs bitnet.cpp reference: time ratio | vs reference: RSS ratio |")
+        print("|---|---|---|---|---|---|---|---|")
         for q in quants:
             runs = results[("bitconv", q)]
             t, m = fmt_runs(runs)
@@ -749,7 +789,7 @@ def print_table(results: dict[tuple[str, str], list[Run]], quants: list[str], to
                 rr = f"{BITNETCPP_REF_RSS_BYTES / (max(r.maxrss_mib for r in ok) * 2**20):.1f}x"
             else:
                 out_gb = disk = tr = rr = "-"
-            print(f"| {q} | {t} | {m} | {out_gb} | {disk} | {tr} | {rr} |")
+            print(f"| {q} | {t} | {fmt_cpu(runs)} | {m} | {out_gb} | {disk} | {tr} | {rr} |")
         print()
         print(f"Baseline: the issue's reference figure for bitnet.cpp's own three-step flow (HF -> f32 GGUF -> "
               f"llama-quantize i2_s) on a real 2B-4T checkpoint on a 2-core machine: ≈{BITNETCPP_REF_WALL_S:.0f} s, "
@@ -759,11 +799,11 @@ def print_table(results: dict[tuple[str, str], list[Run]], quants: list[str], to
               f"{_mib(2**30 + big_bytes)}, no temporary full-size file (peak disk use ≈ the output's size).")
     else:
         label = "llama.cpp" if tools[0] == "llamacpp" else "bitconv"
-        print(f"| outtype | {label} time (s) | {label} peak RSS (MiB) |")
-        print("|---|---|---|")
+        print(f"| outtype | {label} time (s) | {label} CPU (s) | {label} peak RSS (MiB) |")
+        print("|---|---|---|---|")
         for q in quants:
             t, m = fmt_runs(results[(tools[0], q)])
-            print(f"| {q} | {t} | {m} |")
+            print(f"| {q} | {t} | {fmt_cpu(results[(tools[0], q)])} | {m} |")
     if notes:
         print()
         for n in notes:

@@ -49,6 +49,15 @@ def _cycling(items: list, fn):
     return call
 
 
+def _copy_bandwidth() -> float:
+    """GB/s of a 1 GiB numpy copy (bytes copied per second)."""
+    import numpy as np
+
+    src = np.ones(1 << 28, dtype=np.float32)
+    dst = np.empty_like(src)
+    return src.nbytes / _best(lambda: np.copyto(dst, src), min_total=1.0, max_runs=5) / 1e9
+
+
 def worker(threads: int) -> dict:
     import numpy as np
 
@@ -56,11 +65,7 @@ def worker(threads: int) -> dict:
     from bitconv.quant.i2s import pack_i2s
 
     rng = np.random.default_rng(0)
-    gib = np.ones(1 << 28, dtype=np.float32)  # 1 GiB
-    dst = np.empty_like(gib)
-    copy_s = _best(lambda: np.copyto(dst, gib), min_total=1.0, max_runs=5)
-    copy_gbs = gib.nbytes / copy_s / 1e9  # bytes copied per second
-    del gib, dst
+    copy_gbs = _copy_bandwidth()
     rows = []
     for m, k in SHAPES:  # noqa: PLR1702
         codes = rng.integers(-1, 2, size=(m, k), dtype=np.int8)
