@@ -39,7 +39,7 @@ def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
     total = 0.0
     count = 0
     for c in chunks:
-        total += float(np.abs(c, dtype=np.float64).sum())
+        total += float(np.abs(c).sum(dtype=np.float64))  # float64 accumulation, no float64 copy
         count += c.size
     if count == 0:
         raise QuantizationError("cannot ternarize an empty tensor")
@@ -57,8 +57,10 @@ def scale_for(chunks: Iterable[np.ndarray], known_scale: TernaryScale | None) ->
 
 def ternarize(w: np.ndarray, scale: TernaryScale) -> np.ndarray:
     """Codes in {−1, 0, 1} (int8) of float weights under a per-tensor scale."""
-    x = np.asarray(w, dtype=np.float32) * scale.inv
-    return np.clip(np.rint(x), -1, 1).astype(np.int8)
+    x = np.asarray(w, dtype=np.float32) * scale.inv  # a fresh array: the rest works in place
+    np.rint(x, out=x)
+    np.clip(x, np.float32(-1), np.float32(1), out=x)
+    return x.astype(np.int8)
 
 
 def is_ternary_times_scale(w: np.ndarray, rtol: float = 1e-3) -> bool:

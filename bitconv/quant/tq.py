@@ -16,7 +16,7 @@ from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
-from .ternary import TernaryScale, scale_for
+from .ternary import TernaryScale, scale_for, ternarize
 
 
 def round_through(x: np.ndarray, stored_dtype: str | None) -> np.ndarray:
@@ -66,9 +66,33 @@ class TQ1_0(_TQ):
     description = "ternary, base-3 packed trits + f16 scale per 256 values (smallest)"
 
 
+def pack_tq2_0(codes: np.ndarray, scale: np.float32) -> np.ndarray:
+    """TQ2_0 blocks straight from codes: what gguf-py's encoder makes of s · W_t (each block's
+    max |value| is s, so its values divide to exactly ±1/0), without the float round trip.
+    A block: 64 bytes where byte 32·h + j holds codes 128·h + 32·p + j + 1 at bits 2p, then f16 d
+    (f16(s), or 0 for an all-zero block)."""
+    rows, k = codes.shape
+    nb = k // 256
+    c = (codes.astype(np.int8) + np.int8(1)).astype(np.uint8).reshape(rows, nb, 2, 4, 32)
+    qs = c[:, :, :, 0] | (c[:, :, :, 1] << np.uint8(2)) | (c[:, :, :, 2] << np.uint8(4)) | (c[:, :, :, 3] << np.uint8(6))
+    nonzero = np.any(codes.reshape(rows, nb, 256) != 0, axis=-1)
+    d = np.where(nonzero, np.float16(scale), np.float16(0)).astype(np.float16)
+    out = np.empty((rows, nb, 66), dtype=np.uint8)
+    out[..., :64] = qs.reshape(rows, nb, 64)
+    out[..., 64:] = d.view(np.uint8).reshape(rows, nb, 2)
+    return out.reshape(rows, nb * 66)
+
+
 @register_quantizer()
 class TQ2_0(_TQ):
     name = "tq2_0"
     qtype = GGMLQuantizationType.TQ2_0
     file_type = int(LlamaFileType.MOSTLY_TQ2_0)
     description = "ternary, 2-bit codes + f16 scale per 256 values"
+
+    def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
+        if not (isinstance(state, tuple) and isinstance(state[0], TernaryScale)):
+            raise QuantizationError("a ternary type needs the per-tensor scale from prepare()")
+        w2 = np.asarray(w).reshape(-1, np.asarray(w).shape[-1])
+        out = pack_tq2_0(ternarize(w2, state[0]), state[0].scale)
+        return QuantizedTensor(out.reshape(*np.asarray(w).shape[:-1], -1))
