@@ -122,8 +122,12 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     fmt = to or (get_target(target).format if target else "gguf")
     if target and get_target(target).format != fmt:
         raise UsageError(f"target {target} writes {get_target(target).format}, not {fmt}")
+    if fmt == "onnx":
+        return convert_onnx(source, quant, out, target=target, force=force, dry_run=dry_run,  # type: ignore[return-value]
+                            force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
+                            manifest=manifest)
     if fmt != "gguf":
-        raise UsageError(f"output format {fmt!r} is not available yet; available: gguf")
+        raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx")
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)
@@ -178,6 +182,57 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=out_records,
                                              options=options, source=str(source)))
     result.seconds = time.perf_counter() - start
+    return result
+
+
+DEFAULT_ONNX_QUANT = "f32"
+
+
+def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
+                 out: str | os.PathLike[str] | None = None, *, target: str | None = None,
+                 block_size: int | None = None, accuracy_level: int = 4, force: bool = False,
+                 dry_run: bool = False, force_ternarize: bool = False, allow_pickle: bool = False,
+                 revision: str | None = None, manifest: bool = True,
+                 progress: Callable[[str, int], None] | None = None,
+                 on_start: Callable[[Any], None] | None = None) -> Any:
+    """Export a HF checkpoint as an ONNX Runtime decoder folder (model.onnx + model.onnx.data +
+    genai_config.json + tokenizer files). `quant`: f32 / f16 / int8 / int4 / int2 (ternary models),
+    else the target's default for this model, else f32. `out`: the folder (default
+    ./<name>-<quant>-onnx). Returns an `onnx_io.OnnxExportResult`."""
+    from .formats import onnx_io
+
+    if target and get_target(target).format != "onnx":
+        raise UsageError(f"target {target} writes {get_target(target).format}, not onnx")
+    checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+    mapping = mapping_for(checkpoint)
+    if quant is None:
+        quant = get_target(target).quant_for(mapping) if target else DEFAULT_ONNX_QUANT
+    oq = onnx_io.get_onnx_quant(quant)
+    plan = onnx_io.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size, force_ternarize=force_ternarize,
+                                  accuracy_level=accuracy_level)
+    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{oq.name}-onnx"
+    if not dry_run:
+        onnx_io.require_onnx()
+        onnx_io.check_output_folder(folder, onnx_io.output_files(plan), force)
+        check_free_space(folder if folder.is_dir() else folder.parent, plan.data_nbytes)
+        if on_start:
+            on_start(plan)
+    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest and not dry_run else None
+    try:
+        result = onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
+                                progress=progress)
+    except BaseException:
+        if hasher:
+            hasher.cancel()
+        raise
+    if hasher:
+        from .formats.manifest import file_record
+
+        outputs = [file_record(folder / name, folder) for name in result.files]
+        options = {"format": "onnx", "quant": oq.name, "block_size": result.block_size, "target": target,
+                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision}
+        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs, options=options,
+                                             source=str(source)))
     return result
 
 

@@ -140,6 +140,75 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
     return data, lambda: _render_conversion(result)
 
 
+@cli.command("hf2onnx")
+@click.argument("source")
+@click.option("--quant", "-q", default=None,
+              help="f32 | f16 | int8 | int4 | int2 (ternary models). Default: the target's, else f32.")
+@click.option("--target", default=None, help="Hardware preset (see `bitconv targets`), e.g. onnx-cpu.")
+@click.option("--block-size", type=int, default=None,
+              help="MatMulNBits block size (power of two ≥ 16). Default: 32 for int8/int4, 128 for int2.")
+@click.option("-o", "--output", "output", default=None,
+              help="Output folder for model.onnx, model.onnx.data, genai_config.json and the tokenizer files. "
+                   "Default: ./<name>-<quant>-onnx")
+@click.option("--dry-run", is_flag=True, help="Show the plan (tensors, storage, sizes); write nothing.")
+@click.option("--force", is_flag=True, help="Overwrite existing files in the output folder.")
+@click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
+@click.option("--force-ternarize", is_flag=True,
+              help="Allow int2 for a model not trained ternary (destroys accuracy; for runtime tests).")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
+@click.option("--no-manifest", is_flag=True, help="Do not write bitconv-manifest.json in the folder.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@command("hf2onnx")
+def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int | None, output: str | None,
+            dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
+            no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
+    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                        TimeRemainingColumn(), console=err, transient=True,
+                        disable=quiet or dry_run or not err.is_terminal)
+    task: list[Any] = []
+
+    def on_start(plan: Any) -> None:
+        task.append(progress.add_task("exporting", total=plan.data_nbytes))
+
+    def on_tensor(name: str, nbytes: int) -> None:
+        if task:
+            progress.update(task[0], advance=nbytes, description=name)
+
+    with progress:
+        result = api.convert_onnx(source, quant, output, target=target, block_size=block_size, force=force,
+                                  dry_run=dry_run, force_ternarize=force_ternarize, allow_pickle=allow_pickle,
+                                  revision=revision, manifest=not no_manifest, progress=on_tensor,
+                                  on_start=on_start)
+    data = result.to_dict()
+    if not dry_run:
+        data.pop("tensors")
+    return data, lambda: _render_onnx(result)
+
+
+def _render_onnx(r: Any) -> None:
+    types = ", ".join(f"{n}×{t}" for t, n in sorted(r.type_counts.items()))
+    block = f", block {r.block_size}" if r.block_size else ""
+    if r.dry_run:
+        table = Table(title=f"plan: {r.source} → {r.output}/")
+        for col in ("tensor", "shape", "storage", "bytes", "role", "note"):
+            table.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in r.tensors:
+            table.add_row(t["name"], "×".join(map(str, t["shape"])), t["storage"], f"{t['nbytes']:,}", t["role"],
+                          t["note"])
+        out.print(table)
+        out.print(f"architecture {r.architecture}; {r.quant}{block}; {r.n_tensors} tensors ({types}); "
+                  f"{r.n_params:,} parameters")
+        out.print(f"weights ≈ {_fmt_bytes(r.output_bytes)}; files: {', '.join(r.files)}; nothing written (dry run)")
+    else:
+        out.print(f"wrote {r.output}/ ({_fmt_bytes(r.output_bytes)}: {', '.join(r.files)}) — {r.quant}{block}, "
+                  f"{r.n_tensors} tensors ({types}) in {r.seconds:.1f} s")
+        if r.manifest:
+            out.print(f"manifest: {r.manifest}")
+    for note in r.notes:
+        out.print(f"note: {note}")
+
+
 def _render_conversion(r: api.ConversionResult) -> None:
     types = ", ".join(f"{n}×{t}" for t, n in sorted(r.type_counts.items()))
     if r.dry_run:

@@ -50,6 +50,9 @@ TARGETS: dict[str, Target] = {t.name: t for t in (
     Target("llama.cpp", "gguf", "llama.cpp / Ollama",
            "mainline llama.cpp and Ollama: tq2_0 for ternary models (tq1_0 with --smallest), q4_0 otherwise",
            ternary_quant="tq2_0", other_quant="q4_0", smallest_quant="tq1_0", activations=("silu",)),
+    Target("onnx-cpu", "onnx", "ONNX Runtime (CPU)",
+           "ONNX Runtime CPU EP (MatMulNBits, accuracy_level 4): int2 for ternary models, int4 otherwise",
+           ternary_quant="int2", other_quant="int4"),
 )}
 
 

@@ -1,0 +1,818 @@
+"""ONNX decoder graphs for ONNX Runtime (CPU EP), written directly with `onnx.helper` (no torch).
+
+One folder per export: `model.onnx` (the graph) + `model.onnx.data` (every checkpoint tensor as
+external data, streamed one tensor at a time), the tokenizer files and `genai_config.json` (the
+onnxruntime-genai decoder format), all written into a temp folder inside the output folder and
+renamed into place only when complete.
+
+Graph IO (the names onnxruntime-genai and optimum use): `input_ids` [batch, seq] int64,
+`attention_mask` [batch, total_seq] int64, `position_ids` [batch, seq] int64,
+`past_key_values.{i}.key/value` [batch, n_kv_heads, past_seq, head_dim] → `logits`
+[batch, seq, vocab] float32, `present.{i}.key/value` [batch, n_kv_heads, total_seq, head_dim].
+A prompt runs with past_seq = 0; each decode step feeds the previous step's presents back.
+
+Numerics, following transformers' eager forward op for op:
+- RMSNorm in float32 (x · 1/sqrt(mean(x²) + eps)), cast back to the compute dtype, times the weight;
+- NeoX RoPE (rotate halves) from `position_ids` · inv_freq in float32;
+- attention with standard ops (MatMul / Softmax), grouped query heads broadcast without copying
+  K/V, a causal + padding mask built once from `attention_mask` (key j is visible to query i iff
+  j ≤ past_seq + i and attention_mask[j] = 1); scores and softmax in float32;
+- BitNet (BitNetForCausalLM): attn_sub_norm before o_proj, ffn_sub_norm before down_proj, ReLU², and
+  BitLinear's per-token int8 activation quantization before each ternary linear as explicit ops
+  (x_scale = 127 / max(max|x|, 1e-5); clip(round(x · x_scale), −128, 127) / x_scale), in every
+  export: f32/f16 exports then compute exactly the BitLinear reference (DESIGN.md), and the int2
+  export runs the same function, with MatMulNBits' own int8 blocks (accuracy_level 4) on top.
+
+Weights per `--quant`: f32 / f16 store every matrix as a MatMul initializer [K, N] (f16 also runs
+activations and the KV cache in float16; logits are float32 either way); int8 / int4 store the
+linears and lm_head as MatMulNBits (symmetric per block, accuracy_level 4) and the token embedding
+as float16 for a Gather; int2 stores the ternary linears as exact 2-bit codes and lm_head as int8.
+Norm weights and biases follow the compute dtype.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator
+
+import numpy as np
+
+from ..errors import CheckpointError, Interrupted, OutputError, UnsupportedArchitecture, UsageError
+from ..quant import nbits
+from ..quant.registry import ALIASES
+from ..quant.ternary import TernaryScale, scale_for, ternarize
+
+if TYPE_CHECKING:  # onnx is optional: imported where used
+    from onnx import TensorProto
+
+    from ..convert.arch.base import ArchMapping, SourceTensor
+    from ..convert.checkpoint import Checkpoint
+
+MODEL_FILE = "model.onnx"
+DATA_FILE = "model.onnx.data"
+GENAI_CONFIG = "genai_config.json"
+OPSET = 17
+IR_VERSION = 10  # onnxruntime ≥ 1.18 reads IR 10
+TMP_PREFIX = ".bitconv-onnx-tmp."
+_ALIGN_SMALL, _ALIGN_LARGE, _LARGE = 64, 4096, 1 << 16
+_F32_MIN = float(np.finfo(np.float32).min)
+_BITS = {"int8": 8, "int4": 4, "int2": 2}
+
+
+# --- quant types of the ONNX writer --------------------------------------------------------------
+
+@dataclass(frozen=True)
+class OnnxQuant:
+    name: str
+    #: MatMulNBits bits for linears (None: float MatMul)
+    bits: int | None
+    #: float dtype of activations, norms, biases and the KV cache ("f32" / "f16")
+    compute: str
+    default_block_size: int | None
+    description: str
+    #: ternary only: refused for models not trained ternary unless --force-ternarize
+    ternary: bool = False
+
+
+ONNX_QUANTS: dict[str, OnnxQuant] = {q.name: q for q in (
+    OnnxQuant("f32", None, "f32", None, "float32 MatMul weights, lossless"),
+    OnnxQuant("f16", None, "f16", None, "float16 weights, activations and KV cache (logits float32)"),
+    OnnxQuant("int8", 8, "f32", 32, "MatMulNBits 8-bit symmetric per block (accuracy_level 4)"),
+    OnnxQuant("int4", 4, "f32", 32, "MatMulNBits 4-bit symmetric per block (accuracy_level 4)"),
+    OnnxQuant("int2", 2, "f32", 128, "ternary linears as exact MatMulNBits 2-bit codes; lm_head int8", ternary=True),
+)}
+
+
+def get_onnx_quant(name: str) -> OnnxQuant:
+    key = ALIASES.get(name.lower(), name.lower())
+    try:
+        return ONNX_QUANTS[key]
+    except KeyError:
+        raise UsageError(f"quant type {name!r} is not an ONNX type; ONNX types: {', '.join(ONNX_QUANTS)}") from None
+
+
+# --- architectures -------------------------------------------------------------------------------
+
+#: HF class → the onnxruntime-genai model type written to genai_config.json (its decoder-only
+#: types share one runtime path; BitNet has no type of its own there, "llama" runs the same IO)
+ONNX_ARCHS: dict[str, str] = {
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+    "BitNetForCausalLM": "llama",
+}
+_ACTS = ("silu", "relu2")
+
+
+def check_supported(checkpoint: "Checkpoint", mapping: "ArchMapping") -> None:
+    arch = checkpoint.architecture
+    if arch not in ONNX_ARCHS:
+        raise UnsupportedArchitecture(f"the ONNX writer does not support {arch} yet; "
+                                      f"supported: {', '.join(sorted(ONNX_ARCHS))}")
+    c = mapping.config
+    rope_type = mapping.rope_params.get("rope_type", mapping.rope_params.get("type", "default"))
+    if rope_type not in (None, "default"):
+        raise UnsupportedArchitecture(f"{arch}: rope scaling {rope_type!r} is not supported by the ONNX writer yet")
+    if float(c.get("partial_rotary_factor", 1.0) or 1.0) != 1.0:
+        raise UnsupportedArchitecture(f"{arch}: partial rotary embeddings are not supported by the ONNX writer yet")
+    if c.get("use_sliding_window"):
+        raise UnsupportedArchitecture(f"{arch}: sliding-window attention is not supported by the ONNX writer yet")
+    act = str(c.get("hidden_act", "silu"))
+    if act not in _ACTS:
+        raise UnsupportedArchitecture(f"{arch}: activation {act!r} is not supported by the ONNX writer "
+                                      f"(supported: {', '.join(_ACTS)})")
+
+
+# --- the plan: every initializer, decided before any data is read ---------------------------------
+
+@dataclass
+class OnnxTensor:
+    """One checkpoint tensor as the graph stores it."""
+
+    name: str  # GGUF-style name (blk.N.attn_q.weight), also the initializer's base name
+    shape: tuple[int, ...]
+    storage: str  # f32 / f16 / int8 / int4 / int2
+    role: str  # embedding / lm_head / linear / ternary / norm / bias
+    nbytes: int
+    note: str = ""
+
+
+@dataclass
+class OnnxPlan:
+    checkpoint: "Checkpoint"
+    mapping: "ArchMapping"
+    quant: OnnxQuant
+    block_size: int | None
+    sources: dict[str, "SourceTensor"]
+    tensors: list[OnnxTensor]
+    #: BitLinear activation quantization before ternary linears (ternary-trained models only)
+    bitlinear: bool
+    accuracy_level: int = 4
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def data_nbytes(self) -> int:
+        return sum(t.nbytes for t in self.tensors)
+
+    @property
+    def n_params(self) -> int:
+        return sum(math.prod(t.shape) for t in self.tensors if t.role != "lm_head" or "output.weight" in self.sources)
+
+    def type_counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for t in self.tensors:
+            counts[t.storage] = counts.get(t.storage, 0) + 1
+        return counts
+
+    @property
+    def largest_f32_nbytes(self) -> int:
+        return max((math.prod(t.shape) * 4 for t in self.tensors), default=0)
+
+
+def _base(name: str) -> str:
+    return re.sub(r"^blk\.\d+\.", "", name)
+
+
+def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: OnnxQuant, *,
+                   block_size: int | None = None, force_ternarize: bool = False,
+                   accuracy_level: int = 4) -> OnnxPlan:
+    check_supported(checkpoint, mapping)
+    bitlinear = bool(mapping.ternary_model)  # decided before --force-ternarize marks linears ternary
+    if quant.ternary and not mapping.ternary_model:
+        if not force_ternarize:
+            raise UsageError(
+                f"{quant.name} stores ternary weights and {checkpoint.architecture} is not a ternary-trained model "
+                "(BitNet b1.58): ternarizing it after training destroys its accuracy; pass --force-ternarize "
+                "only to test a runtime")
+        mapping.treat_as_ternary()
+    if block_size is not None and quant.bits is None:
+        raise UsageError(f"--block-size applies to the MatMulNBits types (int8/int4/int2), not {quant.name}")
+    bs = block_size if block_size is not None else quant.default_block_size
+    if bs is not None:
+        if (problem := nbits.block_size_error(bs)):
+            raise UsageError(problem)
+    if accuracy_level not in (0, 1, 2, 3, 4):
+        raise UsageError(f"accuracy level {accuracy_level}: MatMulNBits takes 0..4")
+    sources: dict[str, SourceTensor] = {}
+    for src in mapping.tensors(checkpoint):
+        if src.name in sources:
+            raise CheckpointError(f"{src.hf_names[0] if src.hf_names else src.name}: two checkpoint tensors "
+                                  f"map to {src.name}")
+        mapping.check_shape(src)
+        sources[src.name] = src
+    mapping.check_complete(set(sources))
+    known = {"token_embd.weight", "output.weight", "output_norm.weight"}
+    layer_known = {"attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
+                   "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
+                   "attn_k_norm.weight", "attn_sub_norm.weight", "ffn_sub_norm.weight", "ffn_gate.weight",
+                   "ffn_up.weight", "ffn_down.weight"}
+    for name in sources:
+        if name not in known and not (name.startswith("blk.") and _base(name) in layer_known):
+            raise UnsupportedArchitecture(f"{name}: a tensor the ONNX writer has no place for "
+                                          f"({checkpoint.architecture})")
+
+    compute = quant.compute
+    tensors: list[OnnxTensor] = []
+
+    def add(name: str, shape: tuple[int, ...], storage: str, role: str, note: str = "") -> None:
+        tensors.append(OnnxTensor(name, shape, storage, role, _stored_nbytes(shape, storage, bs), note))
+
+    for name, src in sources.items():
+        shape = tuple(src.shape)
+        if len(shape) == 1:
+            add(name, shape, compute, "bias" if name.endswith(".bias") else "norm")
+        elif name == "token_embd.weight":
+            add(name, shape, "f32" if quant.name == "f32" else "f16", "embedding",
+                "" if quant.name in ("f32", "f16") else "f16 for Gather")
+        elif name == "output.weight":
+            pass  # below, with the tied case
+        elif mapping.is_ternary_linear(name):
+            if quant.ternary:
+                add(name, shape, "int2", "ternary", "exact ternary codes")
+            else:
+                add(name, shape, quant.name, "ternary",
+                    "exact ternary codes" if quant.bits else "dequantized ternary (s·W_t)")
+        else:
+            add(name, shape, "int8" if quant.ternary else quant.name, "linear")
+    out_src = "output.weight" if "output.weight" in sources else "token_embd.weight"
+    lm_storage = "int8" if quant.ternary else quant.name
+    add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
+        "tied: from token_embd" if out_src != "output.weight" else "")
+    plan = OnnxPlan(checkpoint, mapping, quant, bs, sources, tensors, bitlinear, accuracy_level)
+    if quant.bits == 2 and bs not in nbits.FAST_2BIT_BLOCKS:
+        plan.notes.append(f"block size {bs}: onnxruntime has fast 2-bit kernels only for "
+                          f"{'/'.join(map(str, nbits.FAST_2BIT_BLOCKS))}")
+    if quant.bits is not None and accuracy_level != 4:
+        plan.notes.append(f"accuracy_level {accuracy_level}: onnxruntime dequantizes 2- and 8-bit weights on "
+                          "every call without level 4")
+    return plan
+
+
+def _stored_nbytes(shape: tuple[int, ...], storage: str, block_size: int | None) -> int:
+    n = math.prod(shape)
+    if storage == "f32":
+        return 4 * n
+    if storage == "f16":
+        return 2 * n
+    bits = _BITS[storage]
+    rows, k = shape
+    return nbits.encoded_nbytes(rows, k, bits, block_size or 32)
+
+
+# --- external data -------------------------------------------------------------------------------
+
+class ExternalData:
+    """Appends tensors to one external data file; returns initializers that point into it."""
+
+    def __init__(self, path: Path, location: str, progress: Callable[[str, int], None] | None = None) -> None:
+        self.path = path
+        self.location = location
+        self.f = open(path, "wb")
+        self.offset = 0
+        self.progress = progress
+
+    def add(self, name: str, array: np.ndarray, label: str | None = None) -> "TensorProto":
+        from onnx import TensorProto, helper
+
+        a = np.ascontiguousarray(array)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        align = _ALIGN_LARGE if a.nbytes >= _LARGE else _ALIGN_SMALL
+        pad = -self.offset % align
+        if pad:
+            self.f.write(b"\0" * pad)
+            self.offset += pad
+        self.f.write(memoryview(a).cast("B"))
+        t = TensorProto()
+        t.name = name
+        t.data_type = helper.np_dtype_to_tensor_dtype(a.dtype)
+        t.dims.extend(a.shape)
+        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(a.nbytes))):
+            entry = t.external_data.add()
+            entry.key, entry.value = key, value
+        t.data_location = TensorProto.EXTERNAL
+        self.offset += a.nbytes
+        if self.progress:
+            self.progress(label or name, a.nbytes)
+        return t
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.f.flush()
+            os.fsync(self.f.fileno())
+            self.f.close()
+
+
+# --- the graph -----------------------------------------------------------------------------------
+
+class Graph:
+    """Nodes, initializers and unique value names."""
+
+    def __init__(self) -> None:
+        self.nodes: list[Any] = []
+        self.initializers: list[Any] = []
+        self._consts: dict[tuple[str, tuple[int, ...], bytes], str] = {}
+        self._names: dict[str, int] = {}
+
+    def fresh(self, hint: str) -> str:
+        n = self._names.get(hint, 0)
+        self._names[hint] = n + 1
+        return hint if n == 0 else f"{hint}_{n}"
+
+    def op(self, op_type: str, inputs: list[str], hint: str, *, n_out: int = 1, domain: str | None = None,
+           outputs: list[str] | None = None, **attrs: Any) -> Any:
+        from onnx import helper
+
+        outs = outputs or [self.fresh(f"{hint}/{op_type}" + (f"_{i}" if n_out > 1 else "")) for i in range(n_out)]
+        self.nodes.append(helper.make_node(op_type, inputs, outs, name=self.fresh(f"{hint}/{op_type}/node"),
+                                           domain=domain, **attrs))
+        return outs[0] if n_out == 1 else outs
+
+    def const(self, value: Any, dtype: Any = None) -> str:
+        """A small inline constant initializer (shared when equal)."""
+        from onnx import numpy_helper
+
+        a = np.asarray(value, dtype=dtype)
+        key = (a.dtype.str, a.shape, a.tobytes())
+        if key not in self._consts:
+            name = self.fresh(f"const/{a.dtype.name}")
+            self.initializers.append(numpy_helper.from_array(a, name))
+            self._consts[key] = name
+        return self._consts[key]
+
+
+class DecoderBuilder:
+    """Builds the decoder graph; weights are loaded, encoded and written as the graph asks for them."""
+
+    def __init__(self, plan: OnnxPlan, data: ExternalData) -> None:
+        from onnx import TensorProto
+
+        self.plan = plan
+        self.data = data
+        self.g = Graph()
+        m = plan.mapping
+        self.n_layers, self.hidden = m.n_layers, m.hidden
+        self.n_head, self.n_kv, self.head_dim = m.n_head, m.n_head_kv, m.head_dim
+        self.eps = float(m.config.get("rms_norm_eps", m.config.get("norm_eps", 1e-6)) or 1e-6)
+        theta = m.rope_theta if m.rope_theta is not None else m.default_rope_theta
+        self.rope_theta = float(theta)
+        self.act = str(m.config.get("hidden_act", "silu"))
+        self.f16 = plan.quant.compute == "f16"
+        self.ct = TensorProto.FLOAT16 if self.f16 else TensorProto.FLOAT
+        self.np_ct = np.float16 if self.f16 else np.float32
+        self.storage = {t.name: t for t in plan.tensors}
+        self._fake_quant_cache: dict[str, str] = {}
+
+    # -- weights --
+
+    def _load(self, name: str) -> np.ndarray:
+        return np.asarray(self.plan.sources[name].load(), dtype=np.float32)
+
+    def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
+        src = self.plan.sources[name]
+        w = self._load(name)
+        known = src.known_scale() if src.known_scale is not None else None
+        scale = scale_for([w], known)
+        return ternarize(w, scale), scale
+
+    def _add_init(self, name: str, array: np.ndarray, label: str | None = None) -> str:
+        self.g.initializers.append(self.data.add(name, array, label))
+        return name
+
+    def matmul(self, x: str, name: str, hint: str, *, output: str | None = None) -> str:
+        """x @ W^T for the checkpoint matrix `name` [N, K] in its planned storage (+ bias if any)."""
+        t = self.storage[name]
+        src_name = "token_embd.weight" if (t.role == "lm_head" and name not in self.plan.sources) else name
+        bias_name = name[: -len("weight")] + "bias"
+        has_bias = bias_name in self.plan.sources
+        out_name = None if has_bias else output
+        if t.role == "ternary":
+            codes, scale = self._ternary(src_name)
+            if t.storage in _BITS:  # exact: codes + zero point, scale s per block
+                q = nbits.quantize_ternary(codes, float(scale.scale), self.plan.block_size, _BITS[t.storage])
+                y = self._nbits(x, name, q, hint, out_name)
+            else:
+                w = codes.astype(np.float32) / scale.inv  # s · W_t as the references compute it
+                y = self._dense(x, name, w, t.storage, hint, out_name)
+        else:
+            w = self._load(src_name)
+            y = self._dense(x, name, w, t.storage, hint, out_name)
+        if has_bias:
+            b = self._add_init(bias_name, self._load(bias_name).astype(self.np_ct))
+            y = self.g.op("Add", [y, b], hint, outputs=[output] if output else None)
+        return y
+
+    def _dense(self, x: str, name: str, w: np.ndarray, storage: str, hint: str, output: str | None) -> str:
+        if storage in ("f32", "f16"):
+            dt = np.float32 if storage == "f32" else np.float16
+            init = self._add_init(name + ".T", np.ascontiguousarray(w.T).astype(dt, copy=False), name)
+            return self.g.op("MatMul", [x, init], hint, outputs=[output] if output else None)
+        bits = _BITS[storage]
+        bs = self.plan.block_size or 32
+        return self._nbits(x, name, nbits.quantize_rows(w, bits, bs), hint, output)
+
+    def _nbits(self, x: str, name: str, q: nbits.NBitsTensor, hint: str, output: str | None) -> str:
+        b = self._add_init(f"{name}.q{q.bits}", q.packed, name)
+        s = self._add_init(f"{name}.scales", q.scales.astype(np.float32))
+        return self.g.op("MatMulNBits", [x, b, s], hint, domain="com.microsoft",
+                         outputs=[output] if output else None, K=q.k, N=q.n, bits=q.bits,
+                         block_size=q.block_size, accuracy_level=self.plan.accuracy_level)
+
+    # -- blocks --
+
+    def rms_norm(self, x: str, weight: str, hint: str) -> str:
+        from onnx import TensorProto
+
+        g = self.g
+        w = self._add_init(weight, self._load(weight).astype(self.np_ct))
+        xf = g.op("Cast", [x], hint, to=TensorProto.FLOAT) if self.f16 else x
+        ms = g.op("ReduceMean", [g.op("Mul", [xf, xf], hint)], hint, axes=[-1], keepdims=1)
+        r = g.op("Div", [g.const(np.float32(1.0)), g.op("Sqrt", [g.op("Add", [ms, g.const(np.float32(self.eps))],
+                                                                          hint)], hint)], hint)
+        y = g.op("Mul", [xf, r], hint)
+        if self.f16:
+            y = g.op("Cast", [y], hint, to=TensorProto.FLOAT16)
+        return g.op("Mul", [y, w], hint)
+
+    def fake_quant(self, x: str, hint: str) -> str:
+        """BitLinear's per-token int8 activation quantization (quantize → dequantize), once per input."""
+        if x in self._fake_quant_cache:
+            return self._fake_quant_cache[x]
+        g, c = self.g, self.np_ct
+        amax = g.op("ReduceMax", [g.op("Abs", [x], hint)], hint, axes=[-1], keepdims=1)
+        xs = g.op("Div", [g.const(c(127.0)), g.op("Max", [amax, g.const(c(1e-5))], hint)], hint)
+        q = g.op("Clip", [g.op("Round", [g.op("Mul", [x, xs], hint)], hint), g.const(c(-128.0)), g.const(c(127.0))],
+                 hint)
+        y = g.op("Div", [q, xs], hint)
+        self._fake_quant_cache[x] = y
+        return y
+
+    def linear(self, x: str, name: str, hint: str, output: str | None = None) -> str:
+        if self.plan.bitlinear and self.plan.mapping.is_ternary_linear(name):
+            x = self.fake_quant(x, hint + "/act_quant")
+        return self.matmul(x, name, hint, output=output)
+
+    def rope(self, x: str, cos: str, sin: str, hint: str) -> str:
+        """NeoX rotation of x [B, H, S, D] with cos/sin [B, 1, S, D/2]."""
+        g = self.g
+        half = self.head_dim // 2
+        a, b = g.op("Split", [x, g.const(np.array([half, half], np.int64))], hint, n_out=2, axis=-1)
+        ra = g.op("Sub", [g.op("Mul", [a, cos], hint), g.op("Mul", [b, sin], hint)], hint)
+        rb = g.op("Add", [g.op("Mul", [b, cos], hint), g.op("Mul", [a, sin], hint)], hint)
+        return g.op("Concat", [ra, rb], hint, axis=-1)
+
+    def build(self) -> Any:
+        from onnx import TensorProto, helper
+
+        g, ct = self.g, self.ct
+        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                ["batch_size", "total_sequence_length"]),
+                  helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                 ["batch_size", "sequence_length", self.plan.mapping.vocab_size])]
+        kv_shape_in = ["batch_size", self.n_kv, "past_sequence_length", self.head_dim]
+        kv_shape_out = ["batch_size", self.n_kv, "total_sequence_length", self.head_dim]
+        for i in range(self.n_layers):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", ct, kv_shape_in))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", ct, kv_shape_out))
+
+        # embeddings
+        emb = self.storage["token_embd.weight"]
+        table = self._add_init("token_embd.weight",
+                               self._load("token_embd.weight").astype(np.float32 if emb.storage == "f32" else np.float16))
+        h = g.op("Gather", [table, "input_ids"], "embed", axis=0)
+        if emb.storage != self.plan.quant.compute:
+            h = g.op("Cast", [h], "embed", to=ct)
+
+        # rotary tables [B, 1, S, D/2]
+        d = self.head_dim
+        inv_freq = (np.float32(1.0) / (np.float32(self.rope_theta) **
+                                       (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d))))
+        pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], "rope", to=TensorProto.FLOAT), i64([-1])], "rope")
+        freqs = g.op("Unsqueeze", [g.op("Mul", [pos, g.const(inv_freq.astype(np.float32))], "rope"), i64([1])], "rope")
+        cos, sin = g.op("Cos", [freqs], "rope"), g.op("Sin", [freqs], "rope")
+        if self.f16:
+            cos, sin = g.op("Cast", [cos], "rope", to=ct), g.op("Cast", [sin], "rope", to=ct)
+
+        # mask [B, 1, 1, S, T]: key j visible to query i iff j <= T - S + i and attention_mask[j]
+        s_len = g.op("Squeeze", [g.op("Shape", ["input_ids"], "mask", start=1, end=2)], "mask")
+        t_len = g.op("Squeeze", [g.op("Shape", ["attention_mask"], "mask", start=1, end=2)], "mask")
+        one, zero = g.const(np.int64(1)), g.const(np.int64(0))
+        k_idx = g.op("Range", [zero, t_len, one], "mask")
+        q_idx = g.op("Range", [g.op("Sub", [t_len, s_len], "mask"), t_len, one], "mask")
+        causal = g.op("LessOrEqual", [g.op("Unsqueeze", [k_idx, i64([0])], "mask"),
+                                      g.op("Unsqueeze", [q_idx, i64([1])], "mask")], "mask")
+        pad = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], "mask", to=TensorProto.BOOL), i64([1, 2, 3])], "mask")
+        allowed = g.op("And", [causal, pad], "mask")
+
+        rep = self.n_head // self.n_kv
+        scaling = np.float32(self.head_dim ** -0.5)
+        src = self.plan.sources
+        for i in range(self.n_layers):
+            p, hint = f"blk.{i}.", f"layers.{i}"
+            x = self.rms_norm(h, p + "attn_norm.weight", hint + "/attn_norm")
+            q = self.linear(x, p + "attn_q.weight", hint + "/q_proj")
+            k = self.linear(x, p + "attn_k.weight", hint + "/k_proj")
+            v = self.linear(x, p + "attn_v.weight", hint + "/v_proj")
+            q = g.op("Reshape", [q, i64([0, 0, self.n_head, d])], hint + "/q")
+            k = g.op("Reshape", [k, i64([0, 0, self.n_kv, d])], hint + "/k")
+            v = g.op("Reshape", [v, i64([0, 0, self.n_kv, d])], hint + "/v")
+            if p + "attn_q_norm.weight" in src:
+                q = self.rms_norm(q, p + "attn_q_norm.weight", hint + "/q_norm")
+                k = self.rms_norm(k, p + "attn_k_norm.weight", hint + "/k_norm")
+            q = g.op("Transpose", [q], hint + "/q", perm=[0, 2, 1, 3])
+            k = g.op("Transpose", [k], hint + "/k", perm=[0, 2, 1, 3])
+            v = g.op("Transpose", [v], hint + "/v", perm=[0, 2, 1, 3])
+            q = self.rope(q, cos, sin, hint + "/q_rope")
+            k = self.rope(k, cos, sin, hint + "/k_rope")
+            k_all = g.op("Concat", [f"past_key_values.{i}.key", k], hint + "/k", axis=2, outputs=[f"present.{i}.key"])
+            v_all = g.op("Concat", [f"past_key_values.{i}.value", v], hint + "/v", axis=2,
+                         outputs=[f"present.{i}.value"])
+            # grouped heads: q [B, Hkv, rep, S, D] against k [B, Hkv, 1, D, T], broadcast, no K/V copies
+            qg = g.op("Reshape", [q, i64([0, self.n_kv, rep, -1, d])], hint + "/attn")
+            kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], hint + "/attn", perm=[0, 1, 3, 2]), i64([2])],
+                      hint + "/attn")
+            if self.f16:  # scores and softmax in float32
+                qg = g.op("Cast", [qg], hint + "/attn", to=TensorProto.FLOAT)
+                kt = g.op("Cast", [kt], hint + "/attn", to=TensorProto.FLOAT)
+            scores = g.op("Mul", [g.op("MatMul", [qg, kt], hint + "/attn"), g.const(scaling)], hint + "/attn")
+            scores = g.op("Where", [allowed, scores, g.const(np.float32(_F32_MIN))], hint + "/attn")
+            probs = g.op("Softmax", [scores], hint + "/attn", axis=-1)
+            if self.f16:
+                probs = g.op("Cast", [probs], hint + "/attn", to=ct)
+            ctx = g.op("MatMul", [probs, g.op("Unsqueeze", [v_all, i64([2])], hint + "/attn")], hint + "/attn")
+            ctx = g.op("Reshape", [ctx, i64([0, self.n_head, -1, d])], hint + "/attn")
+            ctx = g.op("Transpose", [ctx], hint + "/attn", perm=[0, 2, 1, 3])
+            ctx = g.op("Reshape", [ctx, i64([0, 0, self.n_head * d])], hint + "/attn")
+            if p + "attn_sub_norm.weight" in src:
+                ctx = self.rms_norm(ctx, p + "attn_sub_norm.weight", hint + "/attn_sub_norm")
+            h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", hint + "/o_proj")], hint + "/residual")
+
+            x = self.rms_norm(h, p + "ffn_norm.weight", hint + "/ffn_norm")
+            gate = self.linear(x, p + "ffn_gate.weight", hint + "/gate_proj")
+            up = self.linear(x, p + "ffn_up.weight", hint + "/up_proj")
+            if self.act == "relu2":
+                r = g.op("Relu", [gate], hint + "/act")
+                a = g.op("Mul", [r, r], hint + "/act")
+            else:
+                a = g.op("Mul", [gate, g.op("Sigmoid", [gate], hint + "/act")], hint + "/act")
+            y = g.op("Mul", [a, up], hint + "/mlp")
+            if p + "ffn_sub_norm.weight" in src:
+                y = self.rms_norm(y, p + "ffn_sub_norm.weight", hint + "/ffn_sub_norm")
+            h = g.op("Add", [h, self.linear(y, p + "ffn_down.weight", hint + "/down_proj")], hint + "/residual")
+
+        x = self.rms_norm(h, "output_norm.weight", "final_norm")
+        if self.f16:
+            logits = g.op("Cast", [self.matmul(x, "output.weight", "lm_head")], "lm_head", to=TensorProto.FLOAT,
+                          outputs=["logits"])
+        else:
+            logits = self.matmul(x, "output.weight", "lm_head", output="logits")
+        assert logits == "logits"
+        graph = helper.make_graph(g.nodes, "bitconv_decoder", inputs, outputs, initializer=g.initializers)
+        model = helper.make_model(graph, producer_name="bitconv", ir_version=IR_VERSION,
+                                  opset_imports=[helper.make_opsetid("", OPSET),
+                                                 helper.make_opsetid("com.microsoft", 1)])
+        from .. import __version__
+
+        model.producer_version = __version__
+        return model
+
+
+# --- genai_config.json ---------------------------------------------------------------------------
+
+def _first_id(v: Any) -> Any:
+    return v[0] if isinstance(v, list) and v else v
+
+
+def genai_config(plan: OnnxPlan) -> dict[str, Any]:
+    """onnxruntime-genai's decoder config (field names as its model builder writes them)."""
+    m, root = plan.mapping, plan.checkpoint.root
+    c = m.config
+    gen: dict[str, Any] = {}
+    if (root / "generation_config.json").is_file():
+        try:
+            gen = json.loads((root / "generation_config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            gen = {}
+    bos = gen.get("bos_token_id", c.get("bos_token_id"))
+    eos = gen.get("eos_token_id", c.get("eos_token_id"))
+    pad = gen.get("pad_token_id", c.get("pad_token_id"))
+    if pad is None:
+        pad = _first_id(eos)
+    ctx = int(c.get("max_position_embeddings") or 4096)
+    return {
+        "model": {
+            "bos_token_id": bos,
+            "context_length": ctx,
+            "decoder": {
+                "session_options": {"log_id": "onnxruntime-genai", "provider_options": []},
+                "filename": MODEL_FILE,
+                "head_size": m.head_dim,
+                "hidden_size": m.hidden,
+                "inputs": {
+                    "input_ids": "input_ids",
+                    "attention_mask": "attention_mask",
+                    "position_ids": "position_ids",
+                    "past_key_names": "past_key_values.%d.key",
+                    "past_value_names": "past_key_values.%d.value",
+                },
+                "outputs": {
+                    "logits": "logits",
+                    "present_key_names": "present.%d.key",
+                    "present_value_names": "present.%d.value",
+                },
+                "num_attention_heads": m.n_head,
+                "num_hidden_layers": m.n_layers,
+                "num_key_value_heads": m.n_head_kv,
+            },
+            "eos_token_id": eos,
+            "pad_token_id": pad,
+            "type": ONNX_ARCHS[plan.checkpoint.architecture],
+            "vocab_size": m.vocab_size,
+        },
+        "search": {
+            "diversity_penalty": 0.0,
+            "do_sample": bool(gen.get("do_sample", False)),
+            "early_stopping": True,
+            "length_penalty": 1.0,
+            "max_length": ctx,
+            "min_length": 0,
+            "no_repeat_ngram_size": 0,
+            "num_beams": 1,
+            "num_return_sequences": 1,
+            "past_present_share_buffer": False,  # present = Concat(past, new): no shared buffer
+            "repetition_penalty": float(gen.get("repetition_penalty", 1.0) or 1.0),
+            "temperature": float(gen.get("temperature", 1.0) or 1.0),
+            "top_k": int(gen.get("top_k", 1) or 1) if gen.get("do_sample") else 1,
+            "top_p": float(gen.get("top_p", 1.0) or 1.0),
+        },
+    }
+
+
+# --- the atomic folder ---------------------------------------------------------------------------
+
+def output_files(plan: OnnxPlan) -> list[str]:
+    """The names the export writes into its folder (model, data, config, tokenizer files)."""
+    return [MODEL_FILE, DATA_FILE, GENAI_CONFIG] + [p.name for p in plan.checkpoint.tokenizer_files()]
+
+
+def check_output_folder(folder: Path, names: list[str], force: bool) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise OutputError(f"{folder} exists and is not a folder")
+    parent = folder if folder.is_dir() else folder.parent
+    if not parent.is_dir():
+        raise OutputError(f"output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise OutputError(f"output folder {parent} is not writable")
+    if folder.is_dir() and not force:
+        existing = [n for n in names if (folder / n).exists()]
+        if existing:
+            raise OutputError(f"{folder / existing[0]} already exists; pass --force to overwrite it")
+
+
+def _remove_stale(folder: Path) -> None:
+    for p in folder.glob(f"{TMP_PREFIX}*"):
+        try:
+            pid = int(p.name.rsplit(".", 1)[1])
+        except ValueError:
+            continue
+        if pid == os.getpid():
+            continue
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            shutil.rmtree(p, ignore_errors=True)
+        except PermissionError:
+            pass
+
+
+@contextmanager
+def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Path]:
+    """Yield a temp folder inside `folder`; on success its files (`names`, model.onnx last) are
+    renamed into `folder`; on any failure the temp folder (and `folder`, if this created it) goes."""
+    check_output_folder(folder, names, force)
+    created = not folder.exists()
+    folder.mkdir(exist_ok=True)
+    _remove_stale(folder)
+    tmp = folder / f"{TMP_PREFIX}{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+
+    def cleanup() -> None:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if created:
+            try:
+                folder.rmdir()
+            except OSError:
+                pass
+
+    try:
+        yield tmp
+        order = [n for n in names if n != MODEL_FILE] + [MODEL_FILE]  # the graph last: no graph without data
+        for n in order:
+            os.replace(tmp / n, folder / n)
+        tmp.rmdir()
+        _fsync_dir(folder)
+    except KeyboardInterrupt:
+        cleanup()
+        raise Interrupted("interrupted, nothing written") from None
+    except OSError as e:
+        cleanup()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"disk full while writing {folder}; nothing written") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
+        raise
+    except BaseException:
+        cleanup()
+        raise
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+# --- the export ----------------------------------------------------------------------------------
+
+@dataclass
+class OnnxExportResult:
+    source: str
+    architecture: str
+    format: str
+    quant: str
+    block_size: int | None
+    output: str  # the folder
+    dry_run: bool
+    n_tensors: int
+    n_params: int
+    output_bytes: int
+    type_counts: dict[str, int]
+    files: list[str]
+    notes: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    manifest: str | None = None
+    tensors: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def require_onnx() -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise UsageError("the ONNX writer needs the onnx package: pip install 'bitconv[onnx]'")
+
+
+def write_onnx(plan: OnnxPlan, folder: Path, *, force: bool = False,
+               progress: Callable[[str, int], None] | None = None) -> list[dict[str, Any]]:
+    """Write the export folder; returns [{path, bytes}] of the files written."""
+    require_onnx()
+    names = output_files(plan)
+    with atomic_folder(folder, names, force=force) as tmp:
+        data = ExternalData(tmp / DATA_FILE, DATA_FILE, progress)
+        try:
+            model = DecoderBuilder(plan, data).build()
+        finally:
+            data.close()
+        blob = model.SerializeToString()
+        with open(tmp / MODEL_FILE, "wb") as f:
+            f.write(blob)
+            f.flush()
+            os.fsync(f.fileno())
+        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(plan), indent=4) + "\n", encoding="utf-8")
+        for p in plan.checkpoint.tokenizer_files():
+            shutil.copyfile(p, tmp / p.name)
+    return [{"path": n, "bytes": (folder / n).stat().st_size} for n in names]
+
+
+def export(checkpoint: "Checkpoint", plan: OnnxPlan, folder: Path, *, source: str, dry_run: bool = False,
+           force: bool = False, progress: Callable[[str, int], None] | None = None) -> OnnxExportResult:
+    names = output_files(plan)
+    result = OnnxExportResult(
+        source=source, architecture=checkpoint.architecture, format="onnx", quant=plan.quant.name,
+        block_size=plan.block_size if plan.quant.bits is not None else None, output=str(folder), dry_run=dry_run,
+        n_tensors=len(plan.tensors), n_params=plan.n_params, output_bytes=plan.data_nbytes,
+        type_counts=plan.type_counts(), files=names, notes=list(plan.notes),
+        tensors=[asdict(t) for t in plan.tensors])
+    if dry_run:
+        return result
+    start = time.perf_counter()
+    records = write_onnx(plan, folder, force=force, progress=progress)
+    result.output_bytes = sum(r["bytes"] for r in records)
+    result.seconds = time.perf_counter() - start
+    return result
