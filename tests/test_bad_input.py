@@ -424,9 +424,11 @@ def big_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
 def test_ctrl_c_during_write(big_checkpoint: Path, out_dir: Path, delay: float, as_json: bool) -> None:
     out = out_dir / "model.gguf"
     cmd = [sys.executable, "-m", "bitconv", "hf2gguf", str(big_checkpoint), "-o", str(out)] + (["--json"] if as_json else [])
+    # as in a terminal: a runner started in the background (`cmd &`) hands its children SIGINT ignored
     proc = subprocess.Popen(cmd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
-                            stdin=subprocess.DEVNULL)
+                            stdin=subprocess.DEVNULL,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 60
         while not any(out_dir.glob(".*.bitconv-tmp.*")):
