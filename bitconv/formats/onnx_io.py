@@ -22,12 +22,20 @@ Numerics, following transformers' eager forward op for op:
   (x_scale = 127 / max(max|x|, 1e-5); clip(round(x · x_scale), −128, 127) / x_scale), in every
   export: f32/f16 exports then compute exactly the BitLinear reference (DESIGN.md), and the int2
   export runs the same function, with MatMulNBits' own int8 blocks (accuracy_level 4) on top.
+- Qwen2-MoE / Qwen3-MoE sparse blocks with standard ops: router MatMul + Softmax in float32, TopK
+  (renormalized iff config `norm_topk_prob`), the top-k weights scattered into a dense [tokens,
+  experts] matrix; each expert runs its SwiGLU only on the tokens routed to it (NonZero → Gather →
+  MatMul/MatMulNBits → × weight → ScatterND add into a float32 sum), so a decode step costs k
+  experts, not all; Qwen2-MoE adds its shared expert times sigmoid(x · ffn_gate_inp_shexp).
+  Layers without a router (mlp_only_layers, decoder_sparse_step) are dense MLPs.
 
 Weights per `--quant`: f32 / f16 store every matrix as a MatMul initializer [K, N] (f16 also runs
 activations and the KV cache in float16; logits are float32 either way); int8 / int4 store the
 linears and lm_head as MatMulNBits (symmetric per block, accuracy_level 4) and the token embedding
 as float16 for a Gather; int2 stores the ternary linears as exact 2-bit codes and lm_head as int8.
-Norm weights and biases follow the compute dtype.
+Norm weights and biases follow the compute dtype. MoE routers (`ffn_gate_inp`, `ffn_gate_inp_shexp`)
+stay float32 in every export; experts are stored per expert (`blk.N.ffn_{gate,up,down}_exps.E.weight`)
+like any linear of the export's type (int8 under int2).
 """
 from __future__ import annotations
 
@@ -106,9 +114,14 @@ def get_onnx_quant(name: str) -> OnnxQuant:
 ONNX_ARCHS: dict[str, str] = {
     "Qwen2ForCausalLM": "qwen2",
     "Qwen3ForCausalLM": "qwen3",
+    "Qwen2MoeForCausalLM": "qwen2",  # the MoE blocks are plain graph ops: genai runs them as any decoder
+    "Qwen3MoeForCausalLM": "qwen3",
     "BitNetForCausalLM": "llama",
 }
 _ACTS = ("silu", "relu2")
+#: MoE tensors (GGUF base names, as bitconv's Qwen MoE mapping stacks them)
+_MOE_ROUTERS = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
+_MOE_EXPERTS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")
 
 
 def check_supported(checkpoint: "Checkpoint", mapping: "ArchMapping") -> None:
@@ -139,7 +152,7 @@ class OnnxTensor:
     name: str  # GGUF-style name (blk.N.attn_q.weight), also the initializer's base name
     shape: tuple[int, ...]
     storage: str  # f32 / f16 / int8 / int4 / int2
-    role: str  # embedding / lm_head / linear / ternary / norm / bias
+    role: str  # embedding / lm_head / linear / ternary / norm / bias / router / experts
     nbytes: int
     note: str = ""
 
@@ -212,7 +225,8 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
     layer_known = {"attn_norm.weight", "ffn_norm.weight", "attn_q.weight", "attn_k.weight", "attn_v.weight",
                    "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
                    "attn_k_norm.weight", "attn_sub_norm.weight", "ffn_sub_norm.weight", "ffn_gate.weight",
-                   "ffn_up.weight", "ffn_down.weight"}
+                   "ffn_up.weight", "ffn_down.weight", *_MOE_ROUTERS, *_MOE_EXPERTS,
+                   "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"}
     for name in sources:
         if name not in known and not (name.startswith("blk.") and _base(name) in layer_known):
             raise UnsupportedArchitecture(f"{name}: a tensor the ONNX writer has no place for "
@@ -228,6 +242,10 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         shape = tuple(src.shape)
         if len(shape) == 1:
             add(name, shape, compute, "bias" if name.endswith(".bias") else "norm")
+        elif _base(name) in _MOE_ROUTERS:  # routing decisions stay float32 in every export
+            add(name, shape, "f32", "router")
+        elif _base(name) in _MOE_EXPERTS:  # [E, N, K]: one MatMul / MatMulNBits per expert
+            add(name, shape, "int8" if quant.ternary else quant.name, "experts")
         elif name == "token_embd.weight":
             add(name, shape, "f32" if quant.name == "f32" else "f16", "embedding",
                 "" if quant.name in ("f32", "f16") else "f16 for Gather")
@@ -262,8 +280,8 @@ def _stored_nbytes(shape: tuple[int, ...], storage: str, block_size: int | None)
     if storage == "f16":
         return 2 * n
     bits = _BITS[storage]
-    rows, k = shape
-    return nbits.encoded_nbytes(rows, k, bits, block_size or 32)
+    *experts, rows, k = shape
+    return math.prod(experts) * nbits.encoded_nbytes(rows, k, bits, block_size or 32)
 
 
 # --- external data -------------------------------------------------------------------------------
@@ -425,7 +443,106 @@ class DecoderBuilder:
                          outputs=[output] if output else None, K=q.k, N=q.n, bits=q.bits,
                          block_size=q.block_size, accuracy_level=self.plan.accuracy_level)
 
+    def experts(self, name: str) -> list[Callable[[str, str], str]]:
+        """One matmul builder per expert of the stacked [E, N, K] tensor `name`: the tensor is loaded
+        once and every expert's initializer written now (in expert order), the nodes later."""
+        t = self.storage[name]
+        w3 = self._load(name)
+        stem = name[: -len(".weight")]
+        ops: list[Callable[[str, str], str]] = []
+        for e in range(w3.shape[0]):
+            wname = f"{stem}.{e}.weight"
+            if t.storage in ("f32", "f16"):
+                dt = np.float32 if t.storage == "f32" else np.float16
+                init = self._add_init(wname + ".T", np.ascontiguousarray(w3[e].T).astype(dt, copy=False), wname)
+                ops.append(lambda x, hint, init=init: self.g.op("MatMul", [x, init], hint))
+            else:
+                q = nbits.quantize_rows(w3[e], _BITS[t.storage], self.plan.block_size or 32)
+                b = self._add_init(f"{wname}.q{q.bits}", q.packed, wname)
+                s = self._add_init(f"{wname}.scales", q.scales.astype(np.float32))
+                attrs = dict(K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+                             accuracy_level=self.plan.accuracy_level)  # not q: its arrays are written
+                ops.append(lambda x, hint, b=b, s=s, attrs=attrs: self.g.op(
+                    "MatMulNBits", [x, b, s], hint, domain="com.microsoft", **attrs))
+        del w3
+        return ops
+
     # -- blocks --
+
+    def mlp(self, x: str, gate: Callable[[str, str], str], up: Callable[[str, str], str],
+            down: Callable[[str, str], str], hint: str, sub_norm: str | None = None) -> str:
+        """down(act(gate(x)) · up(x)), act = SiLU or ReLU²; BitNet's ffn_sub_norm before down."""
+        g = self.g
+        gx, ux = gate(x, hint + "/gate_proj"), up(x, hint + "/up_proj")
+        if self.act == "relu2":
+            r = g.op("Relu", [gx], hint + "/act")
+            a = g.op("Mul", [r, r], hint + "/act")
+        else:
+            a = g.op("Mul", [gx, g.op("Sigmoid", [gx], hint + "/act")], hint + "/act")
+        y = g.op("Mul", [a, ux], hint + "/mlp")
+        if sub_norm is not None:
+            y = self.rms_norm(y, sub_norm, hint + "/ffn_sub_norm")
+        return down(y, hint + "/down_proj")
+
+    def router_matmul(self, x32: str, name: str, hint: str) -> str:
+        """float32 x @ W^T for a router matrix (kept float32 whatever the export's type)."""
+        w = self._add_init(name + ".T", np.ascontiguousarray(self._load(name).T))
+        return self.g.op("MatMul", [x32, w], hint)
+
+    def moe(self, x: str, p: str, hint: str) -> str:
+        """Qwen2/Qwen3-MoE sparse block as transformers computes it: router softmax in float32,
+        top-k (renormalized iff config.norm_topk_prob), each expert's SwiGLU on the tokens routed
+        to it (NonZero → Gather → … → ScatterND add, so a decode step runs k experts, not all),
+        weighted by its routing weight; Qwen2-MoE adds the shared expert times sigmoid(x · w_g)."""
+        from onnx import TensorProto, helper
+
+        g, c = self.g, self.plan.mapping.config
+        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
+        top_k = int(c.get("num_experts_per_tok", 0) or 0)
+        n_exp = int(self.plan.sources[p + "ffn_gate_inp.weight"].shape[0])
+        if not 0 < top_k <= n_exp:
+            raise CheckpointError(f"num_experts_per_tok={top_k} for {n_exp} experts")
+        xf = g.op("Reshape", [x, i64([-1, self.hidden])], hint)  # [N, H]
+        x32 = g.op("Cast", [xf], hint + "/router", to=TensorProto.FLOAT) if self.f16 else xf
+        probs = g.op("Softmax", [self.router_matmul(x32, p + "ffn_gate_inp.weight", hint + "/router")],
+                     hint + "/router", axis=-1)
+        top_w, top_i = g.op("TopK", [probs, i64([top_k])], hint + "/router", n_out=2, axis=-1, largest=1, sorted=1)
+        if c.get("norm_topk_prob", False):
+            top_w = g.op("Div", [top_w, g.op("ReduceSum", [top_w, i64([-1])], hint + "/router", keepdims=1)],
+                         hint + "/router")
+        zeros32 = g.op("ConstantOfShape", [g.op("Shape", [probs], hint + "/router")], hint + "/router",
+                       value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        weights = g.op("ScatterElements", [zeros32, top_i, top_w], hint + "/router", axis=-1)  # [N, E]
+        if self.f16:
+            weights = g.op("Cast", [weights], hint + "/router", to=self.ct)
+        # the experts' sum accumulates in float32 (onnxruntime's ScatterND adds no float16)
+        out = g.op("ConstantOfShape", [g.op("Shape", [xf], hint)], hint,
+                   value=helper.make_tensor("zero", TensorProto.FLOAT, [1], [0.0]))
+        gates, ups, downs = (self.experts(p + f"ffn_{n}_exps.weight") for n in ("gate", "up", "down"))
+        for e in range(n_exp):
+            eh = f"{hint}/experts.{e}"
+            we = g.op("Gather", [weights, g.const(np.int64(e))], eh, axis=1)  # [N]
+            rows = g.op("NonZero", [g.op("Greater", [we, g.const(self.np_ct(0))], eh)], eh)  # [1, M]
+            idx = g.op("Squeeze", [rows, i64([0])], eh)  # [M]
+            y = self.mlp(g.op("Gather", [xf, idx], eh, axis=0), gates[e], ups[e], downs[e], eh)
+            y = g.op("Mul", [y, g.op("Unsqueeze", [g.op("Gather", [we, idx], eh, axis=0), i64([-1])], eh)], eh)
+            if self.f16:
+                y = g.op("Cast", [y], eh, to=TensorProto.FLOAT)
+            out = g.op("ScatterND", [out, g.op("Transpose", [rows], eh, perm=[1, 0]), y], eh, reduction="add")
+        if self.f16:
+            out = g.op("Cast", [out], hint, to=self.ct)
+        if p + "ffn_up_shexp.weight" in self.plan.sources:
+            lin = lambda n: (lambda v, h: self.linear(v, p + n, h))  # noqa: E731
+            shared = self.mlp(xf, lin("ffn_gate_shexp.weight"), lin("ffn_up_shexp.weight"),
+                              lin("ffn_down_shexp.weight"), hint + "/shared_expert")
+            if p + "ffn_gate_inp_shexp.weight" in self.plan.sources:
+                sg = g.op("Sigmoid", [self.router_matmul(x32, p + "ffn_gate_inp_shexp.weight",
+                                                         hint + "/shared_expert_gate")], hint + "/shared_expert_gate")
+                if self.f16:
+                    sg = g.op("Cast", [sg], hint + "/shared_expert_gate", to=self.ct)
+                shared = g.op("Mul", [sg, shared], hint + "/shared_expert")
+            out = g.op("Add", [out, shared], hint)
+        return g.op("Reshape", [out, g.op("Shape", [x], hint)], hint)
 
     def rms_norm(self, x: str, weight: str, hint: str) -> str:
         from onnx import TensorProto
@@ -559,17 +676,14 @@ class DecoderBuilder:
             h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", hint + "/o_proj")], hint + "/residual")
 
             x = self.rms_norm(h, p + "ffn_norm.weight", hint + "/ffn_norm")
-            gate = self.linear(x, p + "ffn_gate.weight", hint + "/gate_proj")
-            up = self.linear(x, p + "ffn_up.weight", hint + "/up_proj")
-            if self.act == "relu2":
-                r = g.op("Relu", [gate], hint + "/act")
-                a = g.op("Mul", [r, r], hint + "/act")
+            if p + "ffn_gate_inp.weight" in src:
+                y = self.moe(x, p, hint + "/moe")
             else:
-                a = g.op("Mul", [gate, g.op("Sigmoid", [gate], hint + "/act")], hint + "/act")
-            y = g.op("Mul", [a, up], hint + "/mlp")
-            if p + "ffn_sub_norm.weight" in src:
-                y = self.rms_norm(y, p + "ffn_sub_norm.weight", hint + "/ffn_sub_norm")
-            h = g.op("Add", [h, self.linear(y, p + "ffn_down.weight", hint + "/down_proj")], hint + "/residual")
+                lin = lambda n: (lambda v, hh: self.linear(v, p + n, hh))  # noqa: E731
+                sub = p + "ffn_sub_norm.weight"
+                y = self.mlp(x, lin("ffn_gate.weight"), lin("ffn_up.weight"), lin("ffn_down.weight"), hint,
+                             sub_norm=sub if sub in src else None)
+            h = g.op("Add", [h, y], hint + "/residual")
 
         x = self.rms_norm(h, "output_norm.weight", "final_norm")
         if self.f16:
