@@ -286,16 +286,19 @@ def targets_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
 
 
 def _thresholds_help() -> str:
-    from .validate import DEFAULT_MIN_COS
+    from .validate import DEFAULT_MIN_COS, ONNX_MIN_COS
 
-    return ", ".join(f"{k}={v}" for k, v in DEFAULT_MIN_COS.items())
+    return (", ".join(f"{k}={v}" for k, v in DEFAULT_MIN_COS.items()) + "; ONNX: "
+            + ", ".join(f"{k}={v}" for k, v in ONNX_MIN_COS.items()))
 
 
 @cli.command("validate", help=(
     "Check the GGUF artifact ARTIFACT: structure always; with --reference (the HF checkpoint it was made "
     "from) every tensor (ternary codes identical, others by cos), the hidden states per layer and the logits "
-    "(KL, top-1, cos) against transformers in float32. Exit 3 when a check fails. Default minimum cos per "
-    "quant type: " + _thresholds_help() + "."))
+    "(KL, top-1, cos) against transformers in float32. ARTIFACT may also be an ONNX export (the hf2onnx folder "
+    "or its model.onnx): onnx.checker, graph IO names, MatMulNBits attributes, genai_config.json; with "
+    "--reference every initializer decoded and compared and the onnxruntime logits (no per-layer check). "
+    "Exit 3 when a check fails. Default minimum cos per quant type: " + _thresholds_help() + "."))
 @click.argument("artifact")
 @click.option("--reference", "-r", default=None, help="The HF checkpoint directory the artifact was converted from.")
 @click.option("--prompt", default=None, help="Text for the logits comparison (default: a fixed English sentence).")

@@ -12,12 +12,18 @@
 
 Without a reference only structural checks run (sizes, code ranges, finite scales, required
 metadata such as the rope base), and the report says so.
+
+ONNX exports (an hf2onnx folder or its model.onnx) go to `validate_onnx`: onnx.checker (full check),
+the graph IO names, MatMulNBits attributes, finite scales and genai_config.json; with a reference,
+every initializer decoded back to a float matrix (ternary 2-bit codes identical) and the onnxruntime
+logits of the prompt; per-layer hidden states are skipped (the graph exposes only logits).
 """
 from __future__ import annotations
 
 import math
 import mmap
 import os
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -483,9 +489,12 @@ def validate(artifact: str | os.PathLike[str], reference: str | os.PathLike[str]
              use_transformers: bool = True) -> ValidationReport:
     """Check a GGUF artifact: structure always; with `reference` (the HF checkpoint it came from)
     tensors, per-layer hidden states and logits against the thresholds (DEFAULT_MIN_COS, overridden
-    per type by `min_cos`)."""
+    per type by `min_cos`). An ONNX folder (or its model.onnx) goes to `validate_onnx`."""
     from .quant.tl import KernelConfig
 
+    if is_onnx_artifact(artifact):  # an ONNX folder / model.onnx: validate_onnx (no kernel config there)
+        return validate_onnx(artifact, reference, prompt=prompt, tokens=tokens, min_cos=min_cos,
+                             use_transformers=use_transformers)
     path = Path(artifact)
     if not path.is_file():
         raise ArtifactError(f"{path}: no such file")
@@ -601,3 +610,539 @@ def _verdict(r: ValidationReport) -> None:
             r.verdict = f"PASS: {len(r.tensors)} tensors match"
     else:
         r.verdict = "FAIL: " + "; ".join(problems)
+
+
+# --- ONNX folders ---------------------------------------------------------------------------------
+#
+# An ONNX export (bitconv hf2onnx: model.onnx + model.onnx.data + genai_config.json) is checked at
+# two of the three levels: tensors (each MatMulNBits / MatMul / Gather initializer decoded back to a
+# float matrix [N, K] and compared with the checkpoint tensor it came from; ternary 2-bit codes must
+# equal re-quantizing the HF weights) and logits (onnxruntime runs the prompt; compared with
+# transformers float32 or the numpy reference forward). Per-layer hidden states are not compared:
+# the graph exposes only logits and the KV cache.
+
+#: default minimum cos per ONNX storage type (tensors stored so, and the logits of an export of that
+#: --quant); the figures of the ONNX issue (int2: vs the BitLinear reference)
+ONNX_MIN_COS: dict[str, float] = {"f32": 0.99999, "f16": 0.9999, "int8": 0.999, "int4": 0.98, "int2": 0.995}
+_ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids")
+#: a stored ternary scale may differ from the reference's float32 absmean by rounding
+_ONNX_SCALE_RTOL = 1e-6
+#: the cached decode of the last prompt token vs the same position of the full-prompt run: at least
+#: this, or the export's logits threshold when stricter (f32/f16). MatMulNBits takes other kernels for
+#: one row than for many (int8 activations at accuracy level 4): a 24-layer int4 graph measured 0.99988
+_KV_MIN_COS = 0.999
+
+
+def is_onnx_artifact(path: str | os.PathLike[str]) -> bool:
+    p = Path(path)
+    return p.suffix == ".onnx" or (p.is_dir() and (p / "model.onnx").is_file())
+
+
+@dataclass
+class _OnnxWeight:
+    """A weight the graph uses, by bitconv tensor name (blk.N.attn_q.weight …)."""
+
+    name: str
+    kind: str  # nbits / matmul (initializer [K, N]) / gather (embedding table) / plain (norms, biases)
+    init: str  # the initializer holding the data (MatMulNBits: B)
+    scales: str | None = None
+    zero_points: str | None = None
+    attrs: dict[str, Any] = field(default_factory=dict)
+
+
+class OnnxArtifact:
+    """An ONNX graph (read without its external data) and its initializers, external ones read
+    through a read-only memory map of the data file."""
+
+    def __init__(self, path: Path) -> None:
+        import onnx
+
+        self.model_path = path / "model.onnx" if path.is_dir() else path
+        self.folder = self.model_path.parent
+        if not self.model_path.is_file():
+            raise ArtifactError(f"{path}: no model.onnx")
+        try:
+            self.model = onnx.load(str(self.model_path), load_external_data=False)
+        except Exception as e:  # protobuf DecodeError and friends
+            raise ArtifactError(f"{self.model_path}: not a readable ONNX model ({e})") from None
+        self.inits = {t.name: t for t in self.model.graph.initializer}
+        self._maps: dict[str, np.ndarray] = {}
+
+    def close(self) -> None:
+        self._maps.clear()
+
+    def _external(self, t: Any) -> tuple[Path, int, int | None]:
+        info = {e.key: e.value for e in t.external_data}
+        loc = info.get("location", "")
+        if not loc or Path(loc).is_absolute() or ".." in Path(loc).parts:
+            raise ArtifactError(f"{t.name}: external data location {loc!r} is not a file inside the folder")
+        length = info.get("length")
+        return self.folder / loc, int(info.get("offset", 0) or 0), int(length) if length is not None else None
+
+    def array(self, name: str) -> np.ndarray:
+        """The initializer's values (no copy for external data)."""
+        from onnx import TensorProto, helper, numpy_helper
+
+        t = self.inits[name]
+        if t.data_location != TensorProto.EXTERNAL:
+            return numpy_helper.to_array(t)
+        path, offset, length = self._external(t)
+        dtype = np.dtype(helper.tensor_dtype_to_np_dtype(t.data_type))
+        need = math.prod(t.dims) * dtype.itemsize
+        if length is not None and length != need:
+            raise ArtifactError(f"{name}: external data length {length} but dims {list(t.dims)} need {need} bytes")
+        key = str(path)
+        if key not in self._maps:
+            if not path.is_file():
+                raise ArtifactError(f"{name}: external data file {path.name} is missing")
+            size = path.stat().st_size
+            self._maps[key] = np.memmap(path, dtype=np.uint8, mode="r") if size else np.zeros(0, np.uint8)
+        buf = self._maps[key]
+        if offset + need > buf.size:
+            raise ArtifactError(f"{name}: external data [{offset}, {offset + need}) is past the end of {path.name} "
+                                f"({buf.size} bytes)")
+        return buf[offset:offset + need].view(dtype).reshape(tuple(t.dims))
+
+    def weights(self) -> list[_OnnxWeight]:
+        """The graph's weights in node order (each once), then the remaining named initializers."""
+        from onnx import helper
+
+        out: list[_OnnxWeight] = []
+        seen: set[str] = set()
+        for node in self.model.graph.node:
+            ins = list(node.input)
+            if node.op_type == "MatMulNBits" and len(ins) >= 3 and ins[1] in self.inits and ins[1] not in seen:
+                attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+                zp = ins[3] if len(ins) > 3 and ins[3] else None
+                out.append(_OnnxWeight(re.sub(r"\.q\d+$", "", ins[1]), "nbits", ins[1], ins[2], zp, attrs))
+                seen.update(x for x in (ins[1], ins[2], zp) if x)
+            elif node.op_type == "MatMul" and len(ins) == 2 and ins[1] in self.inits and ins[1] not in seen \
+                    and len(self.inits[ins[1]].dims) == 2:
+                out.append(_OnnxWeight(ins[1].removesuffix(".T"), "matmul", ins[1]))
+                seen.add(ins[1])
+            elif node.op_type == "Gather" and ins and ins[0] in self.inits and ins[0] not in seen \
+                    and len(self.inits[ins[0]].dims) == 2:
+                out.append(_OnnxWeight(ins[0], "gather", ins[0]))
+                seen.add(ins[0])
+        for name in self.inits:
+            if name not in seen and not name.startswith("const/"):
+                out.append(_OnnxWeight(name, "plain", name))
+        return out
+
+    def nbits_tensor(self, w: _OnnxWeight) -> Any:
+        from .quant import nbits
+
+        bits, bs, k, n = (int(w.attrs.get(a, 0)) for a in ("bits", "block_size", "K", "N"))
+        packed = self.array(w.init)
+        nb = nbits.n_blocks(k, bs)
+        packed = packed.reshape(n, nb, bs * bits // 8)
+        scales = np.asarray(self.array(w.scales), dtype=np.float32).reshape(n, nb)
+        return nbits.NBitsTensor(packed, scales, bits, bs, k)
+
+    def zero_points(self, w: _OnnxWeight, t: Any) -> np.ndarray | None:
+        """Per-block zero points [N, n_blocks] (None: the op's default 2^(bits−1))."""
+        from .quant import nbits
+
+        if w.zero_points is None:
+            return None
+        z = self.array(w.zero_points)
+        n, nb = t.scales.shape
+        if z.dtype == np.uint8:
+            z = nbits.unpack_codes(z.reshape(n, -1), t.bits)[:, :nb] if t.bits < 8 else z.reshape(n, nb)
+        return np.asarray(z, dtype=np.float32).reshape(n, nb)
+
+    def codes(self, w: _OnnxWeight) -> tuple[Any, np.ndarray]:
+        """(NBitsTensor, signed codes [N, K] = stored code − zero point) of a MatMulNBits weight."""
+        from .quant import nbits
+
+        t = self.nbits_tensor(w)
+        raw = nbits.unpack_codes(t.packed, t.bits).astype(np.int16)  # [N, nb, bs]
+        zp = self.zero_points(w, t)
+        raw -= (np.int16(1 << (t.bits - 1)) if zp is None else zp.astype(np.int16)[..., None])
+        return t, raw.reshape(t.n, -1)[:, : t.k]
+
+    def dense(self, w: _OnnxWeight) -> np.ndarray:
+        """The weight as float32 in the checkpoint's layout ([N, K] for matrices)."""
+        from .quant import nbits
+
+        if w.kind == "nbits":
+            t = self.nbits_tensor(w)
+            if w.zero_points is None:
+                return nbits.dequantize(t)
+            _, codes = self.codes(w)
+            nb, bs = t.scales.shape[1], t.block_size
+            padded = np.zeros((t.n, nb * bs), np.float32)
+            padded[:, : t.k] = codes
+            return (padded.reshape(t.n, nb, bs) * t.scales[..., None]).reshape(t.n, -1)[:, : t.k]
+        a = np.asarray(self.array(w.init), dtype=np.float32)
+        return np.ascontiguousarray(a.T) if w.kind == "matmul" else a
+
+    def storage(self, w: _OnnxWeight) -> str:
+        """f32 / f16 / int8 / int4 / int2 / another numpy dtype name."""
+        from onnx import helper
+
+        if w.kind == "nbits":
+            return f"int{int(w.attrs.get('bits', 0))}"
+        dt = np.dtype(helper.tensor_dtype_to_np_dtype(self.inits[w.init].data_type))
+        return {"float32": "f32", "float16": "f16"}.get(dt.name, dt.name)
+
+
+def onnx_quant_of(art: OnnxArtifact) -> tuple[str, int | None]:
+    """The --quant an export was written with, and its MatMulNBits block size (None for float)."""
+    bits_bs: list[tuple[int, int]] = []
+    for node in art.model.graph.node:
+        if node.op_type == "MatMulNBits":
+            from onnx import helper
+
+            a = {x.name: helper.get_attribute_value(x) for x in node.attribute}
+            bits_bs.append((int(a.get("bits", 0)), int(a.get("block_size", 0))))
+    for bits in (2, 4, 8):
+        for b, bs in bits_bs:
+            if b == bits:
+                return f"int{bits}", bs
+    weights = [w for w in art.weights() if w.kind == "matmul"]
+    if weights and art.storage(weights[0]) == "f16":
+        return "f16", None
+    return "f32", None
+
+
+def onnx_structural_checks(art: OnnxArtifact) -> tuple[list[Check], dict[str, Any] | None]:
+    import json
+
+    import onnx
+
+    from .quant import nbits
+
+    checks: list[Check] = []
+    try:
+        onnx.checker.check_model(str(art.model_path), full_check=True)
+        checks.append(Check("onnx.checker (full_check)", True, "passes"))
+    except Exception as e:
+        checks.append(Check("onnx.checker (full_check)", False, str(e).strip().splitlines()[0][:300]))
+
+    g = art.model.graph
+    ins, outs = {i.name for i in g.input}, {o.name for o in g.output}
+    # position_ids: bitconv's graphs take it; onnxruntime-genai's builder graphs (GroupQueryAttention) do not
+    required = _ONNX_INPUTS if art.model.producer_name == "bitconv" else _ONNX_INPUTS[:2]
+    missing = [n for n in required if n not in ins] + (["logits"] if "logits" not in outs else [])
+    past = sorted(int(m.group(1)) for n in ins if (m := re.fullmatch(r"past_key_values\.(\d+)\.key", n)))
+    n_layers = len(past)
+    for i in range(n_layers):
+        for want, pool in ((f"past_key_values.{i}.key", ins), (f"past_key_values.{i}.value", ins),
+                           (f"present.{i}.key", outs), (f"present.{i}.value", outs)):
+            if want not in pool:
+                missing.append(want)
+    if past != list(range(n_layers)):
+        missing.append(f"past_key_values.* numbered 0..{n_layers - 1} (got {past[:5]}…)")
+    if not n_layers:
+        missing.append("past_key_values.0.key (no KV cache inputs)")
+    checks.append(Check("graph IO", not missing, ("missing " + ", ".join(missing[:6])) if missing else
+                        f"input_ids, attention_mask, position_ids, {n_layers} × past/present key/value → logits"))
+
+    cfg: dict[str, Any] | None = None
+    cpath = art.folder / "genai_config.json"
+    if not cpath.is_file():
+        checks.append(Check("genai_config.json", False, "missing (onnxruntime-genai cannot load the folder)"))
+    else:
+        try:
+            cfg = json.loads(cpath.read_text(encoding="utf-8"))
+            dec = cfg["model"]["decoder"]
+            problems = []
+            if dec.get("filename") != art.model_path.name:
+                problems.append(f"decoder.filename {dec.get('filename')!r} is not {art.model_path.name}")
+            if int(dec.get("num_hidden_layers", -1)) != n_layers:
+                problems.append(f"num_hidden_layers {dec.get('num_hidden_layers')} but the graph has {n_layers} "
+                                "layers of KV cache")
+            for key, name in (dec.get("inputs") or {}).items():
+                if "%d" not in str(name) and name not in ins:
+                    problems.append(f"inputs.{key} = {name!r} is not a graph input")
+            for key, name in (dec.get("outputs") or {}).items():
+                if "%d" not in str(name) and name not in outs:
+                    problems.append(f"outputs.{key} = {name!r} is not a graph output")
+            checks.append(Check("genai_config.json", not problems, "; ".join(problems) if problems else
+                                f"type {cfg['model'].get('type')}, {n_layers} layers"))
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            checks.append(Check("genai_config.json", False, f"unreadable: {e}"))
+
+    bad_attrs: list[str] = []
+    bad_values: list[str] = []
+    n_nbits = 0
+    for w in art.weights():
+        try:
+            if w.kind == "nbits":
+                n_nbits += 1
+                a = w.attrs
+                bits, bs, k, n = (int(a.get(x, 0)) for x in ("bits", "block_size", "K", "N"))
+                if bits not in nbits.SUPPORTED_BITS:
+                    runs = "/".join(map(str, nbits.SUPPORTED_BITS))
+                    bad_attrs.append(f"{w.init}: bits {bits} (onnxruntime runs {runs})")
+                    continue
+                if (problem := nbits.block_size_error(bs)):
+                    bad_attrs.append(f"{w.init}: {problem}")
+                    continue
+                nb = nbits.n_blocks(k, bs) if k > 0 else 0
+                b_t, s_t = art.inits.get(w.init), art.inits.get(w.scales or "")
+                if k <= 0 or n <= 0 or s_t is None:
+                    bad_attrs.append(f"{w.init}: K={k}, N={n}, scales {'present' if s_t is not None else 'missing'}")
+                    continue
+                if math.prod(b_t.dims) != n * nb * bs * bits // 8 or math.prod(s_t.dims) != n * nb:
+                    bad_attrs.append(f"{w.init}: B {list(b_t.dims)} / scales {list(s_t.dims)} do not fit K={k}, "
+                                     f"N={n}, bits {bits}, block {bs}")
+                    continue
+                if a.get("accuracy_level", 0) != 4 and bits in (2, 8):
+                    bad_attrs.append(f"{w.init}: accuracy_level {a.get('accuracy_level', 0)}: onnxruntime "
+                                     "dequantizes 2/8-bit weights on every call below level 4")
+                scales = art.array(w.scales)
+                if not np.isfinite(scales).all():
+                    bad_values.append(f"{w.scales}: {int(scales.size - np.count_nonzero(np.isfinite(scales)))} "
+                                      "NaN/Inf scale(s)")
+                if bits == 2 and w.zero_points is None:
+                    packed = art.array(w.init)
+                    if any(np.any(((packed >> np.uint8(s)) & np.uint8(3)) == 0) for s in (0, 2, 4, 6)):
+                        t = art.nbits_tensor(w)
+                        codes = nbits.unpack_codes(t.packed, 2).reshape(t.n, -1)[:, :k]
+                        if np.any(codes == 0):
+                            bad_values.append(f"{w.init}: 2-bit code 0 (−2: not a ternary value)")
+            else:
+                arr = art.array(w.init)
+                if arr.dtype.kind == "f" and not _all_finite(arr):
+                    bad_values.append(f"{w.init}: NaN/Inf value(s)")
+        except BitconvError as e:
+            bad_values.append(str(e))
+    checks.append(Check("MatMulNBits attributes", not bad_attrs, "; ".join(bad_attrs[:5]) if bad_attrs else
+                        f"{n_nbits} nodes: bits in {{2, 4, 8}}, block size a power of two ≥ 16, shapes fit"
+                        if n_nbits else "no MatMulNBits nodes (float export)"))
+    has_2bit = any(w.kind == "nbits" and int(w.attrs.get("bits", 0)) == 2 for w in art.weights())
+    checks.append(Check("tensor values", not bad_values, "; ".join(bad_values[:5]) if bad_values
+                        else "scales and floats finite" + (", 2-bit codes ternary" if has_2bit else "")))
+    return checks, cfg
+
+
+def _all_finite(a: np.ndarray, chunk: int = 1 << 22) -> bool:
+    flat = a.reshape(-1)
+    return all(np.isfinite(flat[i:i + chunk]).all() for i in range(0, flat.size, chunk))
+
+
+def _rel_err_bound(min_cos: float) -> float:
+    """‖got − want‖ / ‖want‖ allowed next to a cos threshold: quantization noise orthogonal to the
+    weights at cos c has relative size tan θ = sqrt(1 − c²) / c; 1.5× that for headroom (int4 0.98:
+    0.30, int8 0.999: 0.067, f16: 0.021, f32: 0.0067)."""
+    c = min(max(min_cos, 1e-6), 1.0)
+    return 1.5 * math.sqrt(max(1.0 - c * c, 0.0)) / c
+
+
+def _onnx_tensor_check(art: OnnxArtifact, w: _OnnxWeight, plan: Any, thresholds: dict[str, float]) -> TensorCheck:
+    from .quant import nbits
+
+    storage = art.storage(w)
+    planned = {t.name: t for t in plan.tensors}.get(w.name)
+    if planned is None:
+        return TensorCheck(w.init, storage, [], False, message="no reference tensor for this initializer")
+    if w.kind == "nbits":
+        shape = [int(w.attrs.get("N", 0)), int(w.attrs.get("K", 0))]
+    else:
+        dims = list(art.inits[w.init].dims)
+        shape = dims[::-1] if w.kind == "matmul" else dims
+    tc = TensorCheck(w.name, storage, shape, ok=True)
+    if tuple(shape) != tuple(planned.shape):
+        tc.ok, tc.message = False, f"shape {tuple(shape)} but the reference has {tuple(planned.shape)}"
+        return tc
+    src_name = "token_embd.weight" if (planned.role == "lm_head" and w.name not in plan.sources) else w.name
+    src = plan.sources[src_name]
+    want = np.asarray(src.load(), dtype=np.float32)
+    ternary = planned.role == "ternary"
+    ref_codes = ref_scale = None
+    if ternary:
+        known = src.known_scale() if src.known_scale is not None else None
+        ts = scale_for([want], known)
+        ref_codes, ref_scale = ternarize(want, ts), ts
+        want = ref_codes.astype(np.float32) / ts.inv  # s · W_t as the references compute it
+    if ternary and w.kind == "nbits":
+        t, codes = art.codes(w)
+        diff = int(np.count_nonzero(codes != ref_codes))
+        tc.codes_identical, tc.codes_differing = diff == 0, diff
+        s = float(t.scales.reshape(-1)[0]) if t.scales.size else 0.0
+        tc.scale, tc.reference_scale = s, float(ref_scale.scale)
+        scale_ok = not ref_codes.any() or bool(np.all(np.abs(t.scales - ref_scale.scale)
+                                                      <= _ONNX_SCALE_RTOL * abs(float(ref_scale.scale))))
+        got = art.dense(w)
+        stats = _compare_arrays(got, want)
+        tc.cos, tc.max_abs_err, tc.rel_err = stats["cos"], stats["max_abs_err"], stats["rel_err"]
+        tc.ok = diff == 0 and scale_ok
+        if diff:
+            rows = np.nonzero((codes != ref_codes).any(axis=1))[0]
+            tc.message = f"{diff} codes differ from re-quantizing the reference (rows {rows[0]}…{rows[-1]})"
+        elif not scale_ok:
+            bad = np.abs(t.scales - ref_scale.scale) > _ONNX_SCALE_RTOL * abs(float(ref_scale.scale))
+            tc.message = (f"{int(bad.sum())} block scale(s) differ from the reference's {float(ref_scale.scale)!r} "
+                          f"(e.g. {float(t.scales[bad][0])!r})")
+        if w.zero_points is None and tc.ok:
+            q = nbits.quantize_ternary(ref_codes, float(ref_scale.scale), t.block_size, t.bits)
+            tc.bytes_identical = bool(np.array_equal(q.packed, t.packed) and np.array_equal(q.scales, t.scales))
+        return tc
+    got = art.dense(w)
+    stats = _compare_arrays(got, want)
+    tc.cos, tc.max_abs_err, tc.rel_err = stats["cos"], stats["max_abs_err"], stats["rel_err"]
+    need = thresholds.get(storage)
+    if need is not None and tc.cos < need:
+        tc.ok, tc.message = False, f"cos {tc.cos:.6f} < {need} ({storage})"
+    elif need is not None and tc.rel_err is not None and tc.rel_err > _rel_err_bound(need):
+        # cos cannot see a wrong magnitude (a scales initializer multiplied by a constant)
+        tc.ok, tc.message = False, f"rel err {tc.rel_err:.4f} > {_rel_err_bound(need):.4f} ({storage}: wrong scale?)"
+    try:  # a fresh encoding of the reference, as the writer does it
+        if w.kind == "nbits" and w.zero_points is None:
+            t = art.nbits_tensor(w)
+            q = nbits.quantize_rows(want, t.bits, t.block_size)
+            tc.bytes_identical = bool(np.array_equal(q.packed, t.packed) and np.array_equal(q.scales, t.scales))
+        elif w.kind != "nbits":
+            raw = art.array(w.init)
+            enc = np.ascontiguousarray((want.T if w.kind == "matmul" else want).astype(raw.dtype))
+            tc.bytes_identical = bool(enc.shape == raw.shape and np.array_equal(
+                enc.reshape(-1).view(np.uint8), np.ascontiguousarray(raw).reshape(-1).view(np.uint8)))
+    except (BitconvError, ValueError, TypeError):
+        tc.bytes_identical = None
+    return tc
+
+
+def onnx_logits(model_path: Path, ids: list[int], split: int | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+    """All-position logits [S, vocab] of one onnxruntime (CPU EP) run of the prompt; with `split`, also
+    the last position's logits from running ids[:split] and then ids[split:] through the KV cache."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    declared = {i.name: i for i in sess.get_inputs()}
+
+    def run(tokens: list[int], start: int, past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        feeds = {"input_ids": np.array([tokens], np.int64),
+                 "attention_mask": np.ones((1, start + len(tokens)), np.int64),
+                 "position_ids": np.arange(start, start + len(tokens), dtype=np.int64)[None]}
+        feeds = {k: v for k, v in feeds.items() if k in declared}
+        feeds.update(past)
+        return dict(zip(names, sess.run(names, feeds)))
+
+    empty = {}
+    for name, i in declared.items():
+        if name.startswith("past_key_values."):
+            dt = np.float16 if i.type == "tensor(float16)" else np.float32
+            empty[name] = np.zeros((1, int(i.shape[1]), 0, int(i.shape[3])), dtype=dt)
+    full = np.asarray(run(ids, 0, empty)["logits"][0], dtype=np.float32)
+    cached = None
+    if split is not None and 0 < split < len(ids):
+        first = run(ids[:split], 0, empty)
+        past = {n.replace("present.", "past_key_values."): v for n, v in first.items() if n.startswith("present.")}
+        cached = np.asarray(run(ids[split:], split, past)["logits"][0, -1], dtype=np.float32)
+    return full, cached
+
+
+def validate_onnx(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
+                  prompt: str | None = None, tokens: list[int] | None = None,
+                  min_cos: dict[str, float] | None = None, use_transformers: bool = True) -> ValidationReport:
+    """Check an ONNX export (a folder with model.onnx, or the model.onnx file): structure always
+    (onnx.checker full check, graph IO names, MatMulNBits attributes, finite scales, genai_config.json);
+    with `reference`, every weight against the checkpoint (ternary 2-bit codes identical, others by
+    cos) and the onnxruntime logits of the prompt against transformers float32 (else the numpy
+    reference forward), with thresholds ONNX_MIN_COS overridden per type by `min_cos`. Per-layer
+    hidden states are not compared (the graph exposes only logits)."""
+    import importlib.util
+
+    if importlib.util.find_spec("onnx") is None:
+        raise UsageError("validating ONNX artifacts needs the onnx package: pip install 'bitconv[onnx]'")
+    path = Path(artifact)
+    if not path.exists():
+        raise ArtifactError(f"{path}: no such file or folder")
+    thresholds = {**ONNX_MIN_COS, **(min_cos or {})}
+    ref_str = str(reference) if reference else None
+    try:
+        art = OnnxArtifact(path)
+    except ArtifactError as e:
+        r = ValidationReport(str(path), ref_str, "?", "?", reference is None, False, f"FAIL: {e}",
+                             checks=[Check("readable", False, str(e))], thresholds=thresholds)
+        return r
+    try:
+        quant, block_size = onnx_quant_of(art)
+        checks, cfg = onnx_structural_checks(art)
+        arch = str(((cfg or {}).get("model") or {}).get("type") or "?")
+        report = ValidationReport(str(art.folder if path.is_dir() else path), ref_str, arch, quant, reference is None,
+                                  True, "", checks=checks, thresholds=thresholds)
+        if reference is not None:
+            _compare_onnx(report, art, Path(reference), quant, block_size, prompt, tokens, use_transformers,
+                          thresholds)
+    finally:
+        art.close()
+    _verdict(report)
+    return report
+
+
+def _compare_onnx(report: ValidationReport, art: OnnxArtifact, reference: Path, quant: str, block_size: int | None,
+                  prompt: str | None, tokens: list[int] | None, use_transformers: bool,
+                  thresholds: dict[str, float]) -> None:
+    from .api import plan_gguf
+    from .convert.arch import mapping_for
+    from .convert.checkpoint import Checkpoint
+    from .formats import onnx_io
+
+    try:
+        checkpoint = Checkpoint.open(reference)
+        mapping = mapping_for(checkpoint)
+        plan = onnx_io.make_onnx_plan(checkpoint, mapping, onnx_io.get_onnx_quant(quant), block_size=block_size,
+                                      force_ternarize=True)
+    except BitconvError as e:
+        report.checks.append(Check("reference", False, str(e)))
+        return
+    report.architecture = checkpoint.architecture
+    ternary_model = bool(plan.bitlinear)
+    weights = art.weights()
+    found = {w.name for w in weights}
+    for t in plan.tensors:
+        if t.name not in found:
+            report.tensors.append(TensorCheck(t.name, t.storage, list(t.shape), False,
+                                              message="in the reference, missing from the artifact"))
+    for w in weights:
+        try:
+            report.tensors.append(_onnx_tensor_check(art, w, plan, thresholds))
+        except BitconvError as e:
+            report.tensors.append(TensorCheck(w.name, art.storage(w), [], False, message=str(e)))
+    report.checks.append(Check("per-layer hidden states", True,
+                               "skipped for ONNX: the graph exposes only logits and the KV cache"))
+
+    text = prompt or DEFAULT_PROMPT
+    ids = tokens or _RECENT.get_or_make(_RECENT.key(reference, "tokens", text), lambda: tokenize(reference, text))
+    try:
+        got, cached = onnx_logits(art.model_path, ids, split=len(ids) - 1 if len(ids) > 1 else None)
+    except Exception as e:  # onnxruntime raises its own exception types
+        report.checks.append(Check("onnxruntime run", False, str(e).strip().splitlines()[0][:300]))
+        return
+    if cached is not None:
+        c = _cos(cached, got[-1])
+        kv_need = max(_KV_MIN_COS, thresholds.get(quant, 0.0))
+        report.checks.append(Check("KV cache", c >= kv_need,
+                                   f"last token through the cache vs the full prompt run: cos {c:.7f}"
+                                   + ("" if c >= kv_need else f" < {kv_need}")))
+    target, source = None, ""
+    if use_transformers:
+        target = transformers_logits(reference, ids)
+        source = "transformers float32"
+    if target is None or target.shape != got.shape:
+        try:
+            _, gplan = plan_gguf(reference, "f32", force_ternarize=True)
+        except BitconvError as e:
+            report.checks.append(Check("forward pass", False, str(e)))
+            return
+        if gplan.mapping.arch_name not in SUPPORTED_ARCHS:
+            report.checks.append(Check("forward pass", True,
+                                       f"skipped: no reference forward for {gplan.mapping.arch_name}"))
+            return
+        hp_ref = _reference_hparams(gplan, ternary_model)
+        ref = CheckpointWeights(gplan)
+        target = _RECENT.get_or_make(_RECENT.key(reference, "forward", tuple(ids), ternary_model),
+                                     lambda: ReferenceForward(hp_ref, ref).run(ids)).logits
+        source = "numpy forward of the HF weights"
+    if ternary_model:
+        source += " (BitLinear reference: ternary weights, int8 activations)"
+    elif quant == "int2":
+        source += " (the model is not ternary-trained: an int2 export cannot match it)"
+    need = thresholds.get(quant, 0.0)
+    cos = _cos(got, target)
+    top1 = float(np.mean(got.argmax(-1) == target.argmax(-1)))
+    report.logits = LogitsCheck(source, len(ids), cos, _kl(target, got), top1, need, cos >= need)
