@@ -16,6 +16,8 @@ the zero code.
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -154,12 +156,26 @@ def dequantize(t: NBitsTensor) -> np.ndarray:
     return w.reshape(t.packed.shape[0], -1)[:, : t.k]
 
 
-def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int = 8192) -> NBitsTensor:
-    """`quantize_symmetric` in row chunks, so no full-size float temporaries exist for a large
-    matrix (the lm_head of a 150k vocabulary); same bytes as one call."""
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _pool() -> ThreadPoolExecutor:
+    global _POOL
+    if _POOL is None:
+        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="bitconv-nbits")
+    return _POOL
+
+
+def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int | None = None) -> NBitsTensor:
+    """`quantize_symmetric` over row chunks on a thread pool (numpy releases the GIL in these
+    loops), so a large matrix uses every core and no full-size float temporary exists (the lm_head
+    of a 150k vocabulary); rows are independent, so the bytes equal one call's."""
+    if rows is None:  # about 1M values per chunk: cache-friendly, and enough chunks to share out
+        rows = max(1, (1 << 20) // max(1, w.shape[1]))
     if w.shape[0] <= rows:
         return quantize_symmetric(w, bits, block_size)
-    parts = [quantize_symmetric(w[i:i + rows], bits, block_size) for i in range(0, w.shape[0], rows)]
+    starts = range(0, w.shape[0], rows)
+    parts = list(_pool().map(lambda i: quantize_symmetric(w[i:i + rows], bits, block_size), starts))
     return NBitsTensor(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
                        bits, block_size, int(w.shape[1]))
 
