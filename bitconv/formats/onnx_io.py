@@ -53,6 +53,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 
 import numpy as np
 
+from ..convert.checkpoint import to_compute_dtype
 from ..errors import CheckpointError, Interrupted, OutputError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
 from ..quant.registry import ALIASES
@@ -393,6 +394,21 @@ class DecoderBuilder:
     def _load(self, name: str) -> np.ndarray:
         return np.asarray(self.plan.sources[name].load(), dtype=np.float32)
 
+    def _load_as(self, name: str, dtype: Any, rows: int = 4096) -> np.ndarray:
+        """The tensor in `dtype`, widened from its stored form a row chunk at a time: no float32
+        copy of a large matrix (a 150k-row embedding) is ever made."""
+        raw, stored = self.plan.sources[name].load_stored()
+        out = np.empty(raw.shape, dtype=dtype)
+        flat_in, flat_out = raw.reshape(-1, raw.shape[-1]), out.reshape(-1, raw.shape[-1])
+        for lo in range(0, flat_in.shape[0], rows):
+            flat_out[lo:lo + rows] = to_compute_dtype(flat_in[lo:lo + rows], stored)
+        return out
+
+    def _quantized(self, name: str, bits: int, block_size: int) -> nbits.NBitsTensor:
+        """int4/int8 of a checkpoint matrix, widened per row chunk inside the quantizer's workers."""
+        raw, stored = self.plan.sources[name].load_stored()
+        return nbits.quantize_rows(raw, bits, block_size, widen=lambda c: to_compute_dtype(c, stored))
+
     def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
         src = self.plan.sources[name]
         w = self._load(name)
@@ -419,9 +435,11 @@ class DecoderBuilder:
             else:
                 w = codes.astype(np.float32) / scale.inv  # s · W_t as the references compute it
                 y = self._dense(x, name, w, t.storage, hint, out_name)
+        elif t.storage in _BITS:
+            q = self._quantized(src_name, _BITS[t.storage], self.plan.block_size or 32)
+            y = self._nbits(x, name, q, hint, out_name)
         else:
-            w = self._load(src_name)
-            y = self._dense(x, name, w, t.storage, hint, out_name)
+            y = self._dense(x, name, self._load(src_name), t.storage, hint, out_name)
         if has_bias:
             b = self._add_init(bias_name, self._load(bias_name).astype(self.np_ct))
             y = self.g.op("Add", [y, b], hint, outputs=[output] if output else None)
@@ -606,7 +624,7 @@ class DecoderBuilder:
         # embeddings
         emb = self.storage["token_embd.weight"]
         table = self._add_init("token_embd.weight",
-                               self._load("token_embd.weight").astype(np.float32 if emb.storage == "f32" else np.float16))
+                               self._load_as("token_embd.weight", np.float32 if emb.storage == "f32" else np.float16))
         h = g.op("Gather", [table, "input_ids"], "embed", axis=0)
         if emb.storage != self.plan.quant.compute:
             h = g.op("Cast", [h], "embed", to=ct)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 
@@ -166,16 +167,22 @@ def _pool() -> ThreadPoolExecutor:
     return _POOL
 
 
-def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int | None = None) -> NBitsTensor:
+def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int | None = None,
+                  widen: Callable[[np.ndarray], np.ndarray] | None = None) -> NBitsTensor:
     """`quantize_symmetric` over row chunks on a thread pool (numpy releases the GIL in these
     loops), so a large matrix uses every core and no full-size float temporary exists (the lm_head
-    of a 150k vocabulary); rows are independent, so the bytes equal one call's."""
+    of a 150k vocabulary); rows are independent, so the bytes equal one call's. `widen`: turns a
+    chunk of stored values (bf16 bits) into floats inside the worker."""
     if rows is None:  # about 1M values per chunk: cache-friendly, and enough chunks to share out
         rows = max(1, (1 << 20) // max(1, w.shape[1]))
+
+    def one(i: int) -> NBitsTensor:
+        chunk = w[i:i + rows]
+        return quantize_symmetric(widen(chunk) if widen is not None else chunk, bits, block_size)
+
     if w.shape[0] <= rows:
-        return quantize_symmetric(w, bits, block_size)
-    starts = range(0, w.shape[0], rows)
-    parts = list(_pool().map(lambda i: quantize_symmetric(w[i:i + rows], bits, block_size), starts))
+        return one(0)
+    parts = list(_pool().map(one, range(0, w.shape[0], rows)))
     return NBitsTensor(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
                        bits, block_size, int(w.shape[1]))
 
