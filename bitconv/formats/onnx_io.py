@@ -31,8 +31,10 @@ Numerics, following transformers' eager forward op for op:
 
 Weights per `--quant`: f32 / f16 store every matrix as a MatMul initializer [K, N] (f16 also runs
 activations and the KV cache in float16; logits are float32 either way); int8 / int4 store the
-linears and lm_head as MatMulNBits (symmetric per block, accuracy_level 4) and the token embedding
-as float16 for a Gather; int2 stores the ternary linears as exact 2-bit codes and lm_head as int8.
+linears as MatMulNBits (symmetric per block, accuracy_level 4), lm_head as int8 (as llama.cpp's q4
+types keep output.weight at q8_0: an int4 lm_head cost the tiny Qwen3 fixture cos 0.969 → 0.987)
+and the token embedding as float16 for a Gather; int2 stores the ternary linears as exact 2-bit
+codes and lm_head as int8.
 Norm weights and biases follow the compute dtype. MoE routers (`ffn_gate_inp`, `ffn_gate_inp_shexp`)
 stay float32 in every export; experts are stored per expert (`blk.N.ffn_{gate,up,down}_exps.E.weight`)
 like any linear of the export's type (int8 under int2).
@@ -95,7 +97,7 @@ ONNX_QUANTS: dict[str, OnnxQuant] = {q.name: q for q in (
     OnnxQuant("f32", None, "f32", None, "float32 MatMul weights, lossless"),
     OnnxQuant("f16", None, "f16", None, "float16 weights, activations and KV cache (logits float32)"),
     OnnxQuant("int8", 8, "f32", 32, "MatMulNBits 8-bit symmetric per block (accuracy_level 4)"),
-    OnnxQuant("int4", 4, "f32", 32, "MatMulNBits 4-bit symmetric per block (accuracy_level 4)"),
+    OnnxQuant("int4", 4, "f32", 32, "MatMulNBits 4-bit symmetric per block (accuracy_level 4); lm_head int8"),
     OnnxQuant("int2", 2, "f32", 128, "ternary linears as exact MatMulNBits 2-bit codes; lm_head int8", ternary=True),
 )}
 
@@ -261,7 +263,7 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         else:
             add(name, shape, "int8" if quant.ternary else quant.name, "linear")
     out_src = "output.weight" if "output.weight" in sources else "token_embd.weight"
-    lm_storage = "int8" if quant.ternary else quant.name
+    lm_storage = "int8" if quant.ternary or quant.bits == 4 else quant.name
     add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
         "tied: from token_embd" if out_src != "output.weight" else "")
     plan = OnnxPlan(checkpoint, mapping, quant, bs, sources, tensors, bitlinear, accuracy_level)
