@@ -222,7 +222,7 @@ HAVE_AVX2 = bool(bct_have_avx2())
 MAX_K = 1 << 22
 cdef enum:
     ROW_BLOCK = 16  # output rows per parallel work item: enough items to balance, no false sharing
-cdef Py_ssize_t SERIAL_WORK = 1 << 21  # multiply-adds below which one thread is faster
+cdef Py_ssize_t SERIAL_WORK = 1 << 19  # multiply-adds below which one thread is faster
 
 
 def _check_mk(Py_ssize_t M, Py_ssize_t K) -> None:
