@@ -87,6 +87,12 @@ def cli() -> None:
     """Convert Hugging Face checkpoints into quantized artifacts for real runtimes."""
 
 
+def _progress_bar(disable: bool) -> Progress:
+    """The conversion progress bar on stderr (only on a terminal)."""
+    return Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                    TimeRemainingColumn(), console=err, transient=True, disable=disable or not err.is_terminal)
+
+
 @cli.command("hf2gguf")
 @click.argument("source")
 @click.option("--quant", "-q", default=None,
@@ -117,9 +123,7 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
             allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err, transient=True,
-                        disable=quiet or dry_run or not err.is_terminal)
+    progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
 
     def on_start(plan: Any) -> None:
@@ -163,9 +167,7 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
             dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
-    progress = Progress(TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-                        TimeRemainingColumn(), console=err, transient=True,
-                        disable=quiet or dry_run or not err.is_terminal)
+    progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
 
     def on_start(plan: Any) -> None:

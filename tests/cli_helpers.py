@@ -153,3 +153,19 @@ def read_gguf_tensors(path: Path) -> dict[str, tuple[int, tuple[int, ...], bytes
         nbytes = n // block * size
         out[name] = (tid, tuple(reversed(dims)), buf[start + off:start + off + nbytes])
     return out
+
+
+def validate_fails(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None, *phrases: str,
+                   extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """`bitconv validate --json --no-transformers` exits 3 and its verdict names every phrase; the
+    report. (The numpy reference: the tensors are the judge, and transformers' start-up would
+    dominate these tests.)"""
+    args = ["validate", artifact, "--json", "--no-transformers", *extra]
+    args += ["--reference", reference] if reference else []
+    proc = run_cli(*args)
+    assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
+    doc = json.loads(proc.stdout)
+    assert doc["ok"] is False and doc["result"]["passed"] is False
+    for p in phrases:
+        assert p in doc["result"]["verdict"], doc["result"]["verdict"]
+    return doc["result"]

@@ -3,7 +3,6 @@ the bad tensor named) on deliberately corrupted ones, and its numpy reference fo
 transformers."""
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 import bitconv
 import fixtures_bitnet as fb
-from cli_helpers import run_cli
+from cli_helpers import run_cli, validate_fails
 from fixtures_llama_ternary import make_llama_ternary_checkpoint
 from fixtures_onebit import make_onebit_checkpoint
 from independent import unpack_i2s
@@ -113,17 +112,7 @@ def _corrupt(src: Path, dst: Path, edit) -> Path:
     return dst
 
 
-def _fails(path: Path, reference: Path | None, *phrases: str) -> dict:
-    """The CLI exits 3 naming what is wrong (numpy reference: the tensors are the judge here, and
-    transformers' start-up would dominate these tests)."""
-    args = ["validate", path, "--json", "--no-transformers"] + (["--reference", reference] if reference else [])
-    proc = run_cli(*args)
-    assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    doc = json.loads(proc.stdout)
-    assert doc["ok"] is False and doc["result"]["passed"] is False
-    for p in phrases:
-        assert p in doc["result"]["verdict"], doc["result"]["verdict"]
-    return doc["result"]
+_fails = validate_fails
 
 
 def test_flipped_codes_in_one_block(i2s_file, bitnet, tmp_path):

@@ -9,7 +9,6 @@ threshold name it explicitly.
 """
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 
@@ -20,7 +19,7 @@ onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
 import fixtures_bitnet as fb  # noqa: E402
-from cli_helpers import run_cli  # noqa: E402
+from cli_helpers import run_cli, validate_fails  # noqa: E402
 
 import bitconv  # noqa: E402
 from bitconv.validate import ONNX_MIN_COS, validate_onnx  # noqa: E402
@@ -128,16 +127,7 @@ def _edit_data(folder: Path, init: str, edit) -> None:
         f.write(edit(buf).tobytes())
 
 
-def _fails(folder: Path, reference: Path | None, *phrases: str, extra: tuple[str, ...] = ()) -> dict:
-    args = ["validate", folder, "--json", "--no-transformers", *extra]
-    args += ["--reference", reference] if reference else []
-    proc = run_cli(*args)
-    assert proc.returncode == 3, (proc.returncode, proc.stdout[-2000:], proc.stderr[-2000:])
-    doc = json.loads(proc.stdout)
-    assert doc["ok"] is False and doc["result"]["passed"] is False
-    for p in phrases:
-        assert p in doc["result"]["verdict"], doc["result"]["verdict"]
-    return doc["result"]
+_fails = validate_fails
 
 
 def test_flipped_2bit_codes_named(export, bitnet, tmp_path):

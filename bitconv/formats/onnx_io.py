@@ -58,6 +58,7 @@ import numpy as np
 from ..convert.checkpoint import to_compute_dtype
 from ..errors import CheckpointError, Interrupted, OutputError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
+from .atomic import fsync_path
 from ..quant.registry import ALIASES
 from ..quant.ternary import TernaryScale, scale_for, ternarize
 
@@ -856,7 +857,7 @@ def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Pa
         for n in order:
             os.replace(tmp / n, folder / n)
         tmp.rmdir()
-        _fsync_dir(folder)
+        fsync_path(folder)
     except KeyboardInterrupt:
         cleanup()
         raise Interrupted("interrupted, nothing written") from None
@@ -870,14 +871,6 @@ def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Pa
     except BaseException:
         cleanup()
         raise
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 # --- the export ----------------------------------------------------------------------------------
