@@ -8,6 +8,7 @@ from .convert.arch import ArchMapping, register_arch  # noqa: E402
 from .errors import BitconvError  # noqa: E402
 from .quant import Quantizer, QuantizedTensor, register_quantizer  # noqa: E402
 from .validate import ValidationReport, validate  # noqa: E402
+from . import targets  # noqa: E402
 
 __all__ = ["__version__", "convert", "inspect", "plan_gguf", "ConversionResult", "Quantizer", "QuantizedTensor",
-           "register_quantizer", "ArchMapping", "register_arch", "BitconvError", "validate", "ValidationReport"]
+           "register_quantizer", "ArchMapping", "register_arch", "BitconvError", "validate", "ValidationReport", "targets"]

@@ -23,7 +23,7 @@ import numpy as np
 from ..convert.checkpoint import Checkpoint, to_compute_dtype
 from ..convert.plan import PlannedTensor, TensorPlan
 from ..convert.tokenizer import GGUFVocab
-from ..errors import ArtifactError, QuantizationError
+from ..errors import ArtifactError, BitconvError, QuantizationError
 from ..quant.tl import tl1_nbytes, tl2_nbytes
 
 #: rows per work item when a tensor is quantized in parallel (bytes are identical: rows are independent)
@@ -136,7 +136,15 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
         chunk = widened(lo)
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
-        return q.quantize(chunk, state).data
+        try:
+            return np.asarray(q.quantize(chunk, state).data)
+        except BitconvError:
+            raise
+        except Exception as e:  # a plugin's bug: name it and the tensor, one line, nothing written
+            if type(q).__module__.startswith("bitconv."):
+                raise
+            raise QuantizationError(f"{pt.name}: quantizer {q.name!r} ({type(q).__module__}.{type(q).__qualname__}) "
+                                    f"failed: {type(e).__name__}: {e}", tensor=pt.name) from e
 
     results = _ordered_map(pool, work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
     out: np.ndarray | None = None
@@ -147,6 +155,9 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
             raise QuantizationError(
                 f"{pt.source.hf_names[0] if pt.source.hf_names else pt.name}: {bad} NaN/Inf value(s); "
                 "pass --allow-nonfinite to convert anyway", tensor=pt.name)
+        if res.ndim == 0 or res.shape[0] != min(_ROWS_PER_CHUNK, rows.shape[0] - lo):
+            raise QuantizationError(f"{pt.name}: quantizer {q.name!r} returned shape {res.shape} for "
+                                    f"{min(_ROWS_PER_CHUNK, rows.shape[0] - lo)} rows", tensor=pt.name)
         res = res.reshape(res.shape[0], -1)
         if out is None:
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
