@@ -126,8 +126,11 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         return convert_onnx(source, quant, out, target=target, force=force, dry_run=dry_run,  # type: ignore[return-value]
                             force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
                             manifest=manifest)
+    if fmt == "safetensors":
+        return convert_safetensors(source, quant or "bitnet-packed", out, force=force,  # type: ignore[return-value]
+                                   dry_run=dry_run, allow_pickle=allow_pickle, revision=revision)
     if fmt != "gguf":
-        raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx")
+        raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx, safetensors")
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)
@@ -234,6 +237,26 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
         result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs, options=options,
                                              source=str(source)))
     return result
+
+
+def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-packed",
+                        out: str | os.PathLike[str] | None = None, *, linear_class: str = "bitlinear",
+                        force: bool = False, dry_run: bool = False, allow_pickle: bool = False,
+                        revision: str | None = None, progress: Callable[[str, int], None] | None = None,
+                        on_start: Callable[[Any], None] | None = None) -> Any:
+    """Write a Hugging Face safetensors checkpoint folder (model.safetensors + config.json +
+    tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout, from a
+    BitNetForCausalLM with master or packed weights); `linear_class`: "bitlinear" (weight_scale =
+    1/s) or "autobitlinear" (weight_scale = s). `out`: the folder (default ./<name>-<format>).
+    Returns a `safetensors_io.SafetensorsResult`."""
+    from .formats import safetensors_io
+
+    fmt = safetensors_io.check_format(format)
+    checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}"
+    return safetensors_io.export_bitnet_packed(checkpoint, folder, linear_class=linear_class, source=str(source),
+                                               force=force, dry_run=dry_run, progress=progress,
+                                               on_start=on_start)
 
 
 def inspect(path: str | os.PathLike[str]) -> gguf_io.GGUFSummary:

@@ -188,6 +188,60 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
     return data, lambda: _render_onnx(result)
 
 
+@cli.command("hf2st")
+@click.argument("source")
+@click.option("--format", "fmt", default="bitnet-packed", show_default=True,
+              help="Checkpoint layout to write: bitnet-packed (transformers' packed BitNet, quant_method bitnet).")
+@click.option("--linear-class", default="bitlinear", show_default=True,
+              help="bitnet-packed: bitlinear (weight_scale = 1/s) | autobitlinear (weight_scale = s).")
+@click.option("-o", "--output", "output", default=None,
+              help="Output folder for model.safetensors, config.json and the tokenizer files. "
+                   "Default: ./<name>-<format>")
+@click.option("--dry-run", is_flag=True, help="Show the tensors that would be written; write nothing.")
+@click.option("--force", is_flag=True, help="Write into a non-empty output folder (overwriting our files).")
+@click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
+@click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@command("hf2st")
+def hf2st(source: str, fmt: str, linear_class: str, output: str | None, dry_run: bool, force: bool,
+          revision: str | None, allow_pickle: bool, quiet: bool,
+          as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    """Write the checkpoint SOURCE (a directory, or a hub repo id) as a Hugging Face safetensors checkpoint."""
+    progress = _progress_bar(disable=quiet or dry_run)
+    task: list[Any] = []
+
+    def on_start(tensors: Any) -> None:
+        task.append(progress.add_task("writing", total=sum(t.nbytes for t in tensors)))
+
+    def on_tensor(name: str, nbytes: int) -> None:
+        if task:
+            progress.update(task[0], advance=nbytes, description=name)
+
+    with progress:
+        result = api.convert_safetensors(source, fmt, output, linear_class=linear_class.lower(), force=force,
+                                         dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
+                                         progress=on_tensor, on_start=on_start)
+    data = result.to_dict()
+    if not dry_run:
+        data.pop("tensors")
+    return data, lambda: _render_st(result)
+
+
+def _render_st(r: Any) -> None:
+    if r.dry_run:
+        table = Table(title=f"plan: {r.source} → {r.output}/")
+        for col in ("tensor", "shape", "dtype", "bytes", "note"):
+            table.add_column(col, justify="right" if col == "bytes" else "left")
+        for t in r.tensors:
+            table.add_row(t.name, "×".join(map(str, t.shape)), t.dtype, f"{t.nbytes:,}", t.note)
+        out.print(table)
+        out.print(f"architecture {r.architecture}; {r.format} ({r.linear_class}); {r.n_tensors} tensors, "
+                  f"{r.n_ternary} ternary; ≈ {_fmt_bytes(r.output_bytes)}; nothing written (dry run)")
+    else:
+        out.print(f"wrote {r.output}/ ({_fmt_bytes(r.output_bytes)}: {', '.join(r.files)}) — {r.format} "
+                  f"({r.linear_class}), {r.n_tensors} tensors, {r.n_ternary} ternary in {r.seconds:.1f} s")
+
+
 def _render_onnx(r: Any) -> None:
     types = ", ".join(f"{n}×{t}" for t, n in sorted(r.type_counts.items()))
     block = f", block {r.block_size}" if r.block_size else ""
