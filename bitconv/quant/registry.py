@@ -42,7 +42,7 @@ def _load_entry_points() -> None:
     _entry_points_loaded = True
     import importlib
 
-    for module in ("floats", "blockwise", "i2s", "tq", "tl"):
+    for module in ("floats", "blockwise", "i2s", "tq", "tl", "kquants"):
         importlib.import_module(f"{__package__}.{module}")
     for ep in entry_points(group="bitconv.quantizers"):
         cls = ep.load()
