@@ -31,14 +31,18 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temps(folder: Path) -> None:
-    for p in folder.glob(f".*{TMP_MARK}*"):
+def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_MARK}*") -> None:
+    """Remove temp files and folders (`<…>.<pid>`) that dead processes left in `folder`."""
+    for p in folder.glob(pattern):
         try:
             pid = int(p.name.rsplit(".", 1)[1])
         except ValueError:
             continue
         if pid != os.getpid() and not _pid_alive(pid):
-            p.unlink(missing_ok=True)
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
 
 
 def check_output_path(path: Path, force: bool) -> None:

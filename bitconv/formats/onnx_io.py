@@ -58,7 +58,7 @@ import numpy as np
 from ..convert.checkpoint import to_compute_dtype
 from ..errors import CheckpointError, Interrupted, OutputError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
-from .atomic import fsync_path
+from .atomic import fsync_path, remove_stale_temps
 from ..quant.registry import ALIASES
 from ..quant.ternary import TernaryScale, scale_for, ternarize
 
@@ -815,22 +815,6 @@ def check_output_folder(folder: Path, names: list[str], force: bool) -> None:
             raise OutputError(f"{folder / existing[0]} already exists; pass --force to overwrite it")
 
 
-def _remove_stale(folder: Path) -> None:
-    for p in folder.glob(f"{TMP_PREFIX}*"):
-        try:
-            pid = int(p.name.rsplit(".", 1)[1])
-        except ValueError:
-            continue
-        if pid == os.getpid():
-            continue
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            shutil.rmtree(p, ignore_errors=True)
-        except PermissionError:
-            pass
-
-
 @contextmanager
 def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Path]:
     """Yield a temp folder inside `folder`; on success its files (`names`, model.onnx last) are
@@ -838,7 +822,7 @@ def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Pa
     check_output_folder(folder, names, force)
     created = not folder.exists()
     folder.mkdir(exist_ok=True)
-    _remove_stale(folder)
+    remove_stale_temps(folder, f"{TMP_PREFIX}*")
     tmp = folder / f"{TMP_PREFIX}{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
