@@ -504,3 +504,22 @@ def test_force_ternarize_int2_runs(checkpoint_factory, tmp_path):
     check_exported(out)
     logits, _ = ort_run(session(out), QWEN_IDS)
     assert np.isfinite(logits).all()
+
+
+def test_stale_temp_folders_of_dead_runs_are_removed(qwen2_checkpoint, tmp_path):
+    """A run killed mid-export leaves `.bitconv-onnx-tmp.<pid>`; the next export into that folder
+    removes it (the pid is dead), and leaves a live process's temp folder alone."""
+    import os
+
+    from bitconv.formats.onnx_io import TMP_PREFIX
+
+    out = tmp_path / "out"
+    out.mkdir()
+    dead = out / f"{TMP_PREFIX}{2**22 + 12345}"  # above the default pid_max: no such process
+    dead.mkdir()
+    (dead / "model.onnx.data").write_bytes(b"partial")
+    alive = out / f"{TMP_PREFIX}{os.getppid()}"
+    alive.mkdir()
+    bitconv.convert(qwen2_checkpoint, "onnx", "int8", out)
+    assert not dead.exists() and alive.is_dir()
+    assert (out / "model.onnx").is_file()
