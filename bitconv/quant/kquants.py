@@ -1,10 +1,11 @@
-"""K-quants (256-value super-blocks): q6_k, q4_k, q5_k, byte-identical to ggml's reference encoders
-`quantize_row_q{6,4,5}_K_ref` (ggml-quants.c, no importance matrix).
+"""K-quants (256-value super-blocks): q2_k … q6_k, byte-identical to ggml's reference encoders
+`quantize_row_q{2,3,4,5,6}_K_ref` (ggml-quants.c, no importance matrix).
 
 The C code works in float32, one sub-block at a time, with sequential sums and `nearest_int`
 (round half to even through the `x + 1.5·2^23` bit trick). Here the same float32 operations run in
 the same order, vectorized over every sub-block of the input at once: arrays are laid out
-[position in sub-block, sub-block], each search candidate of `make_qx_quants` / `make_qkx2_quants`
+[position in sub-block, sub-block], each search candidate of `make_qx_quants` / `make_qkx2_quants` (and each refinement visit of
+`make_q3_quants`)
 is one pass of whole-array ops, and each C running sum is a fixed-order accumulation over the 16 or
 32 positions (numpy's own `sum` is pairwise and would round differently). The shipped ggml
 reference is built without FMA contraction (plain SSE mul/add), which is what this reproduces.
@@ -85,9 +86,10 @@ def _make_qx_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float, rdelta: float,
-                      nstep: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad=false)
+                      nstep: int, use_mad: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """make_qkx2_quants(n, nmax, x, weights, L, &the_min, Laux, rmin, rdelta, nstep, use_mad)
     on x[n, M]: (L[n, M] int32, scale[M], the_min[M])."""
+    err = np.abs if use_mad else np.square
     mn = x.min(axis=0)
     mx = x.max(axis=0)
     # sum_w = w[0]; sum_x = w[0]*x[0]; then += over i >= 1
@@ -105,7 +107,7 @@ def _make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float
     scale = one / iscale
     L = np.clip(nearest_int(iscale * (x - mn)), 0, nmax)
     diff = scale * L.astype(F32) + mn - x
-    best_error = _seqsum(weights * (diff * diff))
+    best_error = _seqsum(weights * err(diff))
     live = ~flat
     for step in range(nstep + 1):
         rng = np.where(flat, one, mx - mn)
@@ -125,7 +127,7 @@ def _make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float
         this_min = np.where(pos, F32(0), this_min)
         this_scale = np.where(pos, sum_xl / np.where(pos & (sum_l2 != 0), sum_l2, one), this_scale)
         diff = this_scale * lf + this_min - x
-        cur_error = _seqsum(weights * (diff * diff))
+        cur_error = _seqsum(weights * err(diff))
         upd = ok & (cur_error < best_error)
         if upd.any():
             L = np.where(upd, l, L)
@@ -135,6 +137,116 @@ def _make_qkx2_quants(x: np.ndarray, weights: np.ndarray, nmax: int, rmin: float
     L = np.where(flat, 0, L)
     scale = np.where(flat, F32(0), scale)
     return L, scale, -mn
+
+
+def _make_q3_quants(x: np.ndarray, nmax: int) -> tuple[np.ndarray, np.ndarray]:
+    """make_q3_quants(n, nmax, x, L, do_rmse=true) on x[n, M]: (L[n, M] int32, scale[M]).
+
+    The C refinement visits the n values in order, each accepted change updating the running sums
+    the next value sees; here each visit is one whole-array step over all sub-blocks. A sub-block
+    whose pass changed nothing would change nothing on the next pass either, so running all five
+    passes everywhere equals the C early exit."""
+    n, m = x.shape
+    ax = np.abs(x)
+    first = np.argmax(ax, axis=0)
+    cols = np.arange(m)
+    amax = ax[first, cols]
+    mx = x[first, cols]
+    zero = amax < _GROUP_MAX_EPS
+    iscale = F32(-nmax) / np.where(zero, F32(1), mx)
+    L = np.clip(nearest_int(iscale * x), -nmax, nmax - 1)
+    w = x * x
+    wx = w * x
+    lf = L.astype(F32)
+    sumlx = _seqsum(wx * lf)
+    suml2 = _seqsum(w * lf * lf)
+    for _ in range(5):
+        for i in range(n):
+            li = L[i].astype(F32)
+            slx = sumlx - wx[i] * li
+            live = slx > 0
+            sl2 = suml2 - w[i] * li * li
+            new_l = np.clip(nearest_int(x[i] * sl2 / np.where(live, slx, F32(1))), -nmax, nmax - 1)
+            nf = new_l.astype(F32)
+            slx = slx + wx[i] * nf
+            sl2 = sl2 + w[i] * nf * nf
+            upd = live & (new_l != L[i]) & (sl2 > 0) & (slx * slx * suml2 > sumlx * sumlx * sl2)
+            if upd.any():
+                L[i] = np.where(upd, new_l, L[i])
+                sumlx = np.where(upd, slx, sumlx)
+                suml2 = np.where(upd, sl2, suml2)
+    scale = np.where(suml2 > 0, sumlx / np.where(suml2 > 0, suml2, F32(1)), F32(0))
+    L = np.where(zero, 0, L + nmax)
+    return L, np.where(zero, F32(0), scale)
+
+
+def _pack_2bit_quads(L: np.ndarray) -> np.ndarray:
+    """qs of q2_K / q3_K: per 128 values, byte l holds values l, l+32, l+64, l+96 (2 bits each)."""
+    nb = L.shape[0]
+    q = L.reshape(nb, 2, 4, 32)
+    return (q[:, :, 0] | (q[:, :, 1] << 2) | (q[:, :, 2] << 4) | (q[:, :, 3] << 6)).reshape(nb, 64)
+
+
+def _q2_k_blocks(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q2_K_ref on x[nb, 256] float32 → [nb, 84] uint8."""
+    nb = x.shape[0]
+    xs = np.ascontiguousarray(x.reshape(nb * 16, 16).T)  # [16, sub-blocks]
+    L, scales, mins = _make_qkx2_quants(xs, np.abs(xs), 3, -0.5, 0.1, 15, use_mad=True)
+    scales = scales.reshape(nb, 16)
+    mins = mins.reshape(nb, 16)
+    L = L.T.reshape(nb, 16, 16)
+    one = F32(1)
+    q4scale = F32(15)
+    max_scale = np.maximum(scales.max(axis=1), F32(0))
+    max_min = np.maximum(mins.max(axis=1), F32(0))
+    has_s = max_scale > 0
+    has_m = max_min > 0
+    ls = np.where(has_s[:, None], nearest_int((q4scale / np.where(has_s, max_scale, one))[:, None] * scales), 0)
+    lm = np.where(has_m[:, None], nearest_int((q4scale / np.where(has_m, max_min, one))[:, None] * mins), 0)
+    sc = ((ls & 0xFF) | (lm << 4)).astype(np.uint8)  # the C ORs an int into a uint8
+    d16 = _fp16(np.where(has_s, max_scale / q4scale, F32(0)))
+    dmin16 = _fp16(np.where(has_m, max_min / q4scale, F32(0)))
+    d = d16.astype(F32)[:, None] * (sc & 0xF).astype(F32)
+    dm = dmin16.astype(F32)[:, None] * (sc >> 4).astype(F32)
+    has = d != 0
+    xb = x.reshape(nb, 16, 16)
+    l = np.clip(nearest_int((xb + dm[:, :, None]) / np.where(has, d, one)[:, :, None]), 0, 3)
+    L = np.where(has[:, :, None], l, L).astype(np.uint8).reshape(nb, QK_K)
+    return np.concatenate([sc, _pack_2bit_quads(L), d16.reshape(nb, 1).view(np.uint8),
+                           dmin16.reshape(nb, 1).view(np.uint8)], axis=1)
+
+
+def _q3_k_blocks(x: np.ndarray) -> np.ndarray:
+    """quantize_row_q3_K_ref on x[nb, 256] float32 → [nb, 110] uint8."""
+    nb = x.shape[0]
+    xs = np.ascontiguousarray(x.reshape(nb * 16, 16).T)
+    L, scales = _make_q3_quants(xs, 4)
+    scales = scales.reshape(nb, 16)
+    L = L.T.reshape(nb, 16, 16)
+    abs_s = np.abs(scales)
+    first = np.argmax(abs_s, axis=1)
+    rows = np.arange(nb)
+    max_scale = np.where(abs_s[rows, first] > 0, scales[rows, first], F32(0))
+    live = max_scale != 0
+    iscale = F32(-32) / np.where(live, max_scale, F32(1))
+    l = np.clip(nearest_int(iscale[:, None] * scales), -32, 31) + 32
+    l = np.where(live[:, None], l, 0).astype(np.uint8)
+    sb = np.zeros((nb, 12), np.uint8)
+    sb[:, 0:8] = (l[:, :8] & 0xF) | ((l[:, 8:] & 0xF) << 4)
+    hi = (l >> 4).reshape(nb, 4, 4)  # [j // 4, j % 4]
+    sb[:, 8:12] = hi[:, 0] | (hi[:, 1] << 2) | (hi[:, 2] << 4) | (hi[:, 3] << 6)
+    d16 = _fp16(np.where(live, F32(1) / iscale, F32(0)))
+    sc = np.where(live[:, None], l.astype(np.int32) - 32, 0)
+    d = d16.astype(F32)[:, None] * sc.astype(F32)
+    has = d != 0
+    xb = x.reshape(nb, 16, 16)
+    q = np.clip(nearest_int(xb / np.where(has, d, F32(1))[:, :, None]), -4, 3) + 4
+    L = np.where(has[:, :, None], q, L).astype(np.uint8).reshape(nb, QK_K)
+    high = L > 3
+    hmask = np.bitwise_or.reduce(high.reshape(nb, 8, 32).astype(np.uint8) << np.arange(8, dtype=np.uint8)[None, :, None],
+                                 axis=1).astype(np.uint8)
+    L = np.where(high, L - 4, L).astype(np.uint8)
+    return np.concatenate([hmask, _pack_2bit_quads(L), sb, d16.reshape(nb, 1).view(np.uint8)], axis=1)
 
 
 def _q6_k_blocks(x: np.ndarray) -> np.ndarray:
@@ -251,6 +363,24 @@ class _KQuant(GGUFNativeQuantizer):
     def encoded_nbytes(self, shape: tuple[int, ...]) -> int:
         block, nbytes = GGML_QUANT_SIZES[self.qtype]
         return math.prod(shape) // block * nbytes
+
+
+@register_quantizer()
+class Q2_K(_KQuant):
+    name = "q2_k"
+    qtype = GGMLQuantizationType.Q2_K
+    file_type = int(LlamaFileType.MOSTLY_Q2_K)
+    description = "2-bit k-quant with min: 256-value super-blocks, 4-bit scale + min per 16 values"
+    _encode = staticmethod(_q2_k_blocks)
+
+
+@register_quantizer()
+class Q3_K(_KQuant):
+    name = "q3_k"
+    qtype = GGMLQuantizationType.Q3_K
+    file_type = int(LlamaFileType.MOSTLY_Q3_K_S)
+    description = "3-bit k-quant: 256-value super-blocks, 6-bit scale per 16 values"
+    _encode = staticmethod(_q3_k_blocks)
 
 
 @register_quantizer()

@@ -1,6 +1,6 @@
-"""K-quants (q6_k, q4_k, q5_k) against ggml's own C reference encoders.
+"""K-quants (q2_k … q6_k) against ggml's own C reference encoders.
 
-The oracle is `quantize_row_q{6,4,5}_K_ref` exported by the libggml-base that ships inside
+The oracle is `quantize_row_q{2,3,4,5,6}_K_ref` exported by the libggml-base that ships inside
 llama-cpp-python (built without FMA contraction: plain SSE float32 mul/add, which bitconv's numpy
 port reproduces operation by operation). Bytes must be identical, block for block."""
 from __future__ import annotations
@@ -16,7 +16,7 @@ import bitconv
 from bitconv.quant.kquants import nearest_int
 from bitconv.quant.registry import get_quantizer
 
-TYPES = ["q6_k", "q4_k", "q5_k"]
+TYPES = ["q6_k", "q4_k", "q5_k", "q3_k", "q2_k"]
 QK_K = 256
 
 
@@ -27,7 +27,7 @@ def ggml():
     if not path.is_file():
         pytest.skip(f"no {path}")
     lib = ctypes.CDLL(str(path))
-    for t in ("q6_K", "q4_K", "q5_K"):
+    for t in ("q6_K", "q4_K", "q5_K", "q3_K", "q2_K"):
         fn = getattr(lib, f"quantize_row_{t}_ref")
         fn.restype = None
         fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int64]
@@ -132,7 +132,7 @@ def test_shapes_chunks_and_f16_input(ggml, name: str) -> None:
 
 
 #: relative RMSE (vs the input's RMS) of a gaussian round trip through gguf-py's dequantizer
-MAX_REL_RMSE = {"q6_k": 0.02, "q5_k": 0.04, "q4_k": 0.08}  # measured 0.0178, 0.0363, 0.0715
+MAX_REL_RMSE = {"q6_k": 0.02, "q5_k": 0.04, "q4_k": 0.08, "q3_k": 0.16, "q2_k": 0.31}  # measured 0.0178, 0.0363, 0.0715, 0.151, 0.297
 
 
 @pytest.mark.parametrize("name", TYPES)
@@ -148,7 +148,8 @@ def test_round_trip_error(name: str) -> None:
 
 
 def test_registered_types() -> None:
-    for name, ft in [("q6_k", "MOSTLY_Q6_K"), ("q4_k", "MOSTLY_Q4_K_S"), ("q5_k", "MOSTLY_Q5_K_S")]:
+    for name, ft in [("q6_k", "MOSTLY_Q6_K"), ("q4_k", "MOSTLY_Q4_K_S"), ("q5_k", "MOSTLY_Q5_K_S"),
+                     ("q3_k", "MOSTLY_Q3_K_S"), ("q2_k", "MOSTLY_Q2_K")]:
         q = get_quantizer(name)
         qt = gguf.GGMLQuantizationType[name.upper()]
         assert q.ggml_type == int(qt) and q.block_size == QK_K
