@@ -36,23 +36,32 @@ def cos(a: np.ndarray, b: np.ndarray) -> float:
     return float(a @ b / (np.linalg.norm(a) * np.linalg.norm(b)))
 
 
-def hf_logits_fake_quant(path: Path, tokens: list[int], ggml_type: str, embedding_type: str | None) -> np.ndarray:
+def hf_logits_fake_quant(path: Path, tokens: list[int], ggml_type: str, embed_type: str | None,
+                         lm_head_type: str | None = None) -> np.ndarray:
     """transformers float32 logits with every matrix replaced by its quantize→dequantize image.
 
-    The rule restated independently of bitconv's plan: routers stay f32, embeddings/lm_head take
-    `embedding_type`, every other matrix `ggml_type`. llama.cpp running bitconv's file must match
-    this closely (only activation rounding differs), which pins the layout exactly even where the
-    quantization error itself is large.
+    The rule restated independently of bitconv's plan: routers stay f32, the token embedding takes
+    `embed_type` and lm_head `lm_head_type` (both: `ggml_type` when None), every other matrix
+    `ggml_type`; a row the block does not divide is f16. llama.cpp running bitconv's file must
+    match this closely (only activation rounding differs), which pins the layout exactly even where
+    the quantization error itself is large. Encoders: gguf-py's, or for the k-quants bitconv's (which
+    tests/quant/test_kquants.py checks byte for byte against ggml's C reference).
     """
     import gguf
     import torch
     from transformers import AutoModelForCausalLM
 
+    from bitconv.quant.registry import get_quantizer
+
     def roundtrip(a: np.ndarray, name: str) -> np.ndarray:
         qt = gguf.GGMLQuantizationType[name.upper()]
         if a.shape[-1] % gguf.GGML_QUANT_SIZES[qt][0]:
-            qt = gguf.GGMLQuantizationType.F16  # llama.cpp's fallback for rows the block does not divide
-        return gguf.quants.dequantize(gguf.quants.quantize(a, qt), qt).reshape(a.shape)
+            qt = gguf.GGMLQuantizationType.F16
+        if qt.name.endswith("_K"):
+            data = get_quantizer(qt.name.lower()).quantize(a).data
+        else:
+            data = gguf.quants.quantize(a, qt)
+        return gguf.quants.dequantize(data, qt).reshape(a.shape)
 
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
     model.eval()
@@ -60,11 +69,24 @@ def hf_logits_fake_quant(path: Path, tokens: list[int], ggml_type: str, embeddin
         for name, p in model.named_parameters():
             if p.ndim < 2 or name.endswith(("mlp.gate.weight", "shared_expert_gate.weight")):
                 continue
-            is_embedding = "embed_tokens" in name or "lm_head" in name
-            qname = (embedding_type or ggml_type) if is_embedding else ggml_type
+            qname = ggml_type
+            if "embed_tokens" in name:
+                qname = embed_type or ggml_type
+            elif "lm_head" in name:
+                qname = lm_head_type or embed_type or ggml_type
             p.copy_(torch.from_numpy(roundtrip(p.detach().numpy(), qname)))
         logits = model(torch.tensor([tokens], dtype=torch.long)).logits
     return logits[0, -1].numpy()
+
+
+def gguf_tensor_type(path: Path, name: str) -> str | None:
+    """The quant type name of tensor `name` in a GGUF file (None when absent)."""
+    import gguf
+
+    for t in gguf.GGUFReader(path).tensors:
+        if t.name == name:
+            return t.tensor_type.name.lower()
+    return None
 
 
 def assert_identical_to_llamacpp_converter(ckpt: Path, outtype: str, tmp_path: Path,

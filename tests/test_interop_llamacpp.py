@@ -9,14 +9,16 @@ import pytest
 
 import bitconv
 import fixtures
-from runtimes import cos, hf_logits_fake_quant, llama_last_logits, llama_tokenize
+from runtimes import cos, gguf_tensor_type, hf_logits_fake_quant, llama_last_logits, llama_tokenize
 
 pytest.importorskip("llama_cpp")
 pytestmark = pytest.mark.slow
 
 TOKENS = [9707, 1879, 11, 419, 374, 264, 1273, 315, 279, 15099, 13, 220, 16, 17, 18, 151644, 872, 198]
 # vs transformers on the original float32 weights (the thresholds)
-MIN_COS = {"f32": 0.99999, "f16": 0.9999, "bf16": 0.999, "q8_0": 0.999, "q4_0": 0.98, "q4_1": 0.98,
+# (q4_0/q4_1: 0.97 since token_embd is 4-bit too, as llama-quantize writes it; these tiny random
+# models drift further than trained ones: measured 0.9739-0.9789 where q8_0 embeddings gave > 0.98)
+MIN_COS = {"f32": 0.99999, "f16": 0.9999, "bf16": 0.999, "q8_0": 0.999, "q4_0": 0.97, "q4_1": 0.97,
            "q5_0": 0.98, "q5_1": 0.98}
 # vs transformers running the same quantize→dequantize image of every weight: only activation
 # rounding differs, so this pins the layout exactly whatever the quantization error itself is.
@@ -32,14 +34,16 @@ def _convert(ckpt: Path, quant: str, tmp_path: Path) -> Path:
 
 def _check(ckpt: Path, quant: str, tmp_path: Path) -> None:
     ref = fixtures.hf_logits(ckpt, TOKENS)
-    got = llama_last_logits(_convert(ckpt, quant, tmp_path), TOKENS)
+    out = _convert(ckpt, quant, tmp_path)
+    got = llama_last_logits(out, TOKENS)
     c = cos(got, ref)
     assert c >= MIN_COS[quant], f"{ckpt.name} {quant}: cos {c:.6f} < {MIN_COS[quant]}"
     if quant in SAME_ARGMAX:
         assert int(np.argmax(got)) == int(np.argmax(ref)), f"{ckpt.name} {quant}: argmax differs"
     if quant.startswith("q"):
-        q = bitconv.quant.get_quantizer(quant)
-        fake = hf_logits_fake_quant(ckpt, TOKENS, quant, q.embedding_type)
+        # token_embd/output types as written (llama-quantize's rules put output at q6_k or q8_0)
+        embd = gguf_tensor_type(out, "token_embd.weight")
+        fake = hf_logits_fake_quant(ckpt, TOKENS, quant, embd, gguf_tensor_type(out, "output.weight") or embd)
         c_fake = cos(got, fake)
         assert c_fake >= MIN_COS_FAKE_QUANT, f"{ckpt.name} {quant}: cos vs fake-quantized {c_fake:.6f}"
 

@@ -1,6 +1,7 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, initializedcheck=False, cdivision=True
 """Bit-exact C kernels for the hot GGUF encoders: float32 → float16 (IEEE round-to-nearest-even,
-F16C when the CPU has it, chosen at run time) and Q8_0 (ggml's quantize_row_q8_0_ref).
+F16C when the CPU has it, chosen at run time), Q8_0 (ggml's quantize_row_q8_0_ref) and the
+k-quants (quantize_row_q{2,3,4,5,6}_K_ref).
 They release the GIL so the writer's thread pool runs them on every core."""
 from libc.stdint cimport uint8_t, uint16_t
 
@@ -86,10 +87,337 @@ cdef extern from *:
             for (int j = 0; j < 32; j++) o[2 + j] = (uint8_t)(int8_t)q[j];
         }
     }
+
+    /* ---- k-quants: ggml's quantize_row_q{2,3,4,5,6}_K_ref (no importance matrix), the same
+       float32 operations in the same order (built with -ffp-contract=off, so no FMA), one
+       256-value super-block at a time. Blocks are independent: callers may split the rows. ---- */
+    #define BC_QK_K 256
+    #define BC_GROUP_MAX_EPS 1e-15f
+
+    static inline float bc_half_to_float(uint16_t h) {
+        uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+        if (e == 0) {
+            if (m == 0) x = sign;
+            else { int s = 0; while (!(m & 0x400u)) { m <<= 1; s++; } x = sign | ((uint32_t)(113 - s) << 23) | ((m & 0x3ffu) << 13); }
+        } else if (e == 31) x = sign | 0x7f800000u | (m << 13);
+        else x = sign | ((e + 112u) << 23) | (m << 13);
+        float f; memcpy(&f, &x, 4); return f;
+    }
+
+    static inline int bc_nearest_int(float v) {
+        float t = v + 12582912.f; int i; memcpy(&i, &t, 4);
+        return (i & 0x007fffff) - 0x00400000;
+    }
+
+    static inline void bc_put_half(uint8_t* p, float f) { uint16_t h = bc_half(f); memcpy(p, &h, 2); }
+
+    static float bc_make_qx_quants(int n, int nmax, const float* x, int8_t* L) {  /* rmse_type 1 */
+        float max = 0, amax = 0;
+        for (int i = 0; i < n; ++i) { float ax = fabsf(x[i]); if (ax > amax) { amax = ax; max = x[i]; } }
+        if (amax < BC_GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0.f; }
+        float iscale = -nmax / max, sumlx = 0, suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = bc_nearest_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+            L[i] = (int8_t)(l + nmax);
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l; suml2 += w * l * l;
+        }
+        float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
+        for (int is = -9; is <= 9; ++is) {
+            if (is == 0) continue;
+            iscale = -(nmax + 0.1f * is) / max;
+            sumlx = suml2 = 0;
+            for (int i = 0; i < n; ++i) {
+                int l = bc_nearest_int(iscale * x[i]);
+                l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+                float w = x[i] * x[i];
+                sumlx += w * x[i] * l; suml2 += w * l * l;
+            }
+            if (suml2 > 0 && sumlx * sumlx > best * suml2) {
+                for (int i = 0; i < n; ++i) {
+                    int l = bc_nearest_int(iscale * x[i]);
+                    L[i] = (int8_t)(nmax + (l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l)));
+                }
+                scale = sumlx / suml2; best = scale * sumlx;
+            }
+        }
+        return scale;
+    }
+
+    static float bc_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {  /* do_rmse */
+        float max = 0, amax = 0;
+        for (int i = 0; i < n; ++i) { float ax = fabsf(x[i]); if (ax > amax) { amax = ax; max = x[i]; } }
+        if (amax < BC_GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0.f; }
+        float iscale = -nmax / max, sumlx = 0, suml2 = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = bc_nearest_int(iscale * x[i]);
+            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
+            L[i] = (int8_t)l;
+            float w = x[i] * x[i];
+            sumlx += w * x[i] * l; suml2 += w * l * l;
+        }
+        for (int itry = 0; itry < 5; ++itry) {
+            int changed = 0;
+            for (int i = 0; i < n; ++i) {
+                float w = x[i] * x[i];
+                float slx = sumlx - w * x[i] * L[i];
+                if (slx > 0) {
+                    float sl2 = suml2 - w * L[i] * L[i];
+                    int nl = bc_nearest_int(x[i] * sl2 / slx);
+                    nl = nl < -nmax ? -nmax : (nl > nmax - 1 ? nmax - 1 : nl);
+                    if (nl != L[i]) {
+                        slx += w * x[i] * nl; sl2 += w * nl * nl;
+                        if (sl2 > 0 && slx * slx * suml2 > sumlx * sumlx * sl2) {
+                            L[i] = (int8_t)nl; sumlx = slx; suml2 = sl2; ++changed;
+                        }
+                    }
+                }
+            }
+            if (!changed) break;
+        }
+        for (int i = 0; i < n; ++i) L[i] = (int8_t)(L[i] + nmax);
+        return suml2 > 0.0f ? sumlx / suml2 : 0.0f;
+    }
+
+    static float bc_make_qkx2_quants(int n, int nmax, const float* x, const float* w, uint8_t* L, float* the_min,
+                                     uint8_t* Laux, float rmin, float rdelta, int nstep, int use_mad) {
+        float min = x[0], max = x[0], sum_w = w[0], sum_x = sum_w * x[0];
+        for (int i = 1; i < n; ++i) {
+            if (x[i] < min) min = x[i];
+            if (x[i] > max) max = x[i];
+            sum_w += w[i]; sum_x += w[i] * x[i];
+        }
+        if (min > 0) min = 0;
+        if (max == min) { for (int i = 0; i < n; ++i) L[i] = 0; *the_min = -min; return 0.f; }
+        float iscale = nmax / (max - min), scale = 1 / iscale, best_error = 0;
+        for (int i = 0; i < n; ++i) {
+            int l = bc_nearest_int(iscale * (x[i] - min));
+            L[i] = (uint8_t)(l < 0 ? 0 : (l > nmax ? nmax : l));
+            float diff = scale * L[i] + min - x[i];
+            diff = use_mad ? fabsf(diff) : diff * diff;
+            best_error += w[i] * diff;
+        }
+        for (int is = 0; is <= nstep; ++is) {
+            iscale = (rmin + rdelta * is + nmax) / (max - min);
+            float sum_l = 0, sum_l2 = 0, sum_xl = 0;
+            for (int i = 0; i < n; ++i) {
+                int l = bc_nearest_int(iscale * (x[i] - min));
+                l = l < 0 ? 0 : (l > nmax ? nmax : l);
+                Laux[i] = (uint8_t)l;
+                sum_l += w[i] * l; sum_l2 += w[i] * l * l; sum_xl += w[i] * l * x[i];
+            }
+            float D = sum_w * sum_l2 - sum_l * sum_l;
+            if (D > 0) {
+                float this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+                float this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+                if (this_min > 0) { this_min = 0; this_scale = sum_xl / sum_l2; }
+                float cur_error = 0;
+                for (int i = 0; i < n; ++i) {
+                    float diff = this_scale * Laux[i] + this_min - x[i];
+                    diff = use_mad ? fabsf(diff) : diff * diff;
+                    cur_error += w[i] * diff;
+                }
+                if (cur_error < best_error) {
+                    for (int i = 0; i < n; ++i) L[i] = Laux[i];
+                    best_error = cur_error; scale = this_scale; min = this_min;
+                }
+            }
+        }
+        *the_min = -min;
+        return scale;
+    }
+
+    static void bc_pack_quads(const uint8_t* L, uint8_t* qs) {  /* 2-bit codes of q2_K / q3_K */
+        for (int j = 0; j < BC_QK_K; j += 128)
+            for (int l = 0; l < 32; ++l)
+                qs[j / 4 + l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 2) | (L[j + l + 64] << 4) | (L[j + l + 96] << 6));
+    }
+
+    static void bc_q2_k_block(const float* x, uint8_t* o) {  /* scales[16] qs[64] d dmin */
+        uint8_t L[BC_QK_K], Laux[16]; float w[16], mins[16], scales[16], max_scale = 0, max_min = 0;
+        for (int j = 0; j < 16; ++j) {
+            for (int l = 0; l < 16; ++l) w[l] = fabsf(x[16 * j + l]);
+            scales[j] = bc_make_qkx2_quants(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        uint8_t* sc = o;
+        if (max_scale > 0) {
+            float iscale = 15.f / max_scale;
+            for (int j = 0; j < 16; ++j) sc[j] = (uint8_t)bc_nearest_int(iscale * scales[j]);
+            bc_put_half(o + 80, max_scale / 15.f);
+        } else { for (int j = 0; j < 16; ++j) sc[j] = 0; bc_put_half(o + 80, 0.f); }
+        if (max_min > 0) {
+            float iscale = 15.f / max_min;
+            for (int j = 0; j < 16; ++j) sc[j] |= (uint8_t)(bc_nearest_int(iscale * mins[j]) << 4);
+            bc_put_half(o + 82, max_min / 15.f);
+        } else bc_put_half(o + 82, 0.f);
+        uint16_t dh, mh; memcpy(&dh, o + 80, 2); memcpy(&mh, o + 82, 2);
+        for (int j = 0; j < 16; ++j) {
+            const float d = bc_half_to_float(dh) * (sc[j] & 0xF);
+            if (!d) continue;
+            const float dm = bc_half_to_float(mh) * (sc[j] >> 4);
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = bc_nearest_int((x[16 * j + ii] + dm) / d);
+                L[16 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > 3 ? 3 : l));
+            }
+        }
+        bc_pack_quads(L, o + 16);
+    }
+
+    static void bc_q3_k_block(const float* x, uint8_t* o) {  /* hmask[32] qs[64] scales[12] d */
+        int8_t L[BC_QK_K]; float scales[16], max_scale = 0, amax = 0;
+        for (int j = 0; j < 16; ++j) {
+            scales[j] = bc_make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+            float s = fabsf(scales[j]);
+            if (s > amax) { amax = s; max_scale = scales[j]; }
+        }
+        uint8_t* hm = o; uint8_t* qs = o + 32; uint8_t* sb = o + 96;
+        memset(sb, 0, 12);
+        if (max_scale) {
+            float iscale = -32.f / max_scale;
+            for (int j = 0; j < 16; ++j) {
+                int8_t l = (int8_t)bc_nearest_int(iscale * scales[j]);
+                l = (int8_t)((l < -32 ? -32 : (l > 31 ? 31 : l)) + 32);
+                if (j < 8) sb[j] = (uint8_t)(l & 0xF); else sb[j - 8] |= (uint8_t)((l & 0xF) << 4);
+                l >>= 4;
+                sb[j % 4 + 8] |= (uint8_t)(l << (2 * (j / 4)));
+            }
+            bc_put_half(o + 108, 1 / iscale);
+        } else bc_put_half(o + 108, 0.f);
+        uint16_t dh; memcpy(&dh, o + 108, 2);
+        for (int j = 0; j < 16; ++j) {
+            int8_t sc = (int8_t)(j < 8 ? (sb[j] & 0xF) : (sb[j - 8] >> 4));
+            sc = (int8_t)((sc | (((sb[8 + j % 4] >> (2 * (j / 4))) & 3) << 4)) - 32);
+            float d = bc_half_to_float(dh) * sc;
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = bc_nearest_int(x[16 * j + ii] / d);
+                L[16 * j + ii] = (int8_t)((l < -4 ? -4 : (l > 3 ? 3 : l)) + 4);
+            }
+        }
+        memset(hm, 0, 32);
+        int m = 0; uint8_t bit = 1;
+        uint8_t U[BC_QK_K];
+        for (int j = 0; j < BC_QK_K; ++j) {
+            int v = L[j];
+            if (v > 3) { hm[m] |= bit; v -= 4; }
+            U[j] = (uint8_t)v;
+            if (++m == 32) { m = 0; bit <<= 1; }
+        }
+        bc_pack_quads(U, qs);
+    }
+
+    /* q4_K / q5_K share the scale search: fills d, dmin, scales[12] at o and L[256] */
+    static void bc_q45_k_head(const float* x, uint8_t* o, uint8_t* L, int nmax, float rmin, int nstep) {
+        uint8_t Laux[32]; float w[32], mins[8], scales[8], max_scale = 0, max_min = 0;
+        for (int j = 0; j < 8; ++j) {
+            float sum_x2 = 0;
+            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+            float av_x = sqrtf(sum_x2 / 32);
+            for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[32 * j + l]);
+            scales[j] = bc_make_qkx2_quants(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+            if (scales[j] > max_scale) max_scale = scales[j];
+            if (mins[j] > max_min) max_min = mins[j];
+        }
+        float inv_scale = max_scale > 0 ? 63.f / max_scale : 0.f, inv_min = max_min > 0 ? 63.f / max_min : 0.f;
+        uint8_t* s = o + 4; uint8_t ls[8], lm[8];
+        memset(s, 0, 12);
+        for (int j = 0; j < 8; ++j) {
+            ls[j] = (uint8_t)bc_nearest_int(inv_scale * scales[j]); if (ls[j] > 63) ls[j] = 63;
+            lm[j] = (uint8_t)bc_nearest_int(inv_min * mins[j]); if (lm[j] > 63) lm[j] = 63;
+        }
+        for (int j = 0; j < 8; ++j) {
+            if (j < 4) { s[j] = ls[j]; s[j + 4] = lm[j]; }
+            else { s[j + 4] = (uint8_t)((ls[j] & 0xF) | ((lm[j] & 0xF) << 4)); s[j - 4] |= (uint8_t)((ls[j] >> 4) << 6); s[j] |= (uint8_t)((lm[j] >> 4) << 6); }
+        }
+        bc_put_half(o, max_scale / 63.f); bc_put_half(o + 2, max_min / 63.f);
+        uint16_t dh, mh; memcpy(&dh, o, 2); memcpy(&mh, o + 2, 2);
+        for (int j = 0; j < 8; ++j) {
+            uint8_t sc, m;
+            if (j < 4) { sc = s[j] & 63; m = s[j + 4] & 63; }
+            else { sc = (uint8_t)((s[j + 4] & 0xF) | ((s[j - 4] >> 6) << 4)); m = (uint8_t)((s[j + 4] >> 4) | ((s[j] >> 6) << 4)); }
+            const float d = bc_half_to_float(dh) * sc;
+            if (!d) continue;
+            const float dm = bc_half_to_float(mh) * m;
+            for (int ii = 0; ii < 32; ++ii) {
+                int l = bc_nearest_int((x[32 * j + ii] + dm) / d);
+                L[32 * j + ii] = (uint8_t)(l < 0 ? 0 : (l > nmax ? nmax : l));
+            }
+        }
+    }
+
+    static void bc_q4_k_block(const float* x, uint8_t* o) {  /* d dmin scales[12] qs[128] */
+        uint8_t L[BC_QK_K];
+        bc_q45_k_head(x, o, L, 15, -1.f, 20);
+        uint8_t* q = o + 16;
+        for (int j = 0; j < BC_QK_K; j += 64) { for (int l = 0; l < 32; ++l) q[l] = (uint8_t)(L[j + l] | (L[j + l + 32] << 4)); q += 32; }
+    }
+
+    static void bc_q5_k_block(const float* x, uint8_t* o) {  /* d dmin scales[12] qh[32] qs[128] */
+        uint8_t L[BC_QK_K];
+        bc_q45_k_head(x, o, L, 31, -0.5f, 15);
+        uint8_t* qh = o + 16; uint8_t* ql = o + 48;
+        memset(qh, 0, 32);
+        uint8_t m1 = 1, m2 = 2;
+        for (int n = 0; n < BC_QK_K; n += 64) {
+            for (int j = 0; j < 32; ++j) {
+                int l1 = L[n + j], l2 = L[n + j + 32];
+                if (l1 > 15) { l1 -= 16; qh[j] |= m1; }
+                if (l2 > 15) { l2 -= 16; qh[j] |= m2; }
+                ql[j] = (uint8_t)(l1 | (l2 << 4));
+            }
+            m1 <<= 2; m2 <<= 2; ql += 32;
+        }
+    }
+
+    static void bc_q6_k_block(const float* x, uint8_t* o) {  /* ql[128] qh[64] scales[16] d */
+        int8_t L[BC_QK_K]; float scales[16], max_scale = 0, max_abs = 0;
+        for (int ib = 0; ib < 16; ++ib) {
+            float s = bc_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            scales[ib] = s;
+            if (fabsf(s) > max_abs) { max_abs = fabsf(s); max_scale = s; }
+        }
+        if (max_abs < BC_GROUP_MAX_EPS) { memset(o, 0, 210); return; }
+        float iscale = -128.f / max_scale;
+        bc_put_half(o + 208, 1 / iscale);
+        int8_t* sc = (int8_t*)(o + 192);
+        for (int ib = 0; ib < 16; ++ib) { int v = bc_nearest_int(iscale * scales[ib]); sc[ib] = (int8_t)(v < 127 ? v : 127); }
+        uint16_t dh; memcpy(&dh, o + 208, 2);
+        for (int j = 0; j < 16; ++j) {
+            float d = bc_half_to_float(dh) * sc[j];
+            if (!d) continue;
+            for (int ii = 0; ii < 16; ++ii) {
+                int l = bc_nearest_int(x[16 * j + ii] / d);
+                L[16 * j + ii] = (int8_t)((l < -32 ? -32 : (l > 31 ? 31 : l)) + 32);
+            }
+        }
+        uint8_t* ql = o; uint8_t* qh = o + 128;
+        for (int j = 0; j < BC_QK_K; j += 128) {
+            for (int l = 0; l < 32; ++l) {
+                uint8_t q1 = L[j + l] & 0xF, q2 = L[j + l + 32] & 0xF, q3 = L[j + l + 64] & 0xF, q4 = L[j + l + 96] & 0xF;
+                ql[l] = (uint8_t)(q1 | (q3 << 4)); ql[l + 32] = (uint8_t)(q2 | (q4 << 4));
+                qh[l] = (uint8_t)((((uint8_t)L[j + l]) >> 4) | ((((uint8_t)L[j + l + 32]) >> 4) << 2) |
+                                  ((((uint8_t)L[j + l + 64]) >> 4) << 4) | ((((uint8_t)L[j + l + 96]) >> 4) << 6));
+            }
+            ql += 64; qh += 32;
+        }
+    }
+
+    typedef void (*bc_kblock_fn)(const float*, uint8_t*);
+    static const bc_kblock_fn bc_kblock[7] = {0, 0, bc_q2_k_block, bc_q3_k_block, bc_q4_k_block, bc_q5_k_block, bc_q6_k_block};
+    static const int bc_kblock_size[7] = {0, 0, 84, 110, 144, 176, 210};
+
+    static void bc_quantize_k(int bits, const float* x, uint8_t* out, size_t nblocks) {
+        bc_kblock_fn f = bc_kblock[bits]; int sz = bc_kblock_size[bits];
+        for (size_t b = 0; b < nblocks; b++) f(x + BC_QK_K * b, out + (size_t)sz * b);
+    }
     """
     int bc_have_f16c() nogil
     void bc_f32_to_f16(const float* src, uint16_t* dst, size_t n, int simd) nogil
     void bc_quantize_q8_0(const float* x, uint8_t* out, size_t nblocks) nogil
+    void bc_quantize_k(int bits, const float* x, uint8_t* out, size_t nblocks) nogil
 
 HAVE_F16C = bool(bc_have_f16c())
 
@@ -110,3 +438,19 @@ def quantize_q8_0(const float[::1] src, uint8_t[::1] dst) -> None:
         raise ValueError("quantize_q8_0: size mismatch")
     with nogil:
         bc_quantize_q8_0(&src[0], &dst[0], nblocks)
+
+
+_K_BLOCK_BYTES = {2: 84, 3: 110, 4: 144, 5: 176, 6: 210}
+
+
+def quantize_k(int bits, const float[::1] src, uint8_t[::1] dst) -> None:
+    """q{bits}_K super-blocks of src (length a multiple of 256) into dst (ggml's reference encoders)."""
+    if bits not in _K_BLOCK_BYTES:
+        raise ValueError(f"quantize_k: no q{bits}_K")
+    cdef size_t nblocks = <size_t>src.shape[0] // 256
+    if src.shape[0] % 256 or <size_t>dst.shape[0] != nblocks * _K_BLOCK_BYTES[bits]:
+        raise ValueError("quantize_k: size mismatch")
+    if nblocks == 0:
+        return
+    with nogil:
+        bc_quantize_k(bits, &src[0], &dst[0], nblocks)

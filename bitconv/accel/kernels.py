@@ -42,3 +42,21 @@ def quantize_q8_0(x: np.ndarray, *, use_extension: bool = True) -> np.ndarray:
     out = np.empty(src.size // 32 * 34, dtype=np.uint8)
     _ext.quantize_q8_0(src, out)
     return out.reshape(*x.shape[:-1], x.shape[-1] // 32 * 34)
+
+
+#: GGML k-quant type → (bits, bytes per 256-value super-block) for the extension's quantize_k
+K_QUANT_BITS = {GGMLQuantizationType.Q2_K: (2, 84), GGMLQuantizationType.Q3_K: (3, 110),
+                GGMLQuantizationType.Q4_K: (4, 144), GGMLQuantizationType.Q5_K: (5, 176),
+                GGMLQuantizationType.Q6_K: (6, 210)}
+
+
+def quantize_k(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray | None:
+    """k-quant super-blocks of x [..., K] (K a multiple of 256) with the extension, as
+    [rows, K/256*block bytes] uint8; None when the extension is not built (the caller uses numpy)."""
+    if _ext is None:
+        return None
+    bits, size = K_QUANT_BITS[qtype]
+    src = _flat_f32(x)
+    out = np.empty(src.size // 256 * size, dtype=np.uint8)
+    _ext.quantize_k(bits, src, out)
+    return out.reshape(-1, x.shape[-1] // 256 * size)

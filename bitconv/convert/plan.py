@@ -1,8 +1,11 @@
 """TensorPlan: every output tensor's name, shape and quant type, decided before any data is read.
 
-The type rules are llama.cpp's (its converter and llama-quantize): 1-D tensors, norms, biases and
-MoE routers stay F32; token_embd/output take the quantizer's `embedding_type`; a row length the
-block size does not divide falls back to F16.
+The type rules are llama.cpp's. Types its converter writes (f32/f16/bf16/q8_0, the ternary types)
+follow the converter: 1-D tensors, norms, biases and MoE routers stay F32; token_embd/output take
+the quantizer's `embedding_type`; a row length the block size does not divide falls back to F16.
+Types only llama-quantize makes (q4_0 … q5_1, the k-quants and their mixes) follow llama-quantize's
+per-tensor rules and tensor order (quant/mixes.py), so the file equals converting to f32 and then
+running llama-quantize.
 """
 from __future__ import annotations
 
@@ -114,6 +117,36 @@ def _ternary_linear_quant(name: str, shape: tuple[int, ...], quant: Quantizer) -
     return ternary_input(chosen), "dequantized ternary (s·W_t)"
 
 
+def _llama_quantize_types(sources: list[SourceTensor], mapping: ArchMapping,
+                          quant: Quantizer) -> list[tuple[Quantizer, str]]:
+    """Each tensor's quantizer under llama-quantize's rules for `quant.llama_ftype`."""
+    from gguf import GGMLQuantizationType
+
+    from ..quant.mixes import LlamaQuantizeRules, ModelFacts
+    from ..quant.registry import quantizer_for_ggml_type
+
+    c = mapping.config
+    n_expert = next((int(c[k]) for k in ("num_local_experts", "num_experts", "n_routed_experts") if c.get(k)), 0)
+    facts = ModelFacts(mapping.arch_name, mapping.n_layers, mapping.n_head, mapping.n_head_kv, n_expert)
+    rules = LlamaQuantizeRules(int(quant.llama_ftype or 0), facts, pure=quant.pure)
+    default = GGMLQuantizationType(quant.ggml_type)
+    out: list[tuple[Quantizer, str]] = []
+    for src, t in zip(sources, rules.types([(s.name, s.shape) for s in sources])):
+        if t is None:
+            out.append((get_quantizer("f32"), "kept f32 (not quantized by llama-quantize)"))
+            continue
+        q = quant if t == default else quantizer_for_ggml_type(int(t))
+        note = "" if t == default else (
+            f"row length {src.shape[-1]} not a multiple of {quant.block_size}: {q.name}"
+            if src.shape[-1] % quant.block_size else f"{q.name} (llama-quantize {quant.name} rule)")
+        if mapping.is_ternary_linear(src.name):
+            from ..quant.tq import ternary_input
+
+            q, note = ternary_input(q), (note + "; " if note else "") + "dequantized ternary (s·W_t)"
+        out.append((q, note))
+    return out
+
+
 def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer, *,
               force_ternarize: bool = False) -> TensorPlan:
     if quant.ternary and not mapping.ternary_model:
@@ -125,14 +158,23 @@ def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer, *,
         mapping.treat_as_ternary()
     plan = TensorPlan(mapping, quant)
     seen: set[str] = set()
+    sources: list[SourceTensor] = []
     for src in mapping.tensors(checkpoint):
         if src.name in seen:
             raise_dup(src)
         seen.add(src.name)
         mapping.check_shape(src)
-        q, note = choose_quant(src.name, src.shape, quant, mapping)
-        plan.tensors.append(PlannedTensor(src, q, q.encoded_nbytes(src.shape), note))
+        sources.append(src)
     mapping.check_complete(seen)
+    if quant.llama_ftype is not None and not quant.ternary:
+        from ..quant.mixes import llama_order_key
+
+        sources.sort(key=lambda s: llama_order_key(s.name))
+        chosen = _llama_quantize_types(sources, mapping, quant)
+    else:
+        chosen = [choose_quant(src.name, src.shape, quant, mapping) for src in sources]
+    for src, (q, note) in zip(sources, chosen):
+        plan.tensors.append(PlannedTensor(src, q, q.encoded_nbytes(src.shape), note))
     return plan
 
 

@@ -208,12 +208,24 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
     return the file's sha256, computed while writing."""
     mapping = plan.mapping
     w = FastGGUFWriter(path, mapping.arch_name)
+    llama_quantize = plan.quant.llama_ftype is not None
     for pt in plan:
-        w.add_tensor_info(pt.name, pt.shape, np.dtype(np.float32), pt.nbytes, raw_dtype=ggml_type(pt.quant.ggml_type))
+        shape = pt.shape
+        if llama_quantize:  # llama-quantize writes ggml_n_dims: trailing ggml dims of 1 dropped
+            while len(shape) > 1 and shape[0] == 1:
+                shape = shape[1:]
+        w.add_tensor_info(pt.name, shape, np.dtype(np.float32), pt.nbytes, raw_dtype=ggml_type(pt.quant.ggml_type))
     add_general_metadata(w, checkpoint)
-    mapping.add_metadata(w, plan.quant.file_type)
-    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-    vocab.add_to(w)
+    if plan.quant.llama_ftype is None:
+        mapping.add_metadata(w, plan.quant.file_type)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        vocab.add_to(w)
+    else:
+        # llama-quantize re-sets these two keys last (ggml's gguf_set_val moves a key to the end)
+        mapping.add_metadata(w, None)
+        vocab.add_to(w)
+        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+        w.add_file_type(int(plan.quant.llama_ftype))
 
     n_threads = threads or min(8, os.cpu_count() or 1)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None

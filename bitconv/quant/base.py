@@ -54,6 +54,11 @@ class Quantizer:
     row_parallel: ClassVar[bool] = True
     #: a ternary type: only ternary-trained linears take it (see the plan)
     ternary: ClassVar[bool] = False
+    #: a llama-quantize file type (gguf.LlamaFileType): the file follows llama-quantize's per-tensor
+    #: type rules and tensor order for it (bitconv/quant/mixes.py); None: llama.cpp's converter's rules
+    llama_ftype: ClassVar[int | None] = None
+    #: with llama_ftype: every quantizable tensor takes this type (llama-quantize --pure), no mix
+    pure: ClassVar[bool] = False
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
                 known_scale: Any = None) -> Any:

@@ -24,8 +24,11 @@ class Q8_0(GGUFNativeQuantizer):
 
 
 class _LowBit(GGUFNativeQuantizer):
-    # llama-quantize keeps token_embd/output at a higher type (q6_k); until k-quants land, q8_0.
-    embedding_type = "q8_0"
+    """Types only llama-quantize makes: files follow its per-tensor rules (output at q6_k, …)."""
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.llama_ftype = cls.file_type
 
 
 @register_quantizer()

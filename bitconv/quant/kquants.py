@@ -9,6 +9,10 @@ the same order, vectorized over every sub-block of the input at once: arrays are
 is one pass of whole-array ops, and each C running sum is a fixed-order accumulation over the 16 or
 32 positions (numpy's own `sum` is pairwise and would round differently). The shipped ggml
 reference is built without FMA contraction (plain SSE mul/add), which is what this reproduces.
+
+The C extension (bitconv/accel/_kernels.pyx, built with -ffp-contract=off) runs the same encoders
+block by block at C speed; this numpy port is the fallback when it is not built, and the tests hold
+both to ggml's bytes.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, LlamaFileType
 
+from ..accel import kernels
 from .base import QuantizedTensor
 from .gguf_native import GGUFNativeQuantizer
 from .registry import register_quantizer
@@ -346,12 +351,17 @@ class _KQuant(GGUFNativeQuantizer):
 
     _encode: ClassVar[Any]
 
+    #: False: always the numpy port (tests compare both paths with ggml's C reference)
+    use_extension: ClassVar[bool] = True
+
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         w = np.asarray(w)
         shape = w.shape
         if not shape or shape[-1] % QK_K:
             raise ValueError(f"{self.name}: row length {shape[-1] if shape else 0} is not a multiple of {QK_K}")
         type_size = GGML_QUANT_SIZES[self.qtype][1]
+        if self.use_extension and (fast := kernels.quantize_k(w, self.qtype)) is not None:
+            return QuantizedTensor(fast.reshape(*shape[:-1], shape[-1] // QK_K * type_size))
         blocks = w.reshape(-1, QK_K)
         out = np.empty((blocks.shape[0], type_size), np.uint8)
         with np.errstate(all="ignore"):
@@ -369,8 +379,9 @@ class _KQuant(GGUFNativeQuantizer):
 class Q2_K(_KQuant):
     name = "q2_k"
     qtype = GGMLQuantizationType.Q2_K
-    file_type = int(LlamaFileType.MOSTLY_Q2_K)
-    description = "2-bit k-quant with min: 256-value super-blocks, 4-bit scale + min per 16 values"
+    file_type = llama_ftype = int(LlamaFileType.MOSTLY_Q2_K)
+    description = ("llama-quantize's Q2_K mix: q2_k, attn_v q3_k/q4_k, ffn_down and attn_output q3_k, "
+                   "output q6_k")
     _encode = staticmethod(_q2_k_blocks)
 
 
@@ -378,28 +389,19 @@ class Q2_K(_KQuant):
 class Q3_K(_KQuant):
     name = "q3_k"
     qtype = GGMLQuantizationType.Q3_K
-    file_type = int(LlamaFileType.MOSTLY_Q3_K_S)
-    description = "3-bit k-quant: 256-value super-blocks, 6-bit scale per 16 values"
+    file_type = llama_ftype = int(LlamaFileType.MOSTLY_Q3_K_S)
+    pure = True
+    description = "every matrix 3-bit k-quant (llama-quantize --pure Q3_K_S): 6-bit scale per 16 values"
     _encode = staticmethod(_q3_k_blocks)
-
-
-@register_quantizer()
-class Q6_K(_KQuant):
-    name = "q6_k"
-    qtype = GGMLQuantizationType.Q6_K
-    file_type = int(LlamaFileType.MOSTLY_Q6_K)
-    description = "6-bit k-quant: 256-value super-blocks, int8 scale per 16 values"
-    _encode = staticmethod(_q6_k_blocks)
 
 
 @register_quantizer()
 class Q4_K(_KQuant):
     name = "q4_k"
     qtype = GGMLQuantizationType.Q4_K
-    # the closest llama.cpp file type for "every matrix q4_k" (llama-quantize's Q4_K_S also bumps a few)
-    file_type = int(LlamaFileType.MOSTLY_Q4_K_S)
-    embedding_type = "q6_k"
-    description = "4-bit k-quant with min: 256-value super-blocks, 6-bit scale + min per 32 values"
+    file_type = llama_ftype = int(LlamaFileType.MOSTLY_Q4_K_S)
+    pure = True
+    description = "every matrix 4-bit k-quant (llama-quantize --pure Q4_K_S): 6-bit scale + min per 32 values"
     _encode = staticmethod(_q4_k_blocks)
 
 
@@ -407,7 +409,37 @@ class Q4_K(_KQuant):
 class Q5_K(_KQuant):
     name = "q5_k"
     qtype = GGMLQuantizationType.Q5_K
-    file_type = int(LlamaFileType.MOSTLY_Q5_K_S)
-    embedding_type = "q6_k"
-    description = "5-bit k-quant with min: 256-value super-blocks, 6-bit scale + min per 32 values"
+    file_type = llama_ftype = int(LlamaFileType.MOSTLY_Q5_K_S)
+    pure = True
+    description = "every matrix 5-bit k-quant (llama-quantize --pure Q5_K_S): 6-bit scale + min per 32 values"
     _encode = staticmethod(_q5_k_blocks)
+
+
+@register_quantizer()
+class Q6_K(_KQuant):
+    name = "q6_k"
+    qtype = GGMLQuantizationType.Q6_K
+    file_type = llama_ftype = int(LlamaFileType.MOSTLY_Q6_K)
+    description = "6-bit k-quant, 256-value super-blocks, int8 scale per 16 values (llama-quantize's Q6_K)"
+    _encode = staticmethod(_q6_k_blocks)
+
+
+def _mix(base: type[_KQuant], name: str, ftype: LlamaFileType, description: str) -> type[_KQuant]:
+    """A llama-quantize mix whose default type is `base`'s."""
+    cls = type(name.upper(), (base,), {"name": name, "file_type": int(ftype), "llama_ftype": int(ftype),
+                                        "pure": False, "description": description})
+    return register_quantizer()(cls)
+
+
+_mix(Q3_K, "q3_k_s", LlamaFileType.MOSTLY_Q3_K_S, "llama-quantize's Q3_K_S: q3_k, output q6_k")
+_mix(Q3_K, "q3_k_m", LlamaFileType.MOSTLY_Q3_K_M,
+     "llama-quantize's Q3_K_M: q3_k; attn_v q5_k/q4_k, ffn_down q5_k/q4_k, attn_output q4_k, output q6_k")
+_mix(Q3_K, "q3_k_l", LlamaFileType.MOSTLY_Q3_K_L,
+     "llama-quantize's Q3_K_L: q3_k; attn_v, ffn_down, attn_output q5_k, output q6_k")
+_mix(Q4_K, "q4_k_s", LlamaFileType.MOSTLY_Q4_K_S,
+     "llama-quantize's Q4_K_S: q4_k; first attn_v and first 1/8 of ffn_down q5_k, output q6_k")
+_mix(Q4_K, "q4_k_m", LlamaFileType.MOSTLY_Q4_K_M,
+     "llama-quantize's Q4_K_M: q4_k; attn_v and ffn_down of half the layers q6_k, output q6_k")
+_mix(Q5_K, "q5_k_s", LlamaFileType.MOSTLY_Q5_K_S, "llama-quantize's Q5_K_S: q5_k, output q6_k")
+_mix(Q5_K, "q5_k_m", LlamaFileType.MOSTLY_Q5_K_M,
+     "llama-quantize's Q5_K_M: q5_k; attn_v and ffn_down of half the layers q6_k, output q6_k")

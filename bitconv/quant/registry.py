@@ -62,6 +62,14 @@ def get_quantizer(name: str) -> Quantizer:
         raise UsageError(f"unknown quant type {name!r}; known: {known}") from None
 
 
+def quantizer_for_ggml_type(ggml_type: int) -> Quantizer:
+    """The quantizer storing one tensor as GGML type `ggml_type` (e.g. the q6_k tensors of a q4_k_m
+    file): built-in types are registered under the GGML type's own name."""
+    from gguf import GGMLQuantizationType
+
+    return get_quantizer(GGMLQuantizationType(ggml_type).name.lower())
+
+
 def all_quantizers() -> list[type[Quantizer]]:
     _load_entry_points()
     return [QUANT_TYPES[k] for k in sorted(QUANT_TYPES)]
