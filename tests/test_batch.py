@@ -70,8 +70,9 @@ def test_jobs_run_validate_and_are_skipped_when_unchanged(workdir: Path) -> None
     rc, doc = _batch(workdir, GOOD.replace("validate = true", "validate = false"))
     assert rc == 0 and [j["status"] for j in doc["result"]["jobs"]] == ["ok", "ok"]
 
-    rc, doc = _batch(workdir, GOOD.replace('quant = "q8_0"', 'quant = "f16"'))  # an option changes
+    rc, doc = _batch(workdir, GOOD.replace('quant = "q8_0"', 'quant = "q4_k_m"'))  # an option changes
     assert [j["status"] for j in doc["result"]["jobs"]] == ["ok", "skipped"]
+    assert doc["result"]["jobs"][0]["quant"] == "q4_k_m"  # llama-quantize's mix, from a batch file too
 
     rc, doc = _batch(workdir, GOOD, "--force")
     assert [j["status"] for j in doc["result"]["jobs"]] == ["ok", "ok"]
