@@ -12,7 +12,7 @@ from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, make_plan
 from .convert.tokenizer import export_vocab
-from .errors import ArtifactError, UsageError
+from .errors import UsageError
 from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
@@ -115,20 +115,33 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
             threads: int = 0, allow_nonfinite: bool = False, allow_pickle: bool = False,
             revision: str | None = None, pre: str | None = None, manifest: bool = True,
             kernel_config: str | os.PathLike[str] | KernelConfig | None = None,
+            format: str | None = None, block_size: int | None = None,
+            max_shard_size: str | int | None = None, linear_class: str = "bitlinear",
             progress: Callable[[PlannedTensor, int], None] | None = None,
             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
     """Convert a HF checkpoint (local directory or hub repo id) into an artifact. `target` names a
-    preset (`bitconv targets`) that implies the format and, unless `quant` is given, the quant type."""
+    preset (`bitconv targets`) that implies the format and, unless `quant` is given, the quant type.
+    to="safetensors": `format` is the checkpoint layout (bitnet-packed, compressed-tensors), `quant`
+    its weight type (compressed-tensors: int4 / int8), `block_size` the group size,
+    `max_shard_size` ("2GB", "1.5GiB", bytes) splits the weights into shards."""
     fmt = to or (get_target(target).format if target else "gguf")
     if target and get_target(target).format != fmt:
         raise UsageError(f"target {target} writes {get_target(target).format}, not {fmt}")
     if fmt == "onnx":
-        return convert_onnx(source, quant, out, target=target, force=force, dry_run=dry_run,  # type: ignore[return-value]
+        return convert_onnx(source, quant, out, target=target, block_size=block_size,  # type: ignore[return-value]
+                            force=force, dry_run=dry_run,
                             force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
                             manifest=manifest)
     if fmt == "safetensors":
-        return convert_safetensors(source, quant or "bitnet-packed", out, force=force,  # type: ignore[return-value]
-                                   dry_run=dry_run, allow_pickle=allow_pickle, revision=revision)
+        from .formats.safetensors_io import FORMATS
+
+        if format is None and quant is not None and quant.lower() in FORMATS:
+            format, quant = quant, None  # the earlier convert(src, "safetensors", "bitnet-packed")
+        return convert_safetensors(source, format or "bitnet-packed", out, quant=quant,  # type: ignore[return-value]
+                                   block_size=block_size, max_shard_size=max_shard_size, linear_class=linear_class,
+                                   force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision)
+    if format is not None or block_size is not None or max_shard_size is not None:
+        raise UsageError("format, block_size and max_shard_size apply to to=\"safetensors\"")
     if fmt != "gguf":
         raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx, safetensors")
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
@@ -240,29 +253,39 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
 
 
 def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-packed",
-                        out: str | os.PathLike[str] | None = None, *, linear_class: str = "bitlinear",
-                        force: bool = False, dry_run: bool = False, allow_pickle: bool = False,
-                        revision: str | None = None, progress: Callable[[str, int], None] | None = None,
+                        out: str | os.PathLike[str] | None = None, *, quant: str | None = None,
+                        block_size: int | None = None, max_shard_size: str | int | None = None,
+                        linear_class: str = "bitlinear", force: bool = False, dry_run: bool = False,
+                        allow_pickle: bool = False, revision: str | None = None,
+                        progress: Callable[[str, int], None] | None = None,
                         on_start: Callable[[Any], None] | None = None) -> Any:
-    """Write a Hugging Face safetensors checkpoint folder (model.safetensors + config.json +
-    tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout, from a
-    BitNetForCausalLM with master or packed weights); `linear_class`: "bitlinear" (weight_scale =
-    1/s) or "autobitlinear" (weight_scale = s). `out`: the folder (default ./<name>-<format>).
-    Returns a `safetensors_io.SafetensorsResult`."""
+    """Write a Hugging Face safetensors checkpoint folder (model.safetensors, or shards + index,
+    config.json, tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout,
+    from a BitNetForCausalLM with master or packed weights; `linear_class`: "bitlinear" (weight_scale
+    = 1/s) or "autobitlinear" (weight_scale = s)) or "compressed-tensors" (pack-quantized, `quant`
+    int4 (default) / int8, group size `block_size`, default 128). `max_shard_size`: "500MB", "2GB",
+    "1.5GiB" or bytes; larger outputs become model-0000i-of-0000N.safetensors. `out`: the folder
+    (default ./<name>-<format>[-<quant>]). Returns a `safetensors_io.SafetensorsResult`."""
     from .formats import safetensors_io
 
     fmt = safetensors_io.check_format(format)
+    safetensors_io.parse_shard_size(max_shard_size)  # a bad size fails before the checkpoint is read
+    if block_size is not None and fmt == "compressed-tensors":
+        safetensors_io.check_block_size(block_size)
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
-    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}"
-    return safetensors_io.export_bitnet_packed(checkpoint, folder, linear_class=linear_class, source=str(source),
-                                               force=force, dry_run=dry_run, progress=progress,
-                                               on_start=on_start)
+    suffix = f"-{(quant or safetensors_io.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
+    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
+    return safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
+                                 block_size=block_size, max_shard_size=max_shard_size, source=str(source),
+                                 force=force, dry_run=dry_run, progress=progress, on_start=on_start)
 
 
-def inspect(path: str | os.PathLike[str]) -> gguf_io.GGUFSummary:
-    """Metadata and tensor table of a GGUF artifact."""
-    p = Path(path)
-    if not p.is_file():
-        raise ArtifactError(f"{p}: no such file")
-    return gguf_io.read_gguf_summary(p)
+def inspect(path: str | os.PathLike[str]) -> Any:
+    """Header-level summary of an artifact, by what `path` is: a GGUF file → `GGUFSummary`
+    (metadata, tensor table); a safetensors file or checkpoint folder → `SafetensorsSummary`
+    (format, quantization_config, shards, tensor table); an ONNX export folder or .onnx file →
+    `OnnxSummary` (graph IO, opsets, MatMulNBits nodes, initializer table). No tensor data is read."""
+    from .inspectors import inspect_path
+
+    return inspect_path(path)
 

@@ -191,21 +191,29 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
 @cli.command("hf2st")
 @click.argument("source")
 @click.option("--format", "fmt", default="bitnet-packed", show_default=True,
-              help="Checkpoint layout to write: bitnet-packed (transformers' packed BitNet, quant_method bitnet).")
+              help="Checkpoint layout to write: bitnet-packed (transformers' packed BitNet, quant_method bitnet) | "
+                   "compressed-tensors (pack-quantized W4A16 / W8A16, as llm-compressor writes it).")
+@click.option("--quant", default=None,
+              help="compressed-tensors: int4 (default) | int8 symmetric per-group weights of the decoder linears.")
+@click.option("--block-size", type=int, default=None,
+              help="compressed-tensors: group size, a power of two dividing every linear's input size. Default: 128")
+@click.option("--max-shard-size", default=None,
+              help="Split the weights into model-0000i-of-0000N.safetensors + model.safetensors.index.json when "
+                   "larger than this (500MB, 2GB, 1.5GiB). Default: one file.")
 @click.option("--linear-class", default="bitlinear", show_default=True,
               help="bitnet-packed: bitlinear (weight_scale = 1/s) | autobitlinear (weight_scale = s).")
 @click.option("-o", "--output", "output", default=None,
-              help="Output folder for model.safetensors, config.json and the tokenizer files. "
-                   "Default: ./<name>-<format>")
+              help="Output folder for the weights, config.json and the tokenizer files. "
+                   "Default: ./<name>-<format>[-<quant>]")
 @click.option("--dry-run", is_flag=True, help="Show the tensors that would be written; write nothing.")
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder (overwriting our files).")
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2st")
-def hf2st(source: str, fmt: str, linear_class: str, output: str | None, dry_run: bool, force: bool,
-          revision: str | None, allow_pickle: bool, quiet: bool,
-          as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+def hf2st(source: str, fmt: str, quant: str | None, block_size: int | None, max_shard_size: str | None,
+          linear_class: str, output: str | None, dry_run: bool, force: bool, revision: str | None,
+          allow_pickle: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Write the checkpoint SOURCE (a directory, or a hub repo id) as a Hugging Face safetensors checkpoint."""
     progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
@@ -218,8 +226,9 @@ def hf2st(source: str, fmt: str, linear_class: str, output: str | None, dry_run:
             progress.update(task[0], advance=nbytes, description=name)
 
     with progress:
-        result = api.convert_safetensors(source, fmt, output, linear_class=linear_class.lower(), force=force,
-                                         dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
+        result = api.convert_safetensors(source, fmt, output, quant=quant, block_size=block_size,
+                                         max_shard_size=max_shard_size, linear_class=linear_class.lower(),
+                                         force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
                                          progress=on_tensor, on_start=on_start)
     data = result.to_dict()
     if not dry_run:
@@ -235,11 +244,22 @@ def _render_st(r: Any) -> None:
         for t in r.tensors:
             table.add_row(t.name, "×".join(map(str, t.shape)), t.dtype, f"{t.nbytes:,}", t.note)
         out.print(table)
-        out.print(f"architecture {r.architecture}; {r.format} ({r.linear_class}); {r.n_tensors} tensors, "
-                  f"{r.n_ternary} ternary; ≈ {_fmt_bytes(r.output_bytes)}; nothing written (dry run)")
+        out.print(f"architecture {r.architecture}; {_st_kind(r)}, {r.n_tensors} tensors, {_st_count(r)}; "
+                  f"≈ {_fmt_bytes(r.output_bytes)} in {r.shards} file(s); nothing written (dry run)")
     else:
-        out.print(f"wrote {r.output}/ ({_fmt_bytes(r.output_bytes)}: {', '.join(r.files)}) — {r.format} "
-                  f"({r.linear_class}), {r.n_tensors} tensors, {r.n_ternary} ternary in {r.seconds:.1f} s")
+        files = ", ".join(r.files) if len(r.files) <= 8 else f"{len(r.files)} files incl. {r.shards} shards"
+        out.print(f"wrote {r.output}/ ({_fmt_bytes(r.output_bytes)}: {files}) — {_st_kind(r)}, "
+                  f"{r.n_tensors} tensors, {_st_count(r)} in {r.seconds:.1f} s")
+
+
+def _st_kind(r: Any) -> str:
+    if r.format == "compressed-tensors":
+        return f"{r.format} ({r.quant}, group {r.block_size})"
+    return f"{r.format} ({r.linear_class})"
+
+
+def _st_count(r: Any) -> str:
+    return f"{r.n_quantized} quantized" if r.format == "compressed-tensors" else f"{r.n_ternary} ternary"
 
 
 def _render_onnx(r: Any) -> None:
@@ -287,11 +307,23 @@ def _render_conversion(r: api.ConversionResult) -> None:
 
 @cli.command("inspect")
 @click.argument("path")
-@click.option("--all-metadata", is_flag=True, help="Show every metadata key (long arrays are summarized).")
+@click.option("--all-metadata", is_flag=True, help="GGUF: show every metadata key (long arrays are summarized).")
 @command("inspect")
 def inspect_cmd(path: str, all_metadata: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Show a GGUF file's metadata and tensor table (name, type, shape, bytes)."""
+    """Show an artifact's header-level summary, read without loading tensor data: a GGUF file's
+    metadata and tensor table; a safetensors file or checkpoint folder's format, quantization_config,
+    shards and tensor table; an ONNX export's graph inputs/outputs, opsets, MatMulNBits nodes and
+    initializer table."""
+    from .formats.gguf_io import GGUFSummary
+    from .inspectors import OnnxSummary, SafetensorsSummary
+
     s = api.inspect(path)
+    views: dict[type, Callable[[Any, bool], tuple[dict[str, Any], Callable[[], None]]]] = {
+        GGUFSummary: _inspect_gguf, SafetensorsSummary: _inspect_st, OnnxSummary: _inspect_onnx}
+    return views[type(s)](s, all_metadata)
+
+
+def _inspect_gguf(s: Any, all_metadata: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     data = {"path": str(s.path), "version": s.version, "alignment": s.alignment, "metadata": s.metadata,
             "n_tensors": len(s.tensors), "n_params": s.n_params, "data_bytes": s.data_nbytes,
             "tensors": [{"name": t.name, "type": t.type_name, "shape": list(t.shape), "bytes": t.nbytes}
@@ -315,6 +347,68 @@ def inspect_cmd(path: str, all_metadata: bool, as_json: bool) -> tuple[dict[str,
         out.print(tt)
 
     return data, render
+
+
+def _wide() -> Console:
+    """stdout at least 120 columns wide: at 80 the tensor names and shapes are cut."""
+    return Console(width=max(out.width, 120), highlight=False)
+
+
+def _tensor_table(title: str, rows: list[dict[str, Any]], extra: str | None = None) -> Table:
+    """name / dtype / shape / bytes (+ one more column: shard file or data location)."""
+    t = Table(title=title)
+    for col in ("name", "dtype", "shape", "bytes") + ((extra,) if extra else ()):
+        t.add_column(col, justify="right" if col == "bytes" else "left", no_wrap=col == "name")
+    for r in rows:
+        t.add_row(escape(r["name"]), r["dtype"], "×".join(map(str, r["shape"])), f"{r['bytes']:,}",
+                  *((escape(str(r[extra])),) if extra else ()))
+    return t
+
+
+def _inspect_st(s: Any, _all_metadata: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    def render() -> None:
+        out.print(f"{escape(s.path)}: safetensors, format [bold]{s.format}[/]"
+                  + (f", {s.architecture}" if s.architecture else ""))
+        out.print(f"quantization: {escape(s.quantization)}")
+        shards = ", ".join(f"{sh['file']} ({sh['n_tensors']} tensors, {_fmt_bytes(sh['bytes'])})" for sh in s.shards)
+        out.print(f"files: {escape(shards)}" + (f" via {s.index}" if s.index else ""))
+        for note in s.notes:
+            out.print(f"note: {escape(note)}")
+        title = (f"{s.n_tensors} tensors, {s.n_elements:,} stored elements, {_fmt_bytes(s.data_bytes)}"
+                 + (f", {s.n_quantized} quantized linears" if s.n_quantized else ""))
+        _wide().print(_tensor_table(title, s.tensors, "file" if len(s.shards) > 1 else None))
+
+    return s.to_dict(), render
+
+
+def _inspect_onnx(s: Any, _all_metadata: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+    def render() -> None:
+        opsets = ", ".join(f"{o['domain']} {o['version']}" for o in s.opset)
+        block = f", block {s.block_size}" if s.block_size else ""
+        out.print(f"{escape(s.path)}: ONNX ({s.model_file}, {s.producer}, IR {s.ir_version}, opset {opsets}); "
+                  f"{s.quant}{block}; {s.n_nodes} nodes")
+        if s.genai_config:
+            out.print("genai_config.json: " + ", ".join(f"{k} {v}" for k, v in s.genai_config.items()))
+        io = Table(title="graph inputs / outputs")
+        for col in ("", "name", "dtype", "shape"):
+            io.add_column(col)
+        for side, rows in (("in", s.inputs), ("out", s.outputs)):
+            for r in rows:
+                io.add_row(side, r["name"], r["dtype"], "×".join(map(str, r["shape"])))
+        _wide().print(io)
+        if s.matmulnbits:
+            nb = Table(title=f"{len(s.matmulnbits)} MatMulNBits nodes")
+            for col in ("weight", "K", "N", "bits", "block_size", "accuracy_level"):
+                nb.add_column(col, justify="left" if col == "weight" else "right")
+            for r in s.matmulnbits:
+                nb.add_row(r["weight"], *(str(r.get(k, "-")) for k in ("K", "N", "bits", "block_size",
+                                                                         "accuracy_level")))
+            _wide().print(nb)
+        _wide().print(_tensor_table(
+            f"{len(s.initializers)} initializers, {_fmt_bytes(s.initializer_bytes)}", s.initializers, "location"))
+        out.print("files: " + ", ".join(f"{f['name']} ({_fmt_bytes(f['bytes'])})" for f in s.files))
+
+    return s.to_dict(), render
 
 
 @cli.command("targets")
@@ -343,9 +437,11 @@ def targets_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
 
 def _thresholds_help() -> str:
     from .validate import DEFAULT_MIN_COS, ONNX_MIN_COS
+    from .validate_st import ST_MIN_COS
 
     return (", ".join(f"{k}={v}" for k, v in DEFAULT_MIN_COS.items()) + "; ONNX: "
-            + ", ".join(f"{k}={v}" for k, v in ONNX_MIN_COS.items()))
+            + ", ".join(f"{k}={v}" for k, v in ONNX_MIN_COS.items()) + "; safetensors: "
+            + ", ".join(f"{k}={v}" for k, v in ST_MIN_COS.items()))
 
 
 @cli.command("validate", help=(
@@ -354,6 +450,10 @@ def _thresholds_help() -> str:
     "(KL, top-1, cos) against transformers in float32. ARTIFACT may also be an ONNX export (the hf2onnx folder "
     "or its model.onnx): onnx.checker, graph IO names, MatMulNBits attributes, genai_config.json; with "
     "--reference every initializer decoded and compared and the onnxruntime logits (no per-layer check). "
+    "ARTIFACT may also be a safetensors checkpoint (the hf2st folder, sharded or not, or a .safetensors file): "
+    "format, tensor layout and values; with --reference bitnet-packed codes identical to re-ternarizing the "
+    "reference, compressed-tensors int4/int8 and float tensors by cos and relative error, per-layer hidden "
+    "states and logits. "
     "Exit 3 when a check fails. Default minimum cos per quant type: " + _thresholds_help() + "."))
 @click.argument("artifact")
 @click.option("--reference", "-r", default=None, help="The HF checkpoint directory the artifact was converted from.")
@@ -456,8 +556,13 @@ def quants_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
     """List the quant types with bits per weight and the runtimes that read them."""
     from .quant.registry import all_quantizers
 
+    from .quant.mixes import reference_bits_per_weight
+
     rows = [{"name": q.name, "bits_per_weight": round(q.bits_per_weight, 4), "block_size": q.block_size,
-             "runtimes": list(q.runtimes), "embedding_type": q.embedding_type, "description": q.description}
+             "runtimes": list(q.runtimes), "embedding_type": q.embedding_type, "description": q.description,
+             "llama_quantize_rules": q.llama_ftype is not None,
+             "file_bits_per_weight_qwen2.5_1.5b": (round(reference_bits_per_weight(q.llama_ftype, q.pure), 3)
+                                                   if q.llama_ftype is not None else None)}
             for q in all_quantizers()]
 
     def render() -> None:
@@ -466,8 +571,12 @@ def quants_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
             t.add_column(col)
         for r in rows:
             note = r["description"] + (f"; token_embd/output at {r['embedding_type']}" if r["embedding_type"] else "")
-            t.add_row(r["name"], f"{r['bits_per_weight']:g}", str(r["block_size"]), ", ".join(r["runtimes"]), note)
+            bpw = f"{r['bits_per_weight']:g}"
+            if (file_bpw := r["file_bits_per_weight_qwen2.5_1.5b"]) is not None:
+                bpw += f" ({file_bpw:g}*)"
+            t.add_row(r["name"], bpw, str(r["block_size"]), ", ".join(r["runtimes"]), note)
         out.print(t)
+        out.print("* whole file with llama-quantize's per-tensor rules, on Qwen2.5-1.5B's shapes")
 
     return rows, render
 

@@ -65,7 +65,9 @@ def test_quants_json() -> None:
     assert {"f32", "f16", "bf16", "q8_0", "q4_0"} <= set(by_name)
     assert by_name["f32"]["bits_per_weight"] == 32 and by_name["f16"]["bits_per_weight"] == 16
     assert by_name["q8_0"]["bits_per_weight"] == 8.5 and by_name["q8_0"]["block_size"] == 32
-    assert by_name["q4_0"]["bits_per_weight"] == 4.5 and by_name["q4_0"]["embedding_type"] == "q8_0"
+    assert by_name["q4_0"]["bits_per_weight"] == 4.5 and by_name["q4_0"]["llama_quantize_rules"]
+    assert by_name["q4_k_m"]["file_bits_per_weight_qwen2.5_1.5b"] > by_name["q4_k_m"]["bits_per_weight"]
+    assert not by_name["q8_0"]["llama_quantize_rules"] and by_name["q8_0"]["file_bits_per_weight_qwen2.5_1.5b"] is None
     for r in rows:
         assert set(r) >= {"name", "bits_per_weight", "block_size", "runtimes", "embedding_type", "description"}
         assert r["runtimes"]

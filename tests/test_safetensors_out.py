@@ -117,3 +117,24 @@ def test_cli_json_and_bad_input(masters: dict[str, Path], qwen2_checkpoint: Path
     assert bad.returncode == 2 and "bitnet-packed" in error_line(bad)
     bad_lc = run_cli("hf2st", src, "--linear-class", "foo", "-o", tmp_path / "h")
     assert bad_lc.returncode == 2 and "autobitlinear" in error_line(bad_lc)
+
+
+def test_sharded(masters: dict[str, Path], packed_out: dict[str, Path], tmp_path: Path) -> None:
+    """Sharding is format-independent: the shards hold the single file's tensors, the index lists
+    them all; --force back to one file removes the shards and the index."""
+    from safetensors import safe_open
+
+    out = tmp_path / "many"
+    r = api.convert_safetensors(masters["bitlinear"], "bitnet-packed", out, max_shard_size="0.5MiB")
+    assert r.shards > 1 and r.files[r.shards] == "model.safetensors.index.json"
+    got = fb.load_safetensors(out)
+    want = fb.load_safetensors(packed_out["bitlinear"])
+    assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+    index = json.loads((out / "model.safetensors.index.json").read_text())
+    where = {}
+    for f in out.glob("model-*.safetensors"):
+        with safe_open(str(f), "pt") as h:
+            where.update(dict.fromkeys(h.keys(), f.name))
+    assert index["weight_map"] == where
+    api.convert_safetensors(masters["bitlinear"], "bitnet-packed", out, force=True)
+    assert sorted(p.name for p in out.glob("model*")) == ["model.safetensors"]

@@ -196,7 +196,7 @@ def test_cli_report_and_thresholds(i2s_file, bitnet):
     proc = run_cli("validate", i2s_file, "--reference", bitnet, "--min-cos", "i2_s=1.0000001", "--json")
     assert proc.returncode == 2 and "TYPE=VALUE" in proc.stdout
     help_text = run_cli("validate", "--help").stdout
-    assert "q4_0=0.98" in help_text and "f16=0.9999" in help_text
+    assert "q4_0=0.97" in help_text and "f16=0.9999" in help_text and "q4_k_m=0.95" in help_text
 
 
 def test_unreadable_artifact_fails(tmp_path):

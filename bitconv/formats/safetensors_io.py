@@ -10,32 +10,55 @@ Formats:
   ``"autobitlinear"`` (it multiplies). Ternarization is the GGUF path's (``scale_for`` +
   ``ternarize``; a packed input keeps the scale it fixes). Every other tensor is copied as stored.
 
-The model.safetensors is streamed one tensor at a time into a temp file in the output folder and
-renamed into place; config.json and the tokenizer files are copied beside it.
+- ``compressed-tensors``: the "pack-quantized" layout that the compressed-tensors package (and so
+  transformers and vLLM) reads, as llm-compressor writes W4A16 / W8A16: every decoder-block linear
+  (q/k/v/o, gate/up/down) becomes ``weight_packed`` (int32, 32/bits values per word along the input
+  dimension, value + 2^(bits-1) at bit i*bits), ``weight_scale`` ([out, in/group], the source
+  dtype) and ``weight_shape`` (int64 [2]); symmetric per-group int4/int8 with the package's own
+  arithmetic (``ct_quantize``). Embeddings, norms and lm_head are copied as stored.
+
+The weights are streamed one tensor at a time into temp files in a staging folder inside the output
+folder (one model.safetensors, or ``model-0000i-of-0000N.safetensors`` shards plus
+model.safetensors.index.json with ``max_shard_size``) and renamed into place with config.json and the
+tokenizer files only when everything is written.
 """
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import re
 import shutil
 import struct
 import time
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import numpy as np
 
 from ..convert.arch import mapping_for
 from ..convert.arch.base import SourceTensor
 from ..convert.checkpoint import Checkpoint, LazyTensor
-from ..errors import OutputError, QuantizationError, UsageError
+from ..errors import Interrupted, OutputError, QuantizationError, UsageError
 from ..quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternarize
-from .atomic import atomic_output, check_free_space, write_text_atomic
+from .atomic import check_free_space, fsync_path, remove_stale_temps
 
-FORMATS = ("bitnet-packed",)
+FORMATS = ("bitnet-packed", "compressed-tensors")
 MODEL_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
+STAGE_PREFIX = ".st-stage.bitconv-tmp."
+#: compressed-tensors weight types: --quant name → bits
+CT_QUANTS = {"int4": 4, "int8": 8}
+CT_DEFAULT_QUANT = "int4"
+CT_DEFAULT_BLOCK = 128
+#: the decoder-block linears llm-compressor quantizes with targets ["Linear"], ignore ["lm_head"]
+CT_LINEAR = re.compile(r"(^|\.)layers\.\d+\.(self_attn\.[qkvo]_proj|mlp\.(gate|up|down)_proj)\.weight$")
+#: the 2-D tensors that are not nn.Linear weights (or are the ignored lm_head): copied as stored
+CT_DENSE_2D = re.compile(r"(^|\.)(embed_tokens|lm_head)\.weight$")
 #: architectures whose transformers class reads the packed layout with HF tensor names unchanged
 PACKED_ARCHITECTURES = ("BitNetForCausalLM",)
 
@@ -57,13 +80,18 @@ class SafetensorsResult:
     source: str
     architecture: str
     format: str
-    linear_class: str
+    linear_class: str | None
     output: str
     n_tensors: int
     n_ternary: int
     output_bytes: int
     files: list[str]
     dry_run: bool = False
+    #: compressed-tensors: the weight type (int4 / int8), its group size and how many linears it holds
+    quant: str | None = None
+    block_size: int | None = None
+    n_quantized: int = 0
+    shards: int = 1
     seconds: float = 0.0
     tensors: list[StTensorRecord] = field(default_factory=list)
 
@@ -77,7 +105,7 @@ class _OutTensor:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    produce: Callable[[], bytes]
+    produce: Callable[[], bytes | memoryview]  # the tensor's little-endian bytes
     note: str = ""
 
 
@@ -86,6 +114,241 @@ def check_format(fmt: str) -> str:
     if f not in FORMATS:
         raise UsageError(f"unknown safetensors format {fmt!r}; valid: {', '.join(FORMATS)}")
     return f
+
+
+_SIZE_UNITS = {"KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+               "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*([KMGT]I?B)\s*$", re.IGNORECASE)
+
+
+def parse_shard_size(value: str | int | None) -> int | None:
+    """`--max-shard-size` in bytes: huggingface_hub's decimal units (KB, MB, GB, TB: powers of 1000,
+    as save_pretrained reads them) plus binary KiB … TiB; an int is bytes. None: no sharding."""
+    if value is None:
+        return None
+    if isinstance(value, int) and not isinstance(value, bool):
+        n = value
+    else:
+        m = _SIZE.match(str(value))
+        if not m:
+            raise UsageError(f"--max-shard-size {value!r}: expected a number and a unit, e.g. 500MB, 2GB, "
+                             "1.5GiB (KB MB GB TB = powers of 1000; KiB MiB GiB TiB = powers of 1024)")
+        n = int(float(m.group(1)) * _SIZE_UNITS[m.group(2).upper()])
+    if n <= 0:
+        raise UsageError(f"--max-shard-size {value!r}: must be more than 0 bytes")
+    return n
+
+
+def split_shards(tensors: list[_OutTensor], max_bytes: int | None) -> list[list[_OutTensor]]:
+    """Contiguous runs of the planned order, each at most `max_bytes` of tensor data (header not
+    counted, as huggingface_hub's splitter counts it); a larger tensor gets a file of its own and a
+    tensor is never split. Keeping the planned order keeps each producer's outputs in order."""
+    if max_bytes is None:
+        return [tensors]
+    shards: list[list[_OutTensor]] = []
+    cur: list[_OutTensor] = []
+    size = 0
+    for t in tensors:
+        if cur and size + t.nbytes > max_bytes:
+            shards.append(cur)
+            cur, size = [], 0
+        cur.append(t)
+        size += t.nbytes
+    if cur:
+        shards.append(cur)
+    return shards or [[]]
+
+
+def shard_names(n: int) -> list[str]:
+    """transformers' names: model.safetensors alone, else model-00001-of-0000N.safetensors …"""
+    return [MODEL_FILE] if n == 1 else [f"model-{i + 1:05d}-of-{n:05d}.safetensors" for i in range(n)]
+
+
+def shard_index(shards: list[list[_OutTensor]]) -> dict[str, Any]:
+    """model.safetensors.index.json as save_pretrained writes it (total_parameters counts stored elements)."""
+    names = shard_names(len(shards))
+    return {"metadata": {"total_parameters": sum(math.prod(t.shape) for sh in shards for t in sh),
+                         "total_size": sum(t.nbytes for sh in shards for t in sh)},
+            "weight_map": {t.name: f for f, sh in zip(names, shards) for t in sh}}
+
+
+# --- compressed-tensors pack-quantized -----------------------------------------------------------
+#: torch.finfo(dtype).eps: calculate_qparams replaces a zero scale (an all-zero group) with it
+_EPS = {"BF16": 2.0**-7, "F16": 2.0**-10, "F32": 2.0**-23}
+
+
+def round_to_dtype(a: np.ndarray, dtype: str) -> np.ndarray:
+    """float32 values rounded (nearest even) to the source dtype and widened back: torch computes a
+    bf16/f16 op in float32 and rounds the result, and a correctly rounded f32 quotient rounded again
+    equals the correctly rounded bf16/f16 quotient (24 >= 2p + 2), so this reproduces it exactly."""
+    a = np.asarray(a, dtype=np.float32)
+    if dtype == "F32":
+        return a
+    if dtype == "F16":
+        return a.astype(np.float16).astype(np.float32)
+    bits = a.view(np.uint32)
+    odd = bits >> np.uint32(16)
+    odd &= np.uint32(1)
+    odd += bits
+    odd += np.uint32(0x7FFF)
+    odd &= np.uint32(0xFFFF0000)
+    return odd.view(np.float32)
+
+
+def ct_quantize(w: np.ndarray, bits: int, group: int, dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codes int8 [rows, K], scales float32 [rows, K/group] holding `dtype` values) exactly as
+    compressed-tensors computes them for a symmetric int group scheme (minmax observer +
+    calculate_qparams + quantize): scale = max(|min(w, 0)|, max(w, 0)) / ((qmax - qmin) / 2), in the
+    source dtype, 0 → eps; q = round_half_even(clamp(w / scale, qmin, qmax)) with w / scale rounded
+    to the source dtype first (it is a bf16 op there)."""
+    rows, k = w.shape
+    g = np.asarray(w, dtype=np.float32).reshape(rows, k // group, group)
+    qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    absmax = np.abs(g).max(axis=-1)  # = max(|min(w, 0)|, max(w, 0))
+    scale = round_to_dtype(absmax / np.float32((qmax - qmin) / 2), dtype)
+    scale[scale == 0] = np.float32(_EPS[dtype])
+    x = round_to_dtype(g / scale[..., None], dtype)
+    np.clip(x, qmin, qmax, out=x)
+    return np.rint(x, out=x).astype(np.int8).reshape(rows, k), scale
+
+
+def ct_dequantize(q: np.ndarray, scale: np.ndarray, dtype: str) -> np.ndarray:
+    """What the package's decompression gives (q · scale in the source dtype), as float32."""
+    rows, k = q.shape
+    g = q.reshape(rows, scale.shape[1], -1).astype(np.float32) * scale[..., None].astype(np.float32)
+    return round_to_dtype(g, dtype).reshape(rows, k)
+
+
+def ct_pack(q: np.ndarray, bits: int) -> np.ndarray:
+    """compressed-tensors' pack_to_int32 along the last dim: value + 2^(bits-1) at bit
+    (i·bits mod 32) of word i·bits // 32, words little-endian; int32 [rows, ceil(K·bits/32)]. 4 and
+    8 bits never straddle a byte, so the words are the bytes (two nibbles, low first) read as <u4."""
+    per = 32 // bits
+    rows, k = q.shape
+    u = (q.astype(np.int16) + (1 << (bits - 1))).astype(np.uint8)
+    if k % per:
+        u = np.pad(u, ((0, 0), (0, per - k % per)))
+    if bits == 4:
+        u = u[:, 0::2] | (u[:, 1::2] << np.uint8(4))
+    return np.ascontiguousarray(u).view("<i4")
+
+
+def ct_unpack(packed: np.ndarray, bits: int, k: int) -> np.ndarray:
+    """Inverse of `ct_pack`: int8 codes [rows, k]."""
+    per = 32 // bits
+    u = packed.view(np.uint32)[..., None] >> (np.arange(per, dtype=np.uint32) * np.uint32(bits))
+    u = (u & np.uint32((1 << bits) - 1)).reshape(packed.shape[0], -1)[:, :k]
+    return (u.astype(np.int32) - (1 << (bits - 1))).astype(np.int8)
+
+
+_DTYPE_NP = {"F32": "<f4", "F16": "<f2"}
+#: rows per chunk: float32 temporaries stay near 64 MiB for any tensor
+_CHUNK_F32_BYTES = 64 * 2**20
+
+
+def _store(a: np.ndarray, dtype: str) -> bytes:
+    """Source-dtype values (held in float32) as their little-endian bytes."""
+    if dtype == "BF16":
+        return (np.ascontiguousarray(a, dtype=np.float32).view(np.uint32) >> np.uint32(16)).astype("<u2").tobytes()
+    return np.ascontiguousarray(a).astype(_DTYPE_NP[dtype]).tobytes()
+
+
+def _ct_producers(lt: LazyTensor, bits: int, group: int) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
+    """(weight_packed bytes, weight_scale bytes) of one linear; one computation serves both, in
+    either order (a shard boundary may fall between them), row chunk by row chunk."""
+    parts: dict[str, bytes] = {}
+    done: set[str] = set()
+
+    def compute() -> None:
+        w = lt.load()
+        if not np.isfinite(w).all():
+            raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to int{bits}")
+        rows, k = w.shape
+        step = max(1, _CHUNK_F32_BYTES // (4 * k))
+        packed, scales = [], []
+        for r in range(0, rows, step):
+            q, s = ct_quantize(w[r:r + step], bits, group, lt.dtype)
+            packed.append(ct_pack(q, bits).astype("<i4").tobytes())
+            scales.append(_store(s, lt.dtype))
+        parts["w"], parts["s"] = b"".join(packed), b"".join(scales)
+
+    def take(key: str) -> bytes:
+        if not done:
+            compute()
+        done.add(key)
+        return parts.pop(key)
+
+    return (lambda: take("w")), (lambda: take("s"))
+
+
+def _const_producer(data: bytes) -> Callable[[], bytes]:
+    return lambda: data
+
+
+def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int) -> list[_OutTensor]:
+    """Every output tensor in file order (safetensors' own: larger alignment first, then by name);
+    no tensor data is read. Fails on a 2-D tensor it cannot place: with targets ["Linear"] every
+    other nn.Linear would be expected packed too, so an unknown one must not be copied dense."""
+    bits = CT_QUANTS[quant]
+    out: list[_OutTensor] = []
+    n_linear = 0
+    for lt in checkpoint:
+        if lt.dtype not in _ST_DTYPE_SIZE:
+            raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
+        if CT_LINEAR.search(lt.name):
+            if lt.dtype not in _EPS:
+                raise UsageError(f"{lt.name}: stored as {lt.dtype}; compressed-tensors output needs float "
+                                 "(bf16, f16, f32) weights")
+            rows, k = lt.shape
+            if k % block_size:
+                raise UsageError(f"{lt.name}: shape ({rows}, {k}) — --block-size {block_size} must divide the "
+                                 f"input dimension {k}")
+            prefix = lt.name[:-len("weight")]
+            weight, scale = _ct_producers(lt, bits, block_size)
+            words = -(-k * bits // 32)
+            ssize = _ST_DTYPE_SIZE[lt.dtype]
+            out.append(_OutTensor(prefix + "weight_packed", "I32", (rows, words), rows * words * 4, weight,
+                                  f"int{bits}, group {block_size}, packed"))
+            out.append(_OutTensor(prefix + "weight_scale", lt.dtype, (rows, k // block_size),
+                                  rows * (k // block_size) * ssize, scale, "group scales"))
+            out.append(_OutTensor(prefix + "weight_shape", "I64", (2,), 16,
+                                  _const_producer(np.array([rows, k], dtype="<i8").tobytes()), "shape"))
+            n_linear += 1
+            continue
+        if len(lt.shape) > 2 or (len(lt.shape) == 2 and not CT_DENSE_2D.search(lt.name)):
+            raise UsageError(f"{lt.name}: shape {tuple(lt.shape)} is not a decoder-block linear bitconv quantizes "
+                             "(q/k/v/o, gate/up/down) nor an embedding; compressed-tensors output supports dense "
+                             f"decoder models, not {checkpoint.architecture}")
+        nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
+        out.append(_OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied"))
+    if not n_linear:
+        raise UsageError(f"{checkpoint.architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) "
+                         "to quantize")
+    out.sort(key=lambda t: (-_ST_DTYPE_SIZE[t.dtype], t.name))
+    return out
+
+
+def check_block_size(block_size: int) -> int:
+    if block_size < 8 or block_size & (block_size - 1):
+        raise UsageError(f"--block-size {block_size}: compressed-tensors group size must be a power of two, "
+                         "at least 8 (e.g. 32, 64, 128)")
+    return block_size
+
+
+def ct_config(config: dict[str, Any], quant: str, block_size: int) -> dict[str, Any]:
+    """config.json with the quantization_config llm-compressor writes for W4A16 / W8A16 (format
+    pack-quantized, status compressed, lm_head left dense)."""
+    weights = {"num_bits": CT_QUANTS[quant], "type": "int", "symmetric": True, "strategy": "group",
+               "group_size": block_size, "block_structure": None, "dynamic": False, "actorder": None,
+               "observer": "minmax", "observer_kwargs": {}}
+    cfg = dict(config)
+    cfg["quantization_config"] = {
+        "quant_method": "compressed-tensors", "format": "pack-quantized", "quantization_status": "compressed",
+        "config_groups": {"group_0": {"targets": ["Linear"], "weights": weights, "input_activations": None,
+                                      "output_activations": None, "format": "pack-quantized"}},
+        "ignore": ["lm_head"], "kv_cache_scheme": None, "global_compression_ratio": None,
+        "sparsity_config": {}, "transform_config": {}}
+    return cfg
 
 
 def check_output_folder(folder: Path, force: bool) -> None:
@@ -134,12 +397,14 @@ def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[],
     return weight, scale_bytes
 
 
-def _raw_producer(lt: LazyTensor) -> Callable[[], bytes]:
-    def produce() -> bytes:
+def _raw_producer(lt: LazyTensor) -> Callable[[], bytes | memoryview]:
+    def produce() -> memoryview:
+        """A view of the read buffer, not a copy: the largest copied tensor (the embeddings) is
+        otherwise held twice."""
         a = np.ascontiguousarray(lt.load_raw())
         if a.dtype.byteorder == ">":
             a = a.byteswap().view(a.dtype.newbyteorder("<"))
-        return a.tobytes()
+        return memoryview(a.reshape(-1).view(np.uint8))
 
     return produce
 
@@ -226,45 +491,118 @@ def packed_config(config: dict[str, Any], linear_class: str) -> dict[str, Any]:
     return cfg
 
 
-def _copy_atomic(src: Path, dst: Path) -> None:
-    tmp = dst.with_name(f".{dst.name}.bitconv-tmp.{os.getpid()}")
+@contextmanager
+def _staged_folder(folder: Path) -> Iterator[tuple[Path, Callable[[list[str]], None]]]:
+    """Yield (a staging folder inside `folder`, commit(names)): commit renames the named files into
+    `folder` in that order. On any failure the staging folder goes, and `folder` too if this
+    created it: no partial artifact is ever visible."""
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(folder)
+    stage = folder / f"{STAGE_PREFIX}{os.getpid()}"
+    shutil.rmtree(stage, ignore_errors=True)
+    stage.mkdir()
+
+    def commit(names: list[str]) -> None:
+        for n in names:
+            fsync_path(stage / n)
+        for n in names:
+            os.replace(stage / n, folder / n)
+        fsync_path(folder)
+
+    def cleanup() -> None:
+        shutil.rmtree(stage, ignore_errors=True)
+        if created:
+            shutil.rmtree(folder, ignore_errors=True)
+
     try:
-        shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+        yield stage, commit
+        shutil.rmtree(stage, ignore_errors=True)
+    except KeyboardInterrupt:
+        cleanup()
+        raise Interrupted("interrupted, nothing written") from None
+    except OSError as e:
+        cleanup()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"disk full while writing {folder}; nothing written") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
         raise
+    except BaseException:
+        cleanup()
+        raise
+
+
+def _remove_stale(folder: Path, keep: set[str]) -> None:
+    """Weights of an earlier export (--force) that loaders would otherwise pick up: a lone
+    model.safetensors beside an index, an index beside a lone file, shards of another count."""
+    for p in folder.iterdir():
+        if p.name not in keep and (p.name in (MODEL_FILE, INDEX_FILE) or SHARD_PATTERN.match(p.name)):
+            p.unlink(missing_ok=True)
+
+
+def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str = "bitlinear",
+           quant: str | None = None, block_size: int | None = None, max_shard_size: str | int | None = None,
+           source: str = "", force: bool = False, dry_run: bool = False,
+           progress: Callable[[str, int], None] | None = None,
+           on_start: Callable[[list[_OutTensor]], None] | None = None) -> SafetensorsResult:
+    """Plan (no data read), then stream every tensor into staged files renamed into `folder`."""
+    fmt = check_format(fmt)
+    shard_bytes = parse_shard_size(max_shard_size)
+    if fmt == "bitnet-packed":
+        if quant not in (None, "ternary") or block_size is not None:
+            raise UsageError("--quant and --block-size apply to --format compressed-tensors; bitnet-packed is "
+                             "ternary with one scale per tensor")
+        tensors = plan_bitnet_packed(checkpoint, linear_class)
+        cfg = packed_config(checkpoint.config, linear_class)
+    else:
+        quant = (quant or CT_DEFAULT_QUANT).lower()
+        if quant not in CT_QUANTS:
+            raise UsageError(f"--quant {quant!r} is not a compressed-tensors weight type; valid: {', '.join(CT_QUANTS)}")
+        block_size = check_block_size(CT_DEFAULT_BLOCK if block_size is None else block_size)
+        tensors = plan_compressed_tensors(checkpoint, quant, block_size)
+        cfg = ct_config(checkpoint.config, quant, block_size)
+    shards = split_shards(tensors, shard_bytes)
+    names = shard_names(len(shards))
+    tok_files = checkpoint.tokenizer_files()
+    data_bytes = sum(t.nbytes for t in tensors)
+    files = names + ([INDEX_FILE] if len(shards) > 1 else []) + ["config.json"] + [p.name for p in tok_files]
+    result = SafetensorsResult(
+        source=source, architecture=checkpoint.architecture, format=fmt,
+        linear_class=linear_class if fmt == "bitnet-packed" else None, output=str(folder), n_tensors=len(tensors),
+        n_ternary=sum(t.dtype == "U8" and t.note != "copied" for t in tensors) if fmt == "bitnet-packed" else 0,
+        output_bytes=data_bytes, files=files, dry_run=dry_run, quant=quant, block_size=block_size,
+        n_quantized=sum(t.name.endswith(".weight_packed") for t in tensors), shards=len(shards),
+        tensors=[StTensorRecord(t.name, list(t.shape), t.dtype, t.nbytes, t.note) for t in tensors])
+    if dry_run:
+        return result
+    check_output_folder(folder, force)
+    check_free_space(folder if folder.is_dir() else folder.parent, data_bytes)
+    if on_start:
+        on_start(tensors)
+    start = time.perf_counter()
+    with _staged_folder(folder) as (stage, commit):
+        total = 0
+        for name, shard in zip(names, shards):
+            total += write_safetensors(stage / name, shard, progress=progress)
+        if len(shards) > 1:
+            (stage / INDEX_FILE).write_text(json.dumps(shard_index(shards), indent=2, sort_keys=True) + "\n",
+                                            encoding="utf-8")
+        (stage / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        for p in tok_files:
+            shutil.copyfile(p, stage / p.name)
+        # tokenizer, weights, config, and the index last: it is what sends a loader to the shards
+        commit([p.name for p in tok_files] + names + ["config.json"] + ([INDEX_FILE] if len(shards) > 1 else []))
+        _remove_stale(folder, set(files))
+    result.output_bytes = total
+    result.seconds = time.perf_counter() - start
+    return result
 
 
 def export_bitnet_packed(checkpoint: Checkpoint, folder: Path, *, linear_class: str = "bitlinear",
                          source: str = "", force: bool = False, dry_run: bool = False,
                          progress: Callable[[str, int], None] | None = None,
                          on_start: Callable[[list[_OutTensor]], None] | None = None) -> SafetensorsResult:
-    tensors = plan_bitnet_packed(checkpoint, linear_class)
-    data_bytes = sum(t.nbytes for t in tensors)
-    tok_files = checkpoint.tokenizer_files()
-    files = [MODEL_FILE, "config.json"] + [p.name for p in tok_files]
-    result = SafetensorsResult(
-        source=source, architecture=checkpoint.architecture, format="bitnet-packed", linear_class=linear_class,
-        output=str(folder), n_tensors=len(tensors), n_ternary=sum(t.dtype == "U8" and t.note != "copied"
-                                                                   for t in tensors),
-        output_bytes=data_bytes, files=files, dry_run=dry_run,
-        tensors=[StTensorRecord(t.name, list(t.shape), t.dtype, t.nbytes, t.note) for t in tensors])
-    if dry_run:
-        return result
-    check_output_folder(folder, force)
-    folder.mkdir(parents=True, exist_ok=True)
-    check_free_space(folder, data_bytes)
-    if on_start:
-        on_start(tensors)
-    start = time.perf_counter()
-    with atomic_output(folder / MODEL_FILE, force=True) as tmp:
-        result.output_bytes = write_safetensors(tmp, tensors, progress=progress)
-    # a stale index beside a single-file checkpoint would send loaders to shards that are not there
-    (folder / "model.safetensors.index.json").unlink(missing_ok=True)
-    write_text_atomic(folder / "config.json",
-                      json.dumps(packed_config(checkpoint.config, linear_class), indent=2, sort_keys=True) + "\n")
-    for p in tok_files:
-        _copy_atomic(p, folder / p.name)
-    result.seconds = time.perf_counter() - start
-    return result
+    """The bitnet-packed export as one model.safetensors (kept for callers of the earlier API)."""
+    return export(checkpoint, folder, "bitnet-packed", linear_class=linear_class, source=source, force=force,
+                  dry_run=dry_run, progress=progress, on_start=on_start)
