@@ -111,18 +111,29 @@ cdef extern from *:
 
     static inline void bc_put_half(uint8_t* p, float f) { uint16_t h = bc_half(f); memcpy(p, &h, 2); }
 
-    static float bc_make_qx_quants(int n, int nmax, const float* x, int8_t* L) {  /* rmse_type 1 */
-        float max = 0, amax = 0;
+    /* The common start of make_qx_quants and make_q3_quants: the value of largest magnitude, the
+       codes at iscale = -nmax/max (stored + offset) and their x²-weighted sums; 0 for an all-zero
+       group (codes 0). */
+    static int bc_qx_start(int n, int nmax, const float* x, int8_t* L, int offset, float* max_out,
+                           float* sumlx_out, float* suml2_out) {
+        float max = 0, amax = 0, sumlx = 0, suml2 = 0;
         for (int i = 0; i < n; ++i) { float ax = fabsf(x[i]); if (ax > amax) { amax = ax; max = x[i]; } }
-        if (amax < BC_GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0.f; }
-        float iscale = -nmax / max, sumlx = 0, suml2 = 0;
+        if (amax < BC_GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0; }
+        float iscale = -nmax / max;
         for (int i = 0; i < n; ++i) {
             int l = bc_nearest_int(iscale * x[i]);
             l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-            L[i] = (int8_t)(l + nmax);
+            L[i] = (int8_t)(l + offset);
             float w = x[i] * x[i];
             sumlx += w * x[i] * l; suml2 += w * l * l;
         }
+        *max_out = max; *sumlx_out = sumlx; *suml2_out = suml2;
+        return 1;
+    }
+
+    static float bc_make_qx_quants(int n, int nmax, const float* x, int8_t* L) {  /* rmse_type 1 */
+        float max, sumlx, suml2, iscale;
+        if (!bc_qx_start(n, nmax, x, L, nmax, &max, &sumlx, &suml2)) return 0.f;
         float scale = suml2 ? sumlx / suml2 : 0.0f, best = scale * sumlx;
         for (int is = -9; is <= 9; ++is) {
             if (is == 0) continue;
@@ -146,17 +157,8 @@ cdef extern from *:
     }
 
     static float bc_make_q3_quants(int n, int nmax, const float* x, int8_t* L) {  /* do_rmse */
-        float max = 0, amax = 0;
-        for (int i = 0; i < n; ++i) { float ax = fabsf(x[i]); if (ax > amax) { amax = ax; max = x[i]; } }
-        if (amax < BC_GROUP_MAX_EPS) { for (int i = 0; i < n; ++i) L[i] = 0; return 0.f; }
-        float iscale = -nmax / max, sumlx = 0, suml2 = 0;
-        for (int i = 0; i < n; ++i) {
-            int l = bc_nearest_int(iscale * x[i]);
-            l = l < -nmax ? -nmax : (l > nmax - 1 ? nmax - 1 : l);
-            L[i] = (int8_t)l;
-            float w = x[i] * x[i];
-            sumlx += w * x[i] * l; suml2 += w * l * l;
-        }
+        float max, sumlx, suml2;
+        if (!bc_qx_start(n, nmax, x, L, 0, &max, &sumlx, &suml2)) return 0.f;
         for (int itry = 0; itry < 5; ++itry) {
             int changed = 0;
             for (int i = 0; i < n; ++i) {

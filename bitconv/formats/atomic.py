@@ -132,3 +132,24 @@ def staged_texts(files: dict[Path, str]) -> Iterator[Callable[[], None]]:
     finally:
         for tmp in temps.values():
             tmp.unlink(missing_ok=True)
+
+
+@contextmanager
+def folder_write_errors(folder: Path, cleanup: Callable[[], None]) -> Iterator[None]:
+    """Around the staging of an output folder: any failure runs `cleanup` first; Ctrl-C, a full
+    disk and a permission problem become one-line bitconv errors."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        cleanup()
+        raise Interrupted("interrupted, nothing written") from None
+    except OSError as e:
+        cleanup()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise OutputError(f"disk full while writing {folder}; nothing written") from e
+        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
+        raise
+    except BaseException:
+        cleanup()
+        raise

@@ -41,7 +41,6 @@ like any linear of the export's type (int8 under int2).
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -56,9 +55,9 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 import numpy as np
 
 from ..convert.checkpoint import to_compute_dtype
-from ..errors import CheckpointError, Interrupted, OutputError, UnsupportedArchitecture, UsageError
+from ..errors import CheckpointError, OutputError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
-from .atomic import fsync_path, remove_stale_temps
+from .atomic import folder_write_errors, fsync_path, remove_stale_temps
 from ..quant.registry import ALIASES
 from ..quant.ternary import TernaryScale, scale_for, ternarize
 
@@ -835,26 +834,13 @@ def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Pa
             except OSError:
                 pass
 
-    try:
+    with folder_write_errors(folder, cleanup):
         yield tmp
         order = [n for n in names if n != MODEL_FILE] + [MODEL_FILE]  # the graph last: no graph without data
         for n in order:
             os.replace(tmp / n, folder / n)
         tmp.rmdir()
         fsync_path(folder)
-    except KeyboardInterrupt:
-        cleanup()
-        raise Interrupted("interrupted, nothing written") from None
-    except OSError as e:
-        cleanup()
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"disk full while writing {folder}; nothing written") from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
-        raise
-    except BaseException:
-        cleanup()
-        raise
 
 
 # --- the export ----------------------------------------------------------------------------------

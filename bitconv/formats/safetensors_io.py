@@ -24,7 +24,6 @@ tokenizer files only when everything is written.
 """
 from __future__ import annotations
 
-import errno
 import json
 import math
 import os
@@ -42,9 +41,9 @@ import numpy as np
 from ..convert.arch import mapping_for
 from ..convert.arch.base import SourceTensor
 from ..convert.checkpoint import Checkpoint, LazyTensor
-from ..errors import Interrupted, OutputError, QuantizationError, UsageError
+from ..errors import OutputError, QuantizationError, UsageError
 from ..quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternarize
-from .atomic import check_free_space, fsync_path, remove_stale_temps
+from .atomic import check_free_space, folder_write_errors, fsync_path, remove_stale_temps
 
 FORMATS = ("bitnet-packed", "compressed-tensors")
 MODEL_FILE = "model.safetensors"
@@ -515,22 +514,9 @@ def _staged_folder(folder: Path) -> Iterator[tuple[Path, Callable[[list[str]], N
         if created:
             shutil.rmtree(folder, ignore_errors=True)
 
-    try:
+    with folder_write_errors(folder, cleanup):
         yield stage, commit
         shutil.rmtree(stage, ignore_errors=True)
-    except KeyboardInterrupt:
-        cleanup()
-        raise Interrupted("interrupted, nothing written") from None
-    except OSError as e:
-        cleanup()
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"disk full while writing {folder}; nothing written") from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
-        raise
-    except BaseException:
-        cleanup()
-        raise
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:
