@@ -256,14 +256,16 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
                         out: str | os.PathLike[str] | None = None, *, quant: str | None = None,
                         block_size: int | None = None, max_shard_size: str | int | None = None,
                         linear_class: str = "bitlinear", force: bool = False, dry_run: bool = False,
-                        allow_pickle: bool = False, revision: str | None = None,
+                        allow_pickle: bool = False, revision: str | None = None, manifest: bool = True,
                         progress: Callable[[str, int], None] | None = None,
                         on_start: Callable[[Any], None] | None = None) -> Any:
     """Write a Hugging Face safetensors checkpoint folder (model.safetensors, or shards + index,
     config.json, tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout,
     from a BitNetForCausalLM with master or packed weights; `linear_class`: "bitlinear" (weight_scale
-    = 1/s) or "autobitlinear" (weight_scale = s)) or "compressed-tensors" (pack-quantized, `quant`
-    int4 (default) / int8, group size `block_size`, default 128). `max_shard_size`: "500MB", "2GB",
+    = 1/s) or "autobitlinear" (weight_scale = s)), "compressed-tensors" (pack-quantized, `quant`
+    int4 (default) / int8, group size `block_size`, default 128), "bnb-nf4" / "bnb-int8"
+    (bitsandbytes, as transformers saves it) or "rounded" (`quant`: a registered quantizer storing
+    floats; its values replace the decoder linears). `max_shard_size`: "500MB", "2GB",
     "1.5GiB" or bytes; larger outputs become model-0000i-of-0000N.safetensors. `out`: the folder
     (default ./<name>-<format>[-<quant>]). Returns a `safetensors_io.SafetensorsResult`."""
     from .formats import safetensors_io
@@ -275,9 +277,24 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
     suffix = f"-{(quant or safetensors_io.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
-    return safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
-                                 block_size=block_size, max_shard_size=max_shard_size, source=str(source),
-                                 force=force, dry_run=dry_run, progress=progress, on_start=on_start)
+    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest and not dry_run else None
+    try:
+        result = safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
+                                       block_size=block_size, max_shard_size=max_shard_size, source=str(source),
+                                       force=force, dry_run=dry_run, progress=progress, on_start=on_start)
+    except BaseException:
+        if hasher:
+            hasher.cancel()
+        raise
+    if hasher:
+        from .formats.manifest import file_record
+
+        outputs = [file_record(folder / name, folder) for name in result.files]
+        options = {"format": fmt, "quant": result.quant, "block_size": result.block_size,
+                   "linear_class": result.linear_class, "max_shard_size": max_shard_size, "revision": revision}
+        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs, options=options,
+                                             source=str(source)))
+    return result
 
 
 def inspect(path: str | os.PathLike[str]) -> Any:

@@ -11,7 +11,7 @@ cache makes re-runs cheap (`force` redoes it).
 
     [[job]]
     source = "./Qwen3-0.6B"    # relative paths are relative to the TOML file
-    format = "gguf"            # gguf | onnx (a target implies it)
+    format = "gguf"            # gguf | onnx | a safetensors layout: bitnet-packed, compressed-tensors, …
     quant = "q8_0"             # or: target = "bitnet-x86"
     output = "out/qwen3-q8_0.gguf"
 """
@@ -33,9 +33,18 @@ _FORMAT_KEYS = {
     "gguf": _COMMON | {"lut", "smallest", "kernel_config", "threads", "allow_nonfinite", "pre"},
     "onnx": _COMMON | {"block_size"},
 }
+#: safetensors checkpoint layouts (hf2st --format) are formats of their own in a job file
+_ST_KEYS = {"quant", "block_size", "max_shard_size", "linear_class", "allow_pickle", "revision"}
+
+
+def _format_keys() -> dict[str, set[str]]:
+    from .formats.safetensors_io import FORMATS
+
+    return {**_FORMAT_KEYS, **{f: _ST_KEYS for f in FORMATS}}
 _JOB_KEYS = {"source", "format", "output", "name", "validate"}
 #: job options a manifest records, so an unchanged output can be recognised
-_RECORDED = {"quant", "target", "force_ternarize", "allow_nonfinite", "revision", "pre", "block_size"}
+_RECORDED = {"quant", "target", "force_ternarize", "allow_nonfinite", "revision", "pre", "block_size",
+             "max_shard_size", "linear_class"}
 #: options whose effect the manifest cannot confirm (a job using them always runs)
 _UNVERIFIABLE = {"kernel_config"}
 
@@ -117,11 +126,12 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
             if not isinstance(spec.get(key), str) or not spec[key]:
                 raise UsageError(f"{where}: missing or non-string key {key!r}")
         fmt = spec.get("format") or (get_target(str(spec["target"])).format if spec.get("target") else "gguf")
-        if fmt not in _FORMAT_KEYS:
-            raise UsageError(f"{where}: format {fmt!r} is not one of {', '.join(sorted(_FORMAT_KEYS))}")
-        bad = set(spec) - _JOB_KEYS - _FORMAT_KEYS[fmt]
+        format_keys = _format_keys()
+        if fmt not in format_keys:
+            raise UsageError(f"{where}: format {fmt!r} is not one of {', '.join(sorted(format_keys))}")
+        bad = set(spec) - _JOB_KEYS - format_keys[fmt]
         if bad:
-            allowed = ", ".join(sorted(_JOB_KEYS | _FORMAT_KEYS[fmt]))
+            allowed = ", ".join(sorted(_JOB_KEYS | format_keys[fmt]))
             raise UsageError(f"{where}: unknown key(s) {', '.join(sorted(bad))} for format {fmt}; allowed: {allowed}")
         source = spec["source"]
         src_path = base / source
@@ -206,8 +216,10 @@ def run_job(job: Job, *, force: bool = False) -> JobResult:
         opts = dict(job.options)
         if job.format == "gguf":
             api.convert(job.source, "gguf", opts.pop("quant", None), job.output, force=overwrite, **opts)
-        else:
+        elif job.format == "onnx":
             api.convert_onnx(job.source, opts.pop("quant", None), job.output, force=overwrite, **opts)
+        else:
+            api.convert_safetensors(job.source, job.format, job.output, force=overwrite, **opts)
         _fill_from_manifest(res, job)
         if job.validate:
             report = validate(job.output, job.source)
@@ -232,7 +244,7 @@ def _fill_from_manifest(res: JobResult, job: Job) -> None:
         return
     res.quant = manifest.get("options", {}).get("quant")
     res.files = manifest.get("outputs", [])
-    main = "model.onnx.data" if job.format == "onnx" else job.output.name
+    main = {"gguf": job.output.name, "onnx": "model.onnx.data"}.get(job.format, "model.safetensors")
     rec = next((r for r in res.files if r.get("path") == main), res.files[0] if res.files else None)
     if rec:
         res.sha256, res.bytes = rec.get("sha256"), rec.get("bytes")

@@ -192,7 +192,8 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
 @click.argument("source")
 @click.option("--format", "fmt", default="bitnet-packed", show_default=True,
               help="Checkpoint layout to write: bitnet-packed (transformers' packed BitNet, quant_method bitnet) | "
-                   "compressed-tensors (pack-quantized W4A16 / W8A16, as llm-compressor writes it).")
+                   "compressed-tensors (pack-quantized W4A16 / W8A16, as llm-compressor writes it) | "
+                   "bnb-nf4 | bnb-int8 (bitsandbytes, as transformers saves a model loaded in 4-bit nf4 / 8-bit).")
 @click.option("--quant", default=None,
               help="compressed-tensors: int4 (default) | int8 symmetric per-group weights of the decoder linears.")
 @click.option("--block-size", type=int, default=None,
@@ -255,11 +256,13 @@ def _render_st(r: Any) -> None:
 def _st_kind(r: Any) -> str:
     if r.format == "compressed-tensors":
         return f"{r.format} ({r.quant}, group {r.block_size})"
+    if r.format.startswith("bnb-"):
+        return f"{r.format} (block {r.block_size})" if r.block_size else f"{r.format} (row-wise absmax)"
     return f"{r.format} ({r.linear_class})"
 
 
 def _st_count(r: Any) -> str:
-    return f"{r.n_quantized} quantized" if r.format == "compressed-tensors" else f"{r.n_ternary} ternary"
+    return f"{r.n_ternary} ternary" if r.format == "bitnet-packed" else f"{r.n_quantized} quantized"
 
 
 def _render_onnx(r: Any) -> None:

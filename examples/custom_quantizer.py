@@ -3,8 +3,10 @@
 BitNet ternarizes with one scale per tensor; this variant keeps one scale per output channel
 (row): w ≈ s_row · t with t ∈ {−1, 0, 1}. It registers under a new name, so `bitconv hf2gguf
 --quant ternary-per-channel` and `bitconv.convert(..., quant="ternary-per-channel")` use it, and it
-stores the rounded weights as F16, which every GGUF runtime reads. (A plugin package would declare
-the class in its `bitconv.quantizers` entry point group instead of registering on import.)
+stores the rounded weights as F16, which every GGUF runtime reads. Because it stores float values,
+the same class also serves `to="onnx"` (float MatMul weights) and `to="safetensors",
+format="rounded"` (a plain transformers checkpoint). (A plugin package would declare the class in
+its `bitconv.quantizers` entry point group instead of registering on import.)
 
     .venv/bin/python examples/custom_quantizer.py --out demo-out
 """

@@ -126,3 +126,28 @@ def test_bad_job_files_fail_before_anything_runs(workdir: Path, text: str, phras
     for p in phrases:
         assert p in proc.stderr, proc.stderr
     assert not list(workdir.glob("*.gguf"))
+
+
+def test_safetensors_job_writes_a_manifest_and_is_skipped_when_unchanged(workdir: Path) -> None:
+    text = """
+[[job]]
+name = "ct-int8"
+source = "qwen"
+format = "compressed-tensors"
+quant = "int8"
+block_size = 32
+output = "out/ct"
+validate = true
+"""
+    rc, doc = _batch(workdir, text)
+    assert rc == 0 and doc["ok"] is True, doc
+    job = doc["result"]["jobs"][0]
+    assert job["status"] == "ok" and job["quant"] == "int8" and job["validation"]["passed"] is True
+    assert job["sha256"] == _sha(workdir / "out/ct/model.safetensors")
+    manifest = json.loads((workdir / "out/ct/bitconv-manifest.json").read_text())
+    assert manifest["options"]["format"] == "compressed-tensors" and manifest["options"]["block_size"] == 32
+    assert {r["path"] for r in manifest["outputs"]} >= {"model.safetensors", "config.json"}
+    rc, doc = _batch(workdir, text)
+    assert rc == 0 and doc["result"]["jobs"][0]["status"] == "skipped"
+    rc, doc = _batch(workdir, text.replace('quant = "int8"', 'quant = "int4"'))
+    assert rc == 0 and doc["result"]["jobs"][0]["status"] == "ok" and doc["result"]["jobs"][0]["quant"] == "int4"

@@ -75,3 +75,64 @@ def test_plugin_with_wrong_shape_is_named(qwen2_checkpoint, tmp_path, plugin):
     with pytest.raises(bitconv.BitconvError, match=r"quantizer 'wrong-shape' returned shape"):
         bitconv.convert(qwen2_checkpoint, "gguf", "wrong-shape", tmp_path / "x.gguf")
     assert not list(tmp_path.glob("*.gguf")) and not list(tmp_path.glob(TMP_GLOB))
+
+
+def test_plugin_rounding_reaches_onnx(qwen2_checkpoint, tmp_path, plugin):
+    """A quantizer that stores its own rounded values (ggml F16) also exports to ONNX: every linear
+    goes through it and becomes a float MatMul weight; onnxruntime then matches transformers running
+    the same rounded weights."""
+    pytest.importorskip("onnxruntime")
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from test_onnx import ort_run, session
+
+    def per_row_ternary(w: np.ndarray) -> np.ndarray:
+        w = np.asarray(w, dtype=np.float32)
+        scale = np.maximum(np.abs(w).mean(axis=-1, keepdims=True), np.float32(1e-5))
+        return (np.clip(np.rint(w / scale), -1, 1) * scale).astype(np.float16)
+
+    plugin("row-ternary-test", lambda self, w, state=None: bitconv.QuantizedTensor(per_row_ternary(w)))
+    res = bitconv.convert(qwen2_checkpoint, to="onnx", quant="row-ternary-test", out=tmp_path / "onnx")
+    assert res.quant == "row-ternary-test"
+    ids = [9707, 1879, 11, 419, 374]
+    got = ort_run(session(tmp_path / "onnx"), ids)[0][-1]
+    model = AutoModelForCausalLM.from_pretrained(str(qwen2_checkpoint), dtype=torch.float32,
+                                                 attn_implementation="eager").eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.ndim == 2 and name.startswith("model.layers."):
+                p.copy_(torch.from_numpy(per_row_ternary(p.numpy()).astype(np.float32)))
+        want = model(torch.tensor([ids])).logits[0, -1].numpy()
+    c = float(got @ want / (np.linalg.norm(got) * np.linalg.norm(want)))
+    assert c >= 0.9999, f"cos {c:.6f}"
+    with pytest.raises(bitconv.BitconvError, match="ONNX types"):
+        bitconv.convert(qwen2_checkpoint, to="onnx", quant="q4_k", out=tmp_path / "x")
+
+
+def test_plugin_rounding_reaches_safetensors(qwen2_checkpoint, tmp_path, plugin):
+    """`--format rounded`: the checkpoint in its own layout, every decoder linear replaced by the
+    plugin's values; transformers loads it as a plain model."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    def halves(w: np.ndarray) -> np.ndarray:  # round to multiples of 1/64: visible, deterministic
+        return (np.round(np.asarray(w, np.float32) * 64) / 64).astype(np.float16)
+
+    plugin("halves-test", lambda self, w, state=None: bitconv.QuantizedTensor(halves(w)))
+    res = bitconv.convert(qwen2_checkpoint, to="safetensors", format="rounded", quant="halves-test",
+                          out=tmp_path / "st")
+    assert res.quant == "halves-test" and res.n_quantized == 14 and res.manifest
+    got = AutoModelForCausalLM.from_pretrained(str(tmp_path / "st"), dtype=torch.float32).eval()
+    want = AutoModelForCausalLM.from_pretrained(str(qwen2_checkpoint), dtype=torch.float32).eval()
+    with torch.no_grad():
+        for name, p in want.named_parameters():
+            if p.ndim == 2 and name.startswith("model.layers."):
+                p.copy_(torch.from_numpy(halves(p.numpy()).astype(np.float32)))
+        for (n1, p1), (n2, p2) in zip(got.named_parameters(), want.named_parameters()):
+            assert n1 == n2 and torch.equal(p1, p2), n1
+        ids = torch.tensor([[9707, 1879, 11, 419]])
+        assert torch.equal(got(ids).logits, want(ids).logits)
+    with pytest.raises(bitconv.BitconvError, match="float weights"):
+        bitconv.convert(qwen2_checkpoint, to="safetensors", format="rounded", quant="q4_k", out=tmp_path / "x")
+    assert not (tmp_path / "x").exists()

@@ -91,6 +91,14 @@ class OnnxQuant:
     description: str
     #: ternary only: refused for models not trained ternary unless --force-ternarize
     ternary: bool = False
+    #: a registered bitconv quantizer (a plugin) whose rounding every linear goes through before it is
+    #: stored as a float MatMul weight (`storage`)
+    rounding: str | None = None
+
+    @property
+    def storage(self) -> str:
+        """How the linears are stored: the type's name, or the float type a plugin's values take."""
+        return self.compute if self.rounding else self.name
 
 
 ONNX_QUANTS: dict[str, OnnxQuant] = {q.name: q for q in (
@@ -103,11 +111,22 @@ ONNX_QUANTS: dict[str, OnnxQuant] = {q.name: q for q in (
 
 
 def get_onnx_quant(name: str) -> OnnxQuant:
+    """An ONNX type, or a registered quantizer that stores float values (ggml type F32/F16: its own
+    rounding, as a custom quantizer does): its linears become float MatMul weights after rounding."""
+    from gguf import GGMLQuantizationType
+
+    from ..quant.registry import QUANT_TYPES, all_quantizers
+
     key = ALIASES.get(name.lower(), name.lower())
-    try:
+    if key in ONNX_QUANTS:
         return ONNX_QUANTS[key]
-    except KeyError:
-        raise UsageError(f"quant type {name!r} is not an ONNX type; ONNX types: {', '.join(ONNX_QUANTS)}") from None
+    all_quantizers()  # loads the plugins
+    cls = QUANT_TYPES.get(key)
+    floats = {int(GGMLQuantizationType.F32): "f32", int(GGMLQuantizationType.F16): "f16"}
+    if cls is not None and cls.ggml_type in floats and key not in ("f32", "f16", "bf16"):
+        return OnnxQuant(key, None, "f32", None, cls.description or f"linears rounded by {key}", rounding=key)
+    raise UsageError(f"quant type {name!r} is not an ONNX type; ONNX types: {', '.join(ONNX_QUANTS)}, or a "
+                     "registered quantizer that stores f32/f16 values")
 
 
 # --- architectures -------------------------------------------------------------------------------
@@ -248,12 +267,15 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         elif _base(name) in _MOE_ROUTERS:  # routing decisions stay float32 in every export
             add(name, shape, "f32", "router")
         elif _base(name) in _MOE_EXPERTS:  # [E, N, K]: one MatMul / MatMulNBits per expert
-            add(name, shape, "int8" if quant.ternary else quant.name, "experts")
+            add(name, shape, "int8" if quant.ternary else quant.storage, "experts",
+                f"rounded by {quant.rounding}" if quant.rounding else "")
         elif name == "token_embd.weight":
             add(name, shape, "f32" if quant.name == "f32" else "f16", "embedding",
                 "" if quant.name in ("f32", "f16") else "f16 for Gather")
         elif name == "output.weight":
             pass  # below, with the tied case
+        elif quant.rounding:
+            add(name, shape, quant.storage, "linear", f"rounded by {quant.rounding}")
         elif mapping.is_ternary_linear(name):
             if quant.ternary:
                 add(name, shape, "int2", "ternary", "exact ternary codes")
@@ -263,7 +285,7 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         else:
             add(name, shape, "int8" if quant.ternary else quant.name, "linear")
     out_src = "output.weight" if "output.weight" in sources else "token_embd.weight"
-    lm_storage = "int8" if quant.ternary or quant.bits == 4 else quant.name
+    lm_storage = "int8" if quant.ternary or quant.bits == 4 else quant.storage
     add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
         "tied: from token_embd" if out_src != "output.weight" else "")
     plan = OnnxPlan(checkpoint, mapping, quant, bs, sources, tensors, bitlinear, accuracy_level)
@@ -441,11 +463,22 @@ class DecoderBuilder:
             q = self._quantized(src_name, _BITS[t.storage], self.plan.block_size or 32)
             y = self._nbits(x, name, q, hint, out_name)
         else:
-            y = self._dense(x, name, self._load(src_name), t.storage, hint, out_name)
+            w = self._load(src_name)
+            y = self._dense(x, name, self._rounded(w) if t.role == "linear" else w, t.storage, hint, out_name)
         if has_bias:
             b = self._add_init(bias_name, self._load(bias_name).astype(self.np_ct))
             y = self.g.op("Add", [y, b], hint, outputs=[output] if output else None)
         return y
+
+    def _rounded(self, w: np.ndarray) -> np.ndarray:
+        """A plugin quantizer's values for the matrix w (identity for the built-in types)."""
+        if not self.plan.quant.rounding:
+            return w
+        from ..quant.registry import get_quantizer
+
+        q = get_quantizer(self.plan.quant.rounding)
+        state = q.prepare([w], "F32") if q.needs_prepare else None
+        return np.asarray(q.dequantize(q.quantize(w, state), w.shape), dtype=np.float32)
 
     def _dense(self, x: str, name: str, w: np.ndarray, storage: str, hint: str, output: str | None) -> str:
         if storage in ("f32", "f16"):
@@ -474,7 +507,8 @@ class DecoderBuilder:
             wname = f"{stem}.{e}.weight"
             if t.storage in ("f32", "f16"):
                 dt = np.float32 if t.storage == "f32" else np.float16
-                init = self._add_init(wname + ".T", np.ascontiguousarray(w3[e].T).astype(dt, copy=False), wname)
+                init = self._add_init(wname + ".T", np.ascontiguousarray(self._rounded(w3[e]).T).astype(dt, copy=False),
+                                      wname)
                 ops.append(lambda x, hint, init=init: self.g.op("MatMul", [x, init], hint))
             else:
                 q = nbits.quantize_rows(w3[e], _BITS[t.storage], self.plan.block_size or 32)

@@ -17,6 +17,16 @@ Formats:
   dtype) and ``weight_shape`` (int64 [2]); symmetric per-group int4/int8 with the package's own
   arithmetic (``ct_quantize``). Embeddings, norms and lm_head are copied as stored.
 
+- ``bnb-nf4`` / ``bnb-int8``: what transformers' save_pretrained writes for a model quantized on
+  load with ``BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4")`` /
+  ``BitsAndBytesConfig(load_in_8bit=True)`` (``quant_method: "bitsandbytes"``), computed with
+  bitsandbytes' own arithmetic in numpy: the same decoder-block linears become, for nf4, ``weight``
+  (uint8 [N*K/2, 1], two NF4 codes a byte, high nibble first, over the flattened weight),
+  ``weight.absmax`` (float32, one per 64-block), ``weight.quant_map`` (the 16 NF4 values) and
+  ``weight.quant_state.bitsandbytes__nf4`` (the packed JSON quant state); for int8, ``weight``
+  (int8 [N, K], row-wise absmax through float16), ``SCB`` (float32 [N]) and ``weight_format``
+  (uint8 0, "row"). Biases, embeddings, norms and lm_head are copied as stored.
+
 The weights are streamed one tensor at a time into temp files in a staging folder inside the output
 folder (one model.safetensors, or ``model-0000i-of-0000N.safetensors`` shards plus
 model.safetensors.index.json with ``max_shard_size``) and renamed into place with config.json and the
@@ -45,7 +55,7 @@ from ..errors import OutputError, QuantizationError, UsageError
 from ..quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternarize
 from .atomic import check_free_space, folder_write_errors, fsync_path, remove_stale_temps
 
-FORMATS = ("bitnet-packed", "compressed-tensors")
+FORMATS = ("bitnet-packed", "compressed-tensors", "bnb-nf4", "bnb-int8", "rounded")
 MODEL_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 SHARD_PATTERN = re.compile(r"^model-\d{5}-of-\d{5}\.safetensors$")
@@ -93,6 +103,8 @@ class SafetensorsResult:
     shards: int = 1
     seconds: float = 0.0
     tensors: list[StTensorRecord] = field(default_factory=list)
+    #: bitconv-manifest.json in the folder (inputs' and outputs' sha256, options), or None
+    manifest: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -327,6 +339,59 @@ def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int)
     return out
 
 
+def rounding_quantizer(name: str | None) -> Any:
+    """The registered quantizer (typically a plugin) whose values a `rounded` checkpoint stores: it
+    must store floats (ggml F32/F16) — its own rounding, which transformers then loads as weights."""
+    from gguf import GGMLQuantizationType
+
+    from ..quant.registry import get_quantizer
+
+    if not name:
+        raise UsageError("--format rounded needs --quant NAME: a registered quantizer that stores f32/f16 values")
+    q = get_quantizer(name)
+    if q.ggml_type not in (int(GGMLQuantizationType.F32), int(GGMLQuantizationType.F16)):
+        raise UsageError(f"--format rounded stores float weights; {q.name} writes GGML type {q.ggml_type}, not "
+                         "f32/f16 (use hf2gguf for it)")
+    return q
+
+
+def plan_rounded(checkpoint: Checkpoint, quant: str) -> list[_OutTensor]:
+    """The checkpoint in its own layout with every decoder-block linear replaced by a quantizer's
+    values (f16 or f32 as the quantizer stores them); everything else copied. transformers loads it
+    as the plain model it is: the custom quantizer's rounding, deployable without bitconv."""
+    from gguf import GGMLQuantizationType
+
+    q = rounding_quantizer(quant)
+    dtype = "F16" if q.ggml_type == int(GGMLQuantizationType.F16) else "F32"
+    out: list[_OutTensor] = []
+    for lt in checkpoint:
+        if lt.dtype not in _ST_DTYPE_SIZE:
+            raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
+        if CT_LINEAR.search(lt.name):
+            def produce(lt: LazyTensor = lt) -> bytes:
+                w = lt.load()
+                state = q.prepare([w], lt.dtype) if q.needs_prepare else None
+                try:
+                    values = q.dequantize(q.quantize(w, state), tuple(w.shape))
+                except Exception as e:  # a plugin's bug: name it and the tensor, write nothing
+                    raise QuantizationError(f"{lt.name}: quantizer {q.name} failed: {type(e).__name__}: {e}") from None
+                if tuple(np.shape(values)) != tuple(w.shape):
+                    raise QuantizationError(f"{lt.name}: quantizer {q.name} returned shape {np.shape(values)}, "
+                                            f"not {tuple(w.shape)}")
+                return np.ascontiguousarray(values).astype(_DTYPE_NP[dtype]).tobytes()
+
+            nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[dtype]
+            out.append(_OutTensor(lt.name, dtype, tuple(lt.shape), nbytes, produce, f"rounded by {q.name}"))
+            continue
+        nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
+        out.append(_OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied"))
+    if not any(t.note.startswith("rounded") for t in out):
+        raise UsageError(f"{checkpoint.architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) "
+                         "to round")
+    out.sort(key=lambda t: (-_ST_DTYPE_SIZE[t.dtype], t.name))
+    return out
+
+
 def check_block_size(block_size: int) -> int:
     if block_size < 8 or block_size & (block_size - 1):
         raise UsageError(f"--block-size {block_size}: compressed-tensors group size must be a power of two, "
@@ -347,6 +412,207 @@ def ct_config(config: dict[str, Any], quant: str, block_size: int) -> dict[str, 
                                       "output_activations": None, "format": "pack-quantized"}},
         "ignore": ["lm_head"], "kv_cache_scheme": None, "global_compression_ratio": None,
         "sparsity_config": {}, "transform_config": {}}
+    return cfg
+
+
+# --- bitsandbytes (transformers' quant_method "bitsandbytes") -------------------------------------
+#: --format → (weight type, transformers' BitsAndBytesConfig switch)
+BNB_FORMATS = {"bnb-nf4": "nf4", "bnb-int8": "int8"}
+#: quantize_4bit's blocksize as transformers calls it (BitsAndBytesConfig has no blocksize field)
+BNB_BLOCK = 64
+#: bitsandbytes.functional.get_4bit_type("nf4") (already within [-1, 1]), float32
+NF4_CODE = np.array([-1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635,
+                     -0.18477343022823334, -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725,
+                     0.24611230194568634, 0.33791524171829224, 0.44070982933044434, 0.5626170039176941,
+                     0.7229568362236023, 1.0], dtype=np.float32)
+#: the default quantize_4bit kernel's bucket bounds: midpoints of the sorted code, in float32
+NF4_BOUNDS = (NF4_CODE[:-1] + NF4_CODE[1:]) / np.float32(2)
+_TORCH_DTYPE = {"BF16": "bfloat16", "F16": "float16", "F32": "float32"}
+_F16_MAX = 65504.0
+#: safetensors' Dtype enum order (the file order sorts by it, descending, then by name)
+_ST_DTYPE_RANK = {d: i for i, d in enumerate(("BOOL", "U8", "I8", "I16", "U16", "F16", "BF16", "I32", "U32", "F32",
+                                              "F64", "I64", "U64"))}
+
+
+def nf4_quantize(flat: np.ndarray, block: int = BNB_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """(packed uint8 [ceil(n/2)], absmax float32 [ceil(n/block)]) of a flat run of weights, as
+    bitsandbytes' quantize_4bit (the default/CPU kernel) computes them: blocks of `block` over the
+    row-major flattened tensor (a last partial block gets its own absmax), scaled = clamp(x ·
+    float32(1 / max(absmax, 1e-38)), -1, 1) (x / absmax for the partial block), code = the first
+    NF4 midpoint ≥ scaled (torch.bucketize, right=False), two codes a byte, the first in the high nibble."""
+    a = np.asarray(flat, dtype=np.float32).reshape(-1)
+    n = a.size
+    full = n - n % block
+    g = a[:full].reshape(-1, block)
+    absmax = np.abs(g).max(axis=1) if full else np.zeros(0, np.float32)
+    inv = np.float32(1) / np.maximum(absmax, np.float32(1e-38))
+    scaled = np.clip(g * inv[:, None], -1, 1).reshape(-1)
+    if n % block:
+        am = np.abs(a[full:]).max()
+        absmax = np.append(absmax, am).astype(np.float32)
+        scaled = np.concatenate([scaled, np.clip(a[full:] / max(am, np.float32(1e-38)), -1, 1)])
+    if scaled.size % 2:
+        scaled = np.append(scaled, np.float32(0))
+    q = np.zeros(scaled.size, dtype=np.uint8)
+    for b in NF4_BOUNDS:  # the number of bounds < scaled = searchsorted(side="left"), ~8x faster
+        q += scaled > b
+    return (q[0::2] << np.uint8(4)) | q[1::2], absmax.astype(np.float32)
+
+
+def nf4_dequantize(packed: np.ndarray, absmax: np.ndarray, shape: tuple[int, ...],
+                   block: int = BNB_BLOCK) -> np.ndarray:
+    """dequantize_4bit (float32): code[nibble] · absmax of its block."""
+    p = np.asarray(packed, dtype=np.uint8).reshape(-1)
+    q = np.empty(p.size * 2, dtype=np.uint8)
+    q[0::2], q[1::2] = p >> np.uint8(4), p & np.uint8(15)
+    n = math.prod(shape)
+    v = NF4_CODE[q[:n]] * np.repeat(np.asarray(absmax, np.float32), block)[:n]
+    return v.reshape(shape)
+
+
+def int8_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 [rows, K], SCB float32 [rows]) as Int8Params quantizes a weight: cast to float16,
+    SCB = row absmax, q = round_half_even(x · float32(float32(1 / SCB) · 127)) (torch evaluates
+    ``127.0 / SCB`` as reciprocal(SCB) · 127, which differs from the quotient in the last bit, and
+    that decides exact-half ties); an all-zero row gives 0 codes
+    (torch turns its NaN into 0 as well). Non-finite float16 values are refused by the caller."""
+    b = np.asarray(w).astype(np.float16).astype(np.float32)
+    scb = np.abs(b).max(axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = b * ((np.float32(1) / scb) * np.float32(127.0))[:, None]  # torch's 127.0 / t is reciprocal(t) * 127
+    x[scb == 0] = 0
+    return np.rint(x).astype(np.int8), scb.astype(np.float32)
+
+
+def int8_dequantize(q: np.ndarray, scb: np.ndarray) -> np.ndarray:
+    """int8_vectorwise_dequant (float32): (q · SCB) · float32(1/127), in that order."""
+    return (q.astype(np.float32) * np.asarray(scb, np.float32)[:, None]) * np.float32(7.874015718698502e-3)
+
+
+def _bnb_producers(lt: LazyTensor, kind: str) -> list[Callable[[], bytes]]:
+    """(weight, absmax) for nf4, (weight, SCB) for int8: one computation serves both, in either
+    order (they sort apart and a shard boundary may fall between them), row chunk by row chunk
+    (nf4 chunks hold whole 64-blocks, so blocks and nibble pairs fall as in the whole tensor)."""
+    parts: dict[str, bytes] = {}
+    done: set[str] = set()
+
+    def compute() -> None:
+        w = lt.load()
+        if not np.isfinite(w).all():
+            raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to {kind}")
+        rows, k = w.shape
+        step = max(1, _CHUNK_F32_BYTES // (4 * k))
+        if kind == "nf4":
+            unit = BNB_BLOCK // math.gcd(k, BNB_BLOCK)
+            step = max(unit, step // unit * unit)
+        else:
+            big = float(np.abs(w).max()) if w.size else 0.0
+            if big >= 65520.0:  # → inf in float16: bitsandbytes would write garbage codes
+                raise QuantizationError(f"{lt.name}: |w| up to {big:g}; bnb-int8 quantizes through float16 "
+                                        f"(as bitsandbytes does), which holds at most {_F16_MAX:g}")
+        codes, stats = [], []
+        for r in range(0, rows, step):
+            chunk = np.asarray(w[r:r + step], dtype=np.float32)
+            q, s = nf4_quantize(chunk) if kind == "nf4" else int8_quantize(chunk)
+            codes.append(np.ascontiguousarray(q).tobytes())
+            stats.append(s.astype("<f4").tobytes())
+        parts["w"], parts["s"] = b"".join(codes), b"".join(stats)
+
+    def take(key: str) -> bytes:
+        if not done:
+            compute()
+        done.add(key)
+        return parts.pop(key)
+
+    return [lambda: take("w"), lambda: take("s")]
+
+
+def bnb_quant_state(shape: tuple[int, ...], dtype: str) -> bytes:
+    """The packed quant_state.bitsandbytes__nf4 tensor: QuantState.as_dict(packed=True)'s
+    pack_dict_to_tensor of the non-tensor items (json.dumps, default separators, utf-8)."""
+    return json.dumps({"quant_type": "nf4", "blocksize": BNB_BLOCK, "dtype": _TORCH_DTYPE[dtype],
+                       "shape": list(shape)}).encode("utf-8")
+
+
+def _check_bnb_source(checkpoint: Checkpoint, fmt: str) -> None:
+    cfg = checkpoint.config
+    arch = checkpoint.architecture
+    if cfg.get("quantization_config"):
+        method = (cfg["quantization_config"] or {}).get("quant_method", "?")
+        raise UsageError(f"{arch}: the source is already quantized ({method}); {fmt} needs a float checkpoint")
+    text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
+    if any(text_cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
+        raise UsageError(f"{arch} is a mixture-of-experts model; {fmt} output supports dense decoder models only")
+    if arch in PACKED_ARCHITECTURES or getattr(mapping_for(checkpoint), "ternary_model", False):
+        raise UsageError(f"{arch} is a ternary (BitNet) model; {fmt} output supports dense float decoder models "
+                         "(use --format bitnet-packed)")
+
+
+def plan_bnb(checkpoint: Checkpoint, fmt: str) -> list[_OutTensor]:
+    """Every output tensor in file order (safetensors' own: larger alignment first, then by name);
+    no tensor data is read. The decoder-block linears (q/k/v/o, gate/up/down) are quantized, as
+    transformers' bnb quantizer replaces every nn.Linear except lm_head (and the output embedding
+    it is tied to); any other 2-D tensor is refused rather than copied dense."""
+    kind = BNB_FORMATS[fmt]
+    _check_bnb_source(checkpoint, fmt)
+    out: list[_OutTensor] = []
+    n_linear = 0
+    for lt in checkpoint:
+        if lt.dtype not in _ST_DTYPE_SIZE:
+            raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
+        if CT_LINEAR.search(lt.name):
+            if lt.dtype not in _TORCH_DTYPE:
+                raise UsageError(f"{lt.name}: stored as {lt.dtype}; {fmt} output needs float (bf16, f16, f32) weights")
+            rows, k = lt.shape
+            weight, stats = _bnb_producers(lt, kind)
+            if kind == "nf4":
+                n = rows * k
+                nblocks = -(-n // BNB_BLOCK)
+                qs = bnb_quant_state((rows, k), lt.dtype)
+                out += [
+                    _OutTensor(lt.name, "U8", ((n + 1) // 2, 1), (n + 1) // 2, weight, f"nf4, block {BNB_BLOCK}"),
+                    _OutTensor(lt.name + ".absmax", "F32", (nblocks,), 4 * nblocks, stats, "block absmax"),
+                    _OutTensor(lt.name + ".quant_map", "F32", (16,), 64,
+                               _const_producer(NF4_CODE.astype("<f4").tobytes()), "nf4 code"),
+                    _OutTensor(lt.name + ".quant_state.bitsandbytes__nf4", "U8", (len(qs),), len(qs),
+                               _const_producer(qs), "quant state (json)")]
+            else:
+                prefix = lt.name[:-len("weight")]
+                out += [
+                    _OutTensor(lt.name, "I8", (rows, k), rows * k, weight, "int8, row-wise absmax"),
+                    _OutTensor(prefix + "SCB", "F32", (rows,), 4 * rows, stats, "row absmax"),
+                    _OutTensor(prefix + "weight_format", "U8", (), 1, _const_producer(b"\x00"), "row")]
+            n_linear += 1
+            continue
+        if len(lt.shape) > 2 or (len(lt.shape) == 2 and not CT_DENSE_2D.search(lt.name)):
+            raise UsageError(f"{lt.name}: shape {tuple(lt.shape)} is not a decoder-block linear bitconv quantizes "
+                             "(q/k/v/o, gate/up/down) nor an embedding; bitsandbytes output supports dense "
+                             f"decoder models, not {checkpoint.architecture}")
+        nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
+        out.append(_OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied"))
+    if not n_linear:
+        raise UsageError(f"{checkpoint.architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) "
+                         "to quantize")
+    # safetensors' own order is its Dtype enum, descending, then the name: within one width I8
+    # comes before U8 (int8 weights, then weight_format), so the file equals save_pretrained's byte for byte
+    out.sort(key=lambda t: (-_ST_DTYPE_SIZE[t.dtype], -_ST_DTYPE_RANK.get(t.dtype, 0), t.name))
+    return out
+
+
+def bnb_config(checkpoint: Checkpoint, fmt: str) -> dict[str, Any]:
+    """config.json with the quantization_config save_pretrained writes for BitsAndBytesConfig(
+    load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=<the linears' dtype>) or
+    BitsAndBytesConfig(load_in_8bit=True) (BitsAndBytesConfig.to_dict, defaults included)."""
+    nf4 = BNB_FORMATS[fmt] == "nf4"
+    dtypes = [lt.dtype for lt in checkpoint if CT_LINEAR.search(lt.name)]
+    compute = _TORCH_DTYPE.get(dtypes[0], "float32") if nf4 and dtypes else "float32"
+    cfg = dict(checkpoint.config)
+    cfg["quantization_config"] = {
+        "_load_in_4bit": nf4, "_load_in_8bit": not nf4, "bnb_4bit_compute_dtype": compute,
+        "bnb_4bit_quant_storage": "uint8", "bnb_4bit_quant_type": "nf4" if nf4 else "fp4",
+        "bnb_4bit_use_double_quant": False, "llm_int8_enable_fp32_cpu_offload": False,
+        "llm_int8_has_fp16_weight": False, "llm_int8_skip_modules": None, "llm_int8_threshold": 6.0,
+        "load_in_4bit": nf4, "load_in_8bit": not nf4, "quant_method": "bitsandbytes"}
     return cfg
 
 
@@ -541,6 +807,22 @@ def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str 
                              "ternary with one scale per tensor")
         tensors = plan_bitnet_packed(checkpoint, linear_class)
         cfg = packed_config(checkpoint.config, linear_class)
+    elif fmt == "rounded":
+        if block_size is not None:
+            raise UsageError("--block-size does not apply to --format rounded")
+        tensors = plan_rounded(checkpoint, quant or "")
+        quant = rounding_quantizer(quant).name
+        cfg = {k: v for k, v in checkpoint.config.items() if k != "quantization_config"}  # plain weights now
+    elif fmt in BNB_FORMATS:
+        kind = BNB_FORMATS[fmt]
+        if quant not in (None, kind):
+            raise UsageError(f"--quant applies to --format compressed-tensors; {fmt} is {kind}")
+        if block_size not in (None, BNB_BLOCK) or (block_size is not None and kind == "int8"):
+            raise UsageError(f"--block-size {block_size}: bnb-nf4 uses bitsandbytes' block of {BNB_BLOCK} (as "
+                             "transformers quantizes), bnb-int8 one absmax per row; leave --block-size out")
+        quant, block_size = kind, (BNB_BLOCK if kind == "nf4" else None)
+        tensors = plan_bnb(checkpoint, fmt)
+        cfg = bnb_config(checkpoint, fmt)
     else:
         quant = (quant or CT_DEFAULT_QUANT).lower()
         if quant not in CT_QUANTS:
@@ -558,7 +840,8 @@ def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str 
         linear_class=linear_class if fmt == "bitnet-packed" else None, output=str(folder), n_tensors=len(tensors),
         n_ternary=sum(t.dtype == "U8" and t.note != "copied" for t in tensors) if fmt == "bitnet-packed" else 0,
         output_bytes=data_bytes, files=files, dry_run=dry_run, quant=quant, block_size=block_size,
-        n_quantized=sum(t.name.endswith(".weight_packed") for t in tensors), shards=len(shards),
+        n_quantized=sum(t.name.endswith(".weight_packed") or t.note.startswith(("nf4,", "int8,", "rounded by"))
+                        for t in tensors), shards=len(shards),
         tensors=[StTensorRecord(t.name, list(t.shape), t.dtype, t.nbytes, t.note) for t in tensors])
     if dry_run:
         return result
