@@ -233,10 +233,21 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
         check_free_space(folder if folder.is_dir() else folder.parent, plan.data_nbytes)
         if on_start:
             on_start(plan)
-    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest and not dry_run else None
+    return _export_folder(
+        checkpoint, folder, source, manifest and not dry_run,
+        lambda: onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
+                               progress=progress),
+        lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
+                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision})
+
+
+def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: bool, run: Callable[[], Any],
+                   options: Callable[[Any], dict[str, Any]]) -> Any:
+    """Run a folder export while the inputs hash in the background, then write the folder's
+    manifest (inputs, the result's files, `options(result)`)."""
+    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
     try:
-        result = onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
-                                progress=progress)
+        result = run()
     except BaseException:
         if hasher:
             hasher.cancel()
@@ -245,10 +256,8 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
         from .formats.manifest import file_record
 
         outputs = [file_record(folder / name, folder) for name in result.files]
-        options = {"format": "onnx", "quant": oq.name, "block_size": result.block_size, "target": target,
-                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision}
-        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs, options=options,
-                                             source=str(source)))
+        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs,
+                                             options=options(result), source=str(source)))
     return result
 
 
@@ -277,24 +286,13 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
     suffix = f"-{(quant or safetensors_io.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
-    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest and not dry_run else None
-    try:
-        result = safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
-                                       block_size=block_size, max_shard_size=max_shard_size, source=str(source),
-                                       force=force, dry_run=dry_run, progress=progress, on_start=on_start)
-    except BaseException:
-        if hasher:
-            hasher.cancel()
-        raise
-    if hasher:
-        from .formats.manifest import file_record
-
-        outputs = [file_record(folder / name, folder) for name in result.files]
-        options = {"format": fmt, "quant": result.quant, "block_size": result.block_size,
-                   "linear_class": result.linear_class, "max_shard_size": max_shard_size, "revision": revision}
-        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs, options=options,
-                                             source=str(source)))
-    return result
+    return _export_folder(
+        checkpoint, folder, source, manifest and not dry_run,
+        lambda: safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
+                                      block_size=block_size, max_shard_size=max_shard_size, source=str(source),
+                                      force=force, dry_run=dry_run, progress=progress, on_start=on_start),
+        lambda r: {"format": fmt, "quant": r.quant, "block_size": r.block_size, "linear_class": r.linear_class,
+                   "max_shard_size": max_shard_size, "revision": revision})
 
 
 def inspect(path: str | os.PathLike[str]) -> Any:

@@ -296,6 +296,22 @@ def _const_producer(data: bytes) -> Callable[[], bytes]:
     return lambda: data
 
 
+def _copied_dense(lt: LazyTensor, what: str, architecture: str) -> _OutTensor:
+    """A tensor a quantized layout keeps as stored (embeddings, norms, biases). Any other matrix is
+    refused: the layout's config would claim it is quantized (or miss it), so copying is unsafe."""
+    if len(lt.shape) > 2 or (len(lt.shape) == 2 and not CT_DENSE_2D.search(lt.name)):
+        raise UsageError(f"{lt.name}: shape {tuple(lt.shape)} is not a decoder-block linear bitconv quantizes "
+                         f"(q/k/v/o, gate/up/down) nor an embedding; {what} output supports dense decoder models, "
+                         f"not {architecture}")
+    nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
+    return _OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied")
+
+
+def _require_linears(n_linear: int, architecture: str) -> None:
+    if not n_linear:
+        raise UsageError(f"{architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) to quantize")
+
+
 def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int) -> list[_OutTensor]:
     """Every output tensor in file order (safetensors' own: larger alignment first, then by name);
     no tensor data is read. Fails on a 2-D tensor it cannot place: with targets ["Linear"] every
@@ -326,15 +342,8 @@ def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int)
                                   _const_producer(np.array([rows, k], dtype="<i8").tobytes()), "shape"))
             n_linear += 1
             continue
-        if len(lt.shape) > 2 or (len(lt.shape) == 2 and not CT_DENSE_2D.search(lt.name)):
-            raise UsageError(f"{lt.name}: shape {tuple(lt.shape)} is not a decoder-block linear bitconv quantizes "
-                             "(q/k/v/o, gate/up/down) nor an embedding; compressed-tensors output supports dense "
-                             f"decoder models, not {checkpoint.architecture}")
-        nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
-        out.append(_OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied"))
-    if not n_linear:
-        raise UsageError(f"{checkpoint.architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) "
-                         "to quantize")
+        out.append(_copied_dense(lt, "compressed-tensors", checkpoint.architecture))
+    _require_linears(n_linear, checkpoint.architecture)
     out.sort(key=lambda t: (-_ST_DTYPE_SIZE[t.dtype], t.name))
     return out
 
@@ -584,15 +593,8 @@ def plan_bnb(checkpoint: Checkpoint, fmt: str) -> list[_OutTensor]:
                     _OutTensor(prefix + "weight_format", "U8", (), 1, _const_producer(b"\x00"), "row")]
             n_linear += 1
             continue
-        if len(lt.shape) > 2 or (len(lt.shape) == 2 and not CT_DENSE_2D.search(lt.name)):
-            raise UsageError(f"{lt.name}: shape {tuple(lt.shape)} is not a decoder-block linear bitconv quantizes "
-                             "(q/k/v/o, gate/up/down) nor an embedding; bitsandbytes output supports dense "
-                             f"decoder models, not {checkpoint.architecture}")
-        nbytes = math.prod(lt.shape) * _ST_DTYPE_SIZE[lt.dtype]
-        out.append(_OutTensor(lt.name, lt.dtype, tuple(lt.shape), nbytes, _raw_producer(lt), "copied"))
-    if not n_linear:
-        raise UsageError(f"{checkpoint.architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) "
-                         "to quantize")
+        out.append(_copied_dense(lt, "bitsandbytes", checkpoint.architecture))
+    _require_linears(n_linear, checkpoint.architecture)
     # safetensors' own order is its Dtype enum, descending, then the name: within one width I8
     # comes before U8 (int8 weights, then weight_format), so the file equals save_pretrained's byte for byte
     out.sort(key=lambda t: (-_ST_DTYPE_SIZE[t.dtype], -_ST_DTYPE_RANK.get(t.dtype, 0), t.name))
