@@ -267,10 +267,7 @@ def _store(a: np.ndarray, dtype: str) -> bytes:
 def _ct_producers(lt: LazyTensor, bits: int, group: int) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
     """(weight_packed bytes, weight_scale bytes) of one linear; one computation serves both, in
     either order (a shard boundary may fall between them), row chunk by row chunk."""
-    parts: dict[str, bytes] = {}
-    done: set[str] = set()
-
-    def compute() -> None:
+    def compute() -> tuple[bytes, bytes]:
         w = lt.load()
         if not np.isfinite(w).all():
             raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to int{bits}")
@@ -281,15 +278,26 @@ def _ct_producers(lt: LazyTensor, bits: int, group: int) -> tuple[Callable[[], b
             q, s = ct_quantize(w[r:r + step], bits, group, lt.dtype)
             packed.append(ct_pack(q, bits).astype("<i4").tobytes())
             scales.append(_store(s, lt.dtype))
-        parts["w"], parts["s"] = b"".join(packed), b"".join(scales)
+        return b"".join(packed), b"".join(scales)
 
-    def take(key: str) -> bytes:
-        if not done:
-            compute()
-        done.add(key)
-        return parts.pop(key)
+    weight, scale = _paired(compute)
+    return weight, scale
 
-    return (lambda: take("w")), (lambda: take("s"))
+
+def _paired(compute: Callable[[], tuple[bytes, bytes]]) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
+    """Two producers served by one computation, in either order (the two tensors sort apart and a
+    shard boundary may fall between them); each part is dropped once written."""
+    parts: dict[int, bytes] = {}
+    computed = False
+
+    def take(i: int) -> bytes:
+        nonlocal computed
+        if not computed:
+            parts[0], parts[1] = compute()
+            computed = True
+        return parts.pop(i)
+
+    return (lambda: take(0)), (lambda: take(1))
 
 
 def _const_producer(data: bytes) -> Callable[[], bytes]:
@@ -502,10 +510,7 @@ def _bnb_producers(lt: LazyTensor, kind: str) -> list[Callable[[], bytes]]:
     """(weight, absmax) for nf4, (weight, SCB) for int8: one computation serves both, in either
     order (they sort apart and a shard boundary may fall between them), row chunk by row chunk
     (nf4 chunks hold whole 64-blocks, so blocks and nibble pairs fall as in the whole tensor)."""
-    parts: dict[str, bytes] = {}
-    done: set[str] = set()
-
-    def compute() -> None:
+    def compute() -> tuple[bytes, bytes]:
         w = lt.load()
         if not np.isfinite(w).all():
             raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to {kind}")
@@ -525,15 +530,9 @@ def _bnb_producers(lt: LazyTensor, kind: str) -> list[Callable[[], bytes]]:
             q, s = nf4_quantize(chunk) if kind == "nf4" else int8_quantize(chunk)
             codes.append(np.ascontiguousarray(q).tobytes())
             stats.append(s.astype("<f4").tobytes())
-        parts["w"], parts["s"] = b"".join(codes), b"".join(stats)
+        return b"".join(codes), b"".join(stats)
 
-    def take(key: str) -> bytes:
-        if not done:
-            compute()
-        done.add(key)
-        return parts.pop(key)
-
-    return [lambda: take("w"), lambda: take("s")]
+    return list(_paired(compute))
 
 
 def bnb_quant_state(shape: tuple[int, ...], dtype: str) -> bytes:
