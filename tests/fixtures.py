@@ -563,12 +563,18 @@ def make_checkpoint(
 
 
 def hf_logits(path: str | os.PathLike[str], token_ids: list[int]) -> np.ndarray:
-    """Reference float32 logits of the last position, computed by transformers (eager attention)."""
+    """Reference float32 logits of the last position, computed by transformers (eager attention);
+    cached per checkpoint folder and tokens (test checkpoints are never modified in place)."""
+    return _hf_logits_cached(str(Path(path).resolve()), tuple(token_ids)).copy()
+
+
+@functools.lru_cache(maxsize=32)
+def _hf_logits_cached(path: str, token_ids: tuple[int, ...]) -> np.ndarray:
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch.float32, attn_implementation="eager")
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation="eager")
     model.eval()
     with torch.no_grad():
-        logits = model(torch.tensor([token_ids], dtype=torch.long)).logits
+        logits = model(torch.tensor([list(token_ids)], dtype=torch.long)).logits
     return logits[0, -1].to(torch.float32).numpy()
