@@ -135,7 +135,7 @@ def _llama_quantize_types(sources: list[SourceTensor], mapping: ArchMapping,
         if t is None:
             out.append((get_quantizer("f32"), "kept f32 (not quantized by llama-quantize)"))
             continue
-        q = quant if t == default else quantizer_for_ggml_type(int(t))
+        q = quantizer_for_ggml_type(int(t))  # tensors are named by their own type (q4_k, not q4_k_m)
         note = "" if t == default else (
             f"row length {src.shape[-1]} not a multiple of {quant.block_size}: {q.name}"
             if src.shape[-1] % quant.block_size else f"{q.name} (llama-quantize {quant.name} rule)")
