@@ -7,8 +7,9 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 TORCH  := torch==2.13.0
 LLAMA  := llama-cpp-python==0.3.36
 DEMO_DIR := demo-out
+FUZZ_SECONDS ?= 60
 
-.PHONY: demo test bench wheel-check clean
+.PHONY: demo test bench fuzz wheel-check clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,11 @@ wheel-check: $(BIN)/python
 	  && venv/bin/python -c "import bitconv, pathlib, sys; p = pathlib.Path(bitconv.__file__).resolve(); \
 	     sys.exit(0 if 'site-packages' in str(p) else f'bitconv imported from {p}')" \
 	  && echo "wheel-check: installed wheel runs outside the source tree"
+
+# Coverage-guided fuzzing (atheris) of every parser that reads user files, FUZZ_SECONDS each;
+# seeds come from the test fixtures, new corpus and crashes go to build/fuzz/.
+fuzz: $(VENV)/.test-deps
+	$(BIN)/python -m fuzz.run_all --seconds $(FUZZ_SECONDS)
 
 bench: $(VENV)/.test-deps
 	$(BIN)/python benchmarks/convert.py

@@ -3,6 +3,10 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
+from .errors import guard_cli_startup as _guard_cli_startup  # noqa: E402
+
+_guard_cli_startup()  # `bitconv` on the command line: a Ctrl-C while the imports below run is one line, exit 130
+
 from .api import ConversionResult, convert, inspect, plan_gguf  # noqa: E402
 from .convert.arch import ArchMapping, register_arch  # noqa: E402
 from .errors import BitconvError  # noqa: E402

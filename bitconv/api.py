@@ -12,13 +12,14 @@ from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, make_plan
 from .convert.tokenizer import export_vocab
-from .errors import UsageError
+from .errors import CheckpointError, UsageError
 from .formats import gguf_io
 from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
 from .quant.tl import KernelConfig, LutQuantizer
 from .targets import get_target
+from .threads import thread_count, using_threads
 
 DEFAULT_GGUF_QUANT = "f16"
 #: resident memory the process needs besides tensor data (interpreter, numpy, gguf-py, vocab)
@@ -102,11 +103,10 @@ def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
     return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
 
 
-def memory_estimate(plan: TensorPlan) -> int:
-    """Peak resident bytes: the tensor being encoded (as stored, plus its encoded bytes) and the
-    next one being read; float32 exists only per row chunk."""
-    largest_out = max((t.nbytes for t in plan), default=0)
-    return BASE_MEMORY + 2 * plan.largest_stored_nbytes + largest_out
+def memory_estimate(plan: TensorPlan, threads: int = 0) -> int:
+    """Peak resident bytes: the interpreter and libraries, plus the work in flight (a budget per
+    thread; large tensors are read a slab of rows at a time, so it does not grow with the model)."""
+    return BASE_MEMORY + gguf_io.peak_work_bytes(plan, threads)
 
 
 def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | None = None,
@@ -131,7 +131,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         return convert_onnx(source, quant, out, target=target, block_size=block_size,  # type: ignore[return-value]
                             force=force, dry_run=dry_run,
                             force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
-                            manifest=manifest)
+                            manifest=manifest, threads=threads)
     if fmt == "safetensors":
         from .formats.safetensors_io import FORMATS
 
@@ -139,7 +139,8 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
             format, quant = quant, None  # the earlier convert(src, "safetensors", "bitnet-packed")
         return convert_safetensors(source, format or "bitnet-packed", out, quant=quant,  # type: ignore[return-value]
                                    block_size=block_size, max_shard_size=max_shard_size, linear_class=linear_class,
-                                   force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision)
+                                   force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
+                                   threads=threads)
     if format is not None or block_size is not None or max_shard_size is not None:
         raise UsageError("format, block_size and max_shard_size apply to to=\"safetensors\"")
     if fmt != "gguf":
@@ -154,7 +155,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,
         output=str(out_path), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
         output_bytes=gguf_io.estimated_file_size(plan), type_counts=plan.type_counts(),
-        memory_estimate_bytes=memory_estimate(plan), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
+        memory_estimate_bytes=memory_estimate(plan, threads), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
         tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
                  for t in plan])
     lut = plan.quant if isinstance(plan.quant, LutQuantizer) else None
@@ -194,8 +195,9 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
                     for p, t in sidecars.items()]
     if hasher:
         options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre, "tilings": result.tilings,
-                   "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision}
-        result.manifest = str(write_manifest(out_path, inputs=hasher.result(), outputs=out_records,
+                   "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision,
+                   "threads": thread_count(threads)}
+        result.manifest = str(write_manifest(out_path, inputs=_input_records(hasher, out_path), outputs=out_records,
                                              options=options, source=str(source)))
     result.seconds = time.perf_counter() - start
     return result
@@ -208,7 +210,7 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
                  out: str | os.PathLike[str] | None = None, *, target: str | None = None,
                  block_size: int | None = None, accuracy_level: int = 4, force: bool = False,
                  dry_run: bool = False, force_ternarize: bool = False, allow_pickle: bool = False,
-                 revision: str | None = None, manifest: bool = True,
+                 revision: str | None = None, manifest: bool = True, threads: int = 0,
                  progress: Callable[[str, int], None] | None = None,
                  on_start: Callable[[Any], None] | None = None) -> Any:
     """Export a HF checkpoint as an ONNX Runtime decoder folder (model.onnx + model.onnx.data +
@@ -234,20 +236,30 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
         if on_start:
             on_start(plan)
     return _export_folder(
-        checkpoint, folder, source, manifest and not dry_run,
+        checkpoint, folder, source, manifest and not dry_run, threads,
         lambda: onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
                                progress=progress),
         lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
                    "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision})
 
 
-def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: bool, run: Callable[[], Any],
-                   options: Callable[[Any], dict[str, Any]]) -> Any:
-    """Run a folder export while the inputs hash in the background, then write the folder's
-    manifest (inputs, the result's files, `options(result)`)."""
+def _input_records(hasher: BackgroundHasher, artifact: Path) -> list[dict[str, Any]]:
+    """The inputs' hashes for the manifest; an input that vanished meanwhile is a one-line error."""
+    try:
+        return hasher.result()
+    except OSError as e:
+        raise CheckpointError(f"{e.filename}: {e.strerror or e} while hashing the inputs; {artifact} was "
+                              "written, its manifest was not") from e
+
+
+def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: bool, threads: int,
+                   run: Callable[[], Any], options: Callable[[Any], dict[str, Any]]) -> Any:
+    """Run a folder export on `threads` workers while the inputs hash in the background, then write
+    the folder's manifest (inputs, the result's files, `options(result)`, the thread count)."""
     hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
     try:
-        result = run()
+        with using_threads(threads):
+            result = run()
     except BaseException:
         if hasher:
             hasher.cancel()
@@ -256,8 +268,9 @@ def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: 
         from .formats.manifest import file_record
 
         outputs = [file_record(folder / name, folder) for name in result.files]
-        result.manifest = str(write_manifest(folder, inputs=hasher.result(), outputs=outputs,
-                                             options=options(result), source=str(source)))
+        result.manifest = str(write_manifest(folder, inputs=_input_records(hasher, folder), outputs=outputs,
+                                             options={**options(result), "threads": thread_count(threads)},
+                                             source=str(source)))
     return result
 
 
@@ -266,7 +279,7 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
                         block_size: int | None = None, max_shard_size: str | int | None = None,
                         linear_class: str = "bitlinear", force: bool = False, dry_run: bool = False,
                         allow_pickle: bool = False, revision: str | None = None, manifest: bool = True,
-                        progress: Callable[[str, int], None] | None = None,
+                        threads: int = 0, progress: Callable[[str, int], None] | None = None,
                         on_start: Callable[[Any], None] | None = None) -> Any:
     """Write a Hugging Face safetensors checkpoint folder (model.safetensors, or shards + index,
     config.json, tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout,
@@ -287,7 +300,7 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     suffix = f"-{(quant or safetensors_io.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
     return _export_folder(
-        checkpoint, folder, source, manifest and not dry_run,
+        checkpoint, folder, source, manifest and not dry_run, threads,
         lambda: safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
                                       block_size=block_size, max_shard_size=max_shard_size, source=str(source),
                                       force=force, dry_run=dry_run, progress=progress, on_start=on_start),

@@ -31,10 +31,10 @@ from .errors import BitconvError, OutputError, UsageError
 _COMMON = {"quant", "target", "force_ternarize", "allow_pickle", "revision"}
 _FORMAT_KEYS = {
     "gguf": _COMMON | {"lut", "smallest", "kernel_config", "threads", "allow_nonfinite", "pre"},
-    "onnx": _COMMON | {"block_size"},
+    "onnx": _COMMON | {"block_size", "threads"},
 }
 #: safetensors checkpoint layouts (hf2st --format) are formats of their own in a job file
-_ST_KEYS = {"quant", "block_size", "max_shard_size", "linear_class", "allow_pickle", "revision"}
+_ST_KEYS = {"quant", "block_size", "max_shard_size", "linear_class", "allow_pickle", "revision", "threads"}
 
 
 def _format_keys() -> dict[str, set[str]]:
@@ -106,6 +106,8 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
         raise UsageError(f"{p}: not valid TOML: {e}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{p}: not UTF-8 text") from None
+    except RecursionError:
+        raise UsageError(f"{p}: not valid TOML: arrays or tables nested too deeply") from None
     unknown_top = set(doc) - {"job", "defaults"}
     if unknown_top:
         raise UsageError(f"{p}: unknown top-level key(s) {', '.join(sorted(unknown_top))}; expected [[job]] tables "
@@ -125,9 +127,12 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
         for key in ("source", "output"):
             if not isinstance(spec.get(key), str) or not spec[key]:
                 raise UsageError(f"{where}: missing or non-string key {key!r}")
+        for key in ("source", "output", "kernel_config"):
+            if key in spec and (not isinstance(spec[key], str) or "\0" in spec[key]):
+                raise UsageError(f"{where}: {key!r} must be a path (a string without NUL bytes)")
         fmt = spec.get("format") or (get_target(str(spec["target"])).format if spec.get("target") else "gguf")
         format_keys = _format_keys()
-        if fmt not in format_keys:
+        if not isinstance(fmt, str) or fmt not in format_keys:
             raise UsageError(f"{where}: format {fmt!r} is not one of {', '.join(sorted(format_keys))}")
         bad = set(spec) - _JOB_KEYS - format_keys[fmt]
         if bad:
@@ -137,7 +142,10 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
         src_path = base / source
         if not Path(source).is_absolute() and (src_path.exists() or source.startswith((".", "/"))):
             source = str(src_path)  # a local directory; anything else is a hub repo id
-        output = Path(spec["output"]).expanduser()
+        try:
+            output = Path(spec["output"]).expanduser()
+        except RuntimeError:  # ~name of a user this machine does not have
+            raise UsageError(f"{where}: output {spec['output']!r}: no such user's home directory") from None
         output = output if output.is_absolute() else base / output
         name = str(spec.get("name") or f"job{i}")
         if output.resolve() in seen_outputs:

@@ -20,7 +20,8 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from rich.table import Table
 
 from . import __version__, api
-from .errors import BitconvError
+from .errors import BitconvError, end_cli_run, end_cli_startup
+from .formats.atomic import interrupted_message
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -52,15 +53,18 @@ def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
                 exit_code = rest[0] if rest else 0
             except BitconvError as e:
                 _fail(name, as_json, debug, type(e).__name__, str(e), e.exit_code)
-            except KeyboardInterrupt:
-                _fail(name, as_json, debug, "Interrupted", "interrupted, nothing written", 130)
+            except KeyboardInterrupt:  # Ctrl-C outside a writer: nothing written, or what was complete
+                _fail(name, as_json, debug, "Interrupted", interrupted_message(), 130)
             except Exception as e:  # an unexpected failure is a bug: say so, briefly
                 msg = f"internal error: {type(e).__name__}: {e}" + ("" if debug else " (run with --debug for details)")
                 _fail(name, as_json, debug, "InternalError", msg, 1)
-            if as_json:
-                _emit_json({"ok": exit_code == 0, "command": name, "result": result})
-            else:
-                render()
+            try:
+                if as_json:
+                    _emit_json({"ok": exit_code == 0, "command": name, "result": result})
+                else:
+                    render()
+            except KeyboardInterrupt:  # while printing the result: the artifact is complete, say so
+                _fail(name, as_json, debug, "Interrupted", interrupted_message(), 130)
             if exit_code:
                 sys.exit(exit_code)
 
@@ -93,6 +97,10 @@ def _progress_bar(disable: bool) -> Progress:
                     TimeRemainingColumn(), console=err, transient=True, disable=disable or not err.is_terminal)
 
 
+THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes are the same for any count; "
+                "memory grows by about 256 MiB per thread.")
+
+
 @cli.command("hf2gguf")
 @click.argument("source")
 @click.option("--quant", "-q", default=None,
@@ -107,7 +115,7 @@ def _progress_bar(disable: bool) -> Progress:
               help="Output file, or a folder for <name>-<quant>.gguf. Default: ./<name>-<quant>.gguf")
 @click.option("--dry-run", is_flag=True, help="Show the plan (tensors, types, sizes, memory); write nothing.")
 @click.option("--force", is_flag=True, help="Overwrite an existing output file.")
-@click.option("--threads", type=click.IntRange(0, 256), default=0, help="Quantization threads (0: all cores).")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help=THREADS_HELP)
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--pre", default=None, help="Override the tokenizer pre-tokenizer name written to the GGUF.")
 @click.option("--allow-nonfinite", is_flag=True, help="Convert weights that contain NaN/Inf.")
@@ -161,11 +169,12 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
               help="Allow int2 for a model not trained ternary (destroys accuracy; for runtime tests).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
 @click.option("--no-manifest", is_flag=True, help="Do not write bitconv-manifest.json in the folder.")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help=THREADS_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2onnx")
 def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int | None, output: str | None,
             dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
-            no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+            no_manifest: bool, threads: int, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
     progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
@@ -181,7 +190,7 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
         result = api.convert_onnx(source, quant, output, target=target, block_size=block_size, force=force,
                                   dry_run=dry_run, force_ternarize=force_ternarize, allow_pickle=allow_pickle,
                                   revision=revision, manifest=not no_manifest, progress=on_tensor,
-                                  on_start=on_start)
+                                  on_start=on_start, threads=threads)
     data = result.to_dict()
     if not dry_run:
         data.pop("tensors")
@@ -210,11 +219,12 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
 @click.option("--force", is_flag=True, help="Write into a non-empty output folder (overwriting our files).")
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
+@click.option("--threads", type=click.IntRange(0, 256), default=0, help=THREADS_HELP)
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2st")
 def hf2st(source: str, fmt: str, quant: str | None, block_size: int | None, max_shard_size: str | None,
           linear_class: str, output: str | None, dry_run: bool, force: bool, revision: str | None,
-          allow_pickle: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+          allow_pickle: bool, threads: int, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Write the checkpoint SOURCE (a directory, or a hub repo id) as a Hugging Face safetensors checkpoint."""
     progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
@@ -230,7 +240,7 @@ def hf2st(source: str, fmt: str, quant: str | None, block_size: int | None, max_
         result = api.convert_safetensors(source, fmt, output, quant=quant, block_size=block_size,
                                          max_shard_size=max_shard_size, linear_class=linear_class.lower(),
                                          force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
-                                         progress=on_tensor, on_start=on_start)
+                                         progress=on_tensor, on_start=on_start, threads=threads)
     data = result.to_dict()
     if not dry_run:
         data.pop("tensors")
@@ -586,19 +596,25 @@ def quants_cmd(as_json: bool) -> tuple[Any, Callable[[], None]]:
 
 def main() -> None:
     """Entry point: click usage errors become exit 2 (and JSON with --json)."""
+    end_cli_startup()
     try:
-        cli.main(standalone_mode=False)
-    except click.exceptions.Exit as e:
-        sys.exit(e.exit_code)
-    except click.Abort:
-        err.print("interrupted, nothing written")
-        sys.exit(130)
-    except click.ClickException as e:
-        if "--json" in sys.argv[1:]:
-            cmd = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
-            _emit_json({"ok": False, "command": cmd,
-                        "error": {"type": "UsageError", "message": e.format_message(), "exit_code": 2}})
-        else:
-            e.show()
-        sys.exit(2)
-    sys.exit(0)
+        try:
+            cli.main(standalone_mode=False)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except (click.Abort, KeyboardInterrupt):  # Ctrl-C while click parsed the command line
+            args = sys.argv[1:]
+            _fail(next((a for a in args if not a.startswith("-")), ""), "--json" in args, False, "Interrupted",
+                  interrupted_message(), 130)
+        except click.ClickException as e:
+            if "--json" in sys.argv[1:]:
+                cmd = next((a for a in sys.argv[1:] if not a.startswith("-")), "")
+                _emit_json({"ok": False, "command": cmd,
+                            "error": {"type": "UsageError", "message": e.format_message(), "exit_code": 2}})
+            else:
+                e.show()
+            sys.exit(2)
+        sys.exit(0)
+    except SystemExit as e:  # done: a Ctrl-C while the interpreter shuts down has nothing left to stop
+        end_cli_run(e.code if isinstance(e.code, int) else 1)
+        raise

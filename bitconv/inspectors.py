@@ -214,6 +214,15 @@ def st_format(qc: dict[str, Any] | None, names: set[str] | None = None) -> str:
     return "plain"
 
 
+def _table(value: Any) -> dict[str, Any]:
+    """A config.json section as a table; another shape reads as empty (inspect reports, never trips)."""
+    return value if isinstance(value, dict) else {}
+
+
+def _items(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [] if value is None else [value]
+
+
 def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
     if not isinstance(qc, dict):
         return "none (float weights)" if fmt == "plain" else f"{fmt} (no quantization_config in config.json)"
@@ -222,13 +231,14 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
                 f"mode {qc.get('quantization_mode', '?')}")
     if fmt == "compressed-tensors":
         parts = []
-        for name, group in sorted((qc.get("config_groups") or {}).items()):
-            w = (group or {}).get("weights") or {}
+        for name, group in sorted(_table(qc.get("config_groups")).items()):
+            group = _table(group)
+            w = _table(group.get("weights"))
             sym = "symmetric" if w.get("symmetric") else "asymmetric"
             gs = f" {w.get('group_size')}" if w.get("strategy") == "group" else ""
             parts.append(f"{name}: {w.get('type', '?')}{w.get('num_bits', '?')} {sym} {w.get('strategy', '?')}{gs} "
-                         f"on {', '.join(map(str, (group or {}).get('targets') or []))}")
-        ignore = qc.get("ignore") or []
+                         f"on {', '.join(map(str, _items(group.get('targets'))))}")
+        ignore = _items(qc.get("ignore"))
         return (f"{qc.get('format', '?')}, {qc.get('quantization_status', '?')}; " + "; ".join(parts)
                 + (f"; ignore {', '.join(map(str, ignore))}" if ignore else ""))
     return ", ".join(f"{k}={v}" for k, v in qc.items() if isinstance(v, (str, int, float, bool)))

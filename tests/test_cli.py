@@ -226,8 +226,9 @@ def test_deterministic_across_runs_and_threads(qwen2_checkpoint: Path, tmp_path:
         assert res["sha256"] == sha256(tmp_path / f"t{threads}.gguf")
         shas.append(res["sha256"])
     assert shas[0] == shas[1], f"{quant}: --threads 1 and --threads 2 gave different bytes"
-    # the manifests differ only in the output file name
+    # the manifests differ only in the output file name and the thread count they record
     m1, m2 = (json.loads((tmp_path / f"t{t}.gguf.manifest.json").read_text()) for t in ("1", "2"))
+    assert (m1["options"].pop("threads"), m2["options"].pop("threads")) == (1, 2)
     m1["outputs"][0].pop("path"), m2["outputs"][0].pop("path")
     assert m1 == m2
 

@@ -85,14 +85,28 @@ class LazyTensor:
     nbytes: int
     source: Path
     _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
+    #: reads rows [lo, hi) of the tensor seen as [numel / shape[-1], shape[-1]]
+    _rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
+    @property
+    def n_rows(self) -> int:
+        return math.prod(self.shape[:-1]) if self.shape else 1
+
     def load_raw(self) -> np.ndarray:
         """The stored values in their stored numpy dtype (bf16 as uint16 bits), shaped."""
         return self._reader()
+
+    def load_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) of the stored values as a 2-D [hi - lo, shape[-1]] array: the writer reads
+        a large tensor a slab at a time, so it never holds the whole of it."""
+        if self._rows is not None:
+            return self._rows(lo, hi)
+        k = self.shape[-1] if self.shape else 1
+        return self._reader().reshape(-1, k)[lo:hi]
 
     def load(self) -> np.ndarray:
         """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
@@ -128,8 +142,8 @@ def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
         raise CheckpointError(f"{path.name}: cannot read: {e.strerror or e}") from e
     try:
         header = json.loads(raw)
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({e})") from e
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
+        raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({_one_line(e)})") from e
     if not isinstance(header, dict):
         raise CheckpointError(f"{path.name}: safetensors header is not a JSON object")
     data_start = 8 + header_len
@@ -151,7 +165,7 @@ def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -
     dtype = info.get("dtype")
     shape = info.get("shape")
     offsets = info.get("data_offsets")
-    if dtype not in SAFETENSORS_DTYPES:
+    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
         raise CheckpointError(f"{path.name}: {name}: unsupported dtype {dtype!r}")
     if (not isinstance(shape, list) or len(shape) > 8
             or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
@@ -189,23 +203,44 @@ def _open_fd(path: Path, entry: SafetensorsEntry) -> int:
         raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
 
 
-def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
+def _pread_range(path: Path, entry: SafetensorsEntry, begin: int, count: int) -> np.ndarray:
     np_dtype = SAFETENSORS_DTYPES[entry.dtype]
+    buf = np.empty(count, dtype=np_dtype)
+    fd = _open_fd(path, entry)
+    try:
+        _pread_into(fd, memoryview(buf).cast("B"), begin, entry, path)
+    finally:
+        os.close(fd)
+    return buf
+
+
+def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
+    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
 
     def read() -> np.ndarray:
-        buf = np.empty((entry.end - entry.begin) // np_dtype.itemsize, dtype=np_dtype)
-        fd = _open_fd(path, entry)
-        try:
-            _pread_into(fd, memoryview(buf).cast("B"), entry.begin, entry, path)
-        finally:
-            os.close(fd)
-        return buf.reshape(entry.shape)
+        return _pread_range(path, entry, entry.begin, (entry.end - entry.begin) // itemsize).reshape(entry.shape)
 
     return read
 
 
+def _pread_rows(path: Path, entry: SafetensorsEntry) -> Callable[[int, int], np.ndarray]:
+    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
+    k = entry.shape[-1] if entry.shape else 1
+
+    def read_rows(lo: int, hi: int) -> np.ndarray:
+        return _pread_range(path, entry, entry.begin + lo * k * itemsize, (hi - lo) * k).reshape(hi - lo, k)
+
+    return read_rows
+
+
 def _inside(root: Path, rel: str) -> Path:
     """Resolve a file named by an index, refusing names that leave the checkpoint directory."""
+    try:  # a NUL byte or a lone surrogate: the OS cannot name it (os.stat raises ValueError, not OSError)
+        if "\0" in rel:
+            raise ValueError("NUL byte")
+        os.fsencode(rel)
+    except ValueError:
+        raise CheckpointError(f"index names a file the file system cannot name: {rel!r}") from None
     p = Path(rel)
     if p.is_absolute() or ".." in p.parts or rel.strip() == "":
         raise CheckpointError(f"index names a file outside the checkpoint directory: {rel!r}")
@@ -234,11 +269,19 @@ def read_json_object(path: Path, missing: str, error: type[BitconvError] = Check
         raise error(missing)
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise error(f"{path}: invalid JSON ({e})") from e
+    except OSError as e:
+        raise error(f"{path}: cannot read ({e.strerror or e})") from e
+    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
+        raise error(f"{path}: invalid JSON ({_one_line(e)})") from e
     if not isinstance(data, dict):
         raise error(f"{path}: must hold a JSON object")
     return data
+
+
+def _one_line(e: BaseException) -> str:
+    """A parser's message cut to one line (errors are printed in one)."""
+    text = str(e).splitlines()[0] if str(e) else ""
+    return text or type(e).__name__
 
 
 def load_config(root: Path) -> dict[str, Any]:
@@ -295,7 +338,10 @@ class Checkpoint:
 
 def resolve_source(source: str | os.PathLike[str], revision: str | None) -> tuple[Path, str | None]:
     """An existing path is a local checkpoint; otherwise `owner/name` is a hub repo id."""
-    path = Path(source).expanduser()
+    try:
+        path = Path(source).expanduser()
+    except RuntimeError:  # ~name of a user this machine does not have
+        raise CheckpointError(f"{source}: no such user's home directory") from None
     if path.exists():
         if not path.is_dir():
             raise CheckpointError(f"{path} is a file; give the checkpoint directory (with config.json)")
@@ -345,7 +391,7 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
-                                             path, _pread_reader(path, entry))
+                                             path, _pread_reader(path, entry), _pread_rows(path, entry))
     if index.is_file():
         _check_index_complete(index, tensors)
     return tensors, files
@@ -365,8 +411,8 @@ def _shards_from_index(root: Path, index: Path) -> list[Path]:
         weight_map = data["weight_map"]
         if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
             raise TypeError("weight_map must map tensor names to file names")
-    except (UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index.name}: invalid index ({e})") from e
+    except (ValueError, RecursionError, KeyError, TypeError) as e:  # ValueError: bad JSON or UTF-8
+        raise CheckpointError(f"{index.name}: invalid index ({_one_line(e)})") from e
     if not weight_map:
         raise CheckpointError(f"{index.name}: invalid index (weight_map lists no tensors)")
     files: list[Path] = []
@@ -422,11 +468,18 @@ def _torch_lazy(name: str, t: Any, path: Path) -> LazyTensor:
     if dtype is None:
         raise CheckpointError(f"{name}: unsupported dtype {t.dtype} in {path.name}")
 
-    def read() -> np.ndarray:
+    def as_numpy(c: Any) -> np.ndarray:
         import torch
-        c = t.contiguous()
+        c = c.contiguous()
         if dtype == "BF16":
             return c.view(torch.int16).numpy().view(np.uint16).copy()
         return c.numpy().copy()
 
-    return LazyTensor(name, dtype, tuple(t.shape), t.numel() * t.element_size(), path, read)
+    def read() -> np.ndarray:
+        return as_numpy(t)
+
+    def read_rows(lo: int, hi: int) -> np.ndarray:
+        k = t.shape[-1] if t.dim() else 1
+        return as_numpy(t.reshape(-1, k)[lo:hi])
+
+    return LazyTensor(name, dtype, tuple(t.shape), t.numel() * t.element_size(), path, read, read_rows)

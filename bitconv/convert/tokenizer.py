@@ -74,6 +74,17 @@ def _add_flags_from_tokenizer_config(root: Path, special: gguf.SpecialVocab) -> 
             special.add_special_token.setdefault(typ, flag)
 
 
+def _special_vocab(root: Path, vocab_size: int, load_merges: bool = False) -> gguf.SpecialVocab:
+    """gguf-py's SpecialVocab (llama.cpp's converter's reader of merges, special ids and the chat
+    template); it trusts the files' shapes, so what it trips over is reported as a TokenizerError."""
+    try:
+        with _quiet_gguf():
+            return gguf.SpecialVocab(root, load_merges=load_merges, n_vocab=vocab_size)
+    except (ValueError, TypeError, KeyError, IndexError, AttributeError, RecursionError, OSError) as e:
+        text = str(e).splitlines()[0] if str(e) else ""
+        raise TokenizerError(f"{root}: tokenizer files gguf-py cannot read ({type(e).__name__}: {text})") from e
+
+
 def _looks_special(token: str) -> bool:
     return (token in ("<pad>", "<mask>", "<2mass>", "[@BOS@]")
             or (token.startswith("<|") and token.endswith("|>"))
@@ -97,8 +108,16 @@ def _split_regexes(node: Any) -> list[str]:
     return []
 
 
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
 def detect_pre_tokenizer(tokenizer_json: dict[str, Any]) -> str:
-    regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
+    try:
+        regexes = _split_regexes(tokenizer_json.get("pre_tokenizer"))
+    except RecursionError:
+        raise TokenizerError("tokenizer.json: pre_tokenizer is nested too deeply") from None
     for r in regexes:
         if r in PRE_TOKENIZER_REGEXES:
             return PRE_TOKENIZER_REGEXES[r]
@@ -126,14 +145,19 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
     vocab = model.get("vocab")
     if not isinstance(vocab, dict):
         raise TokenizerError("tokenizer.json: model.vocab is not a token → id table")
-    reverse: dict[int, str] = {int(i): t for t, i in vocab.items()}
+    if not all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i for i in vocab.values()):
+        raise TokenizerError("tokenizer.json: model.vocab maps a token to something other than an id ≥ 0")
+    reverse: dict[int, str] = {i: t for t, i in vocab.items()}
     added: dict[int, dict[str, Any]] = {}
-    for tok in data.get("added_tokens") or []:
-        try:
-            added[int(tok["id"])] = tok
-            reverse[int(tok["id"])] = str(tok["content"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise TokenizerError(f"tokenizer.json: malformed added token {tok!r}") from e
+    added_tokens = data.get("added_tokens") or []
+    if not isinstance(added_tokens, list):
+        raise TokenizerError("tokenizer.json: added_tokens is not a list")
+    for tok in added_tokens:
+        if not (isinstance(tok, dict) and isinstance(tok.get("id"), int) and not isinstance(tok["id"], bool)
+                and tok["id"] >= 0 and isinstance(tok.get("content"), str)):
+            raise TokenizerError(f"tokenizer.json: malformed added token {_short(tok)}")
+        added[tok["id"]] = tok
+        reverse[tok["id"]] = tok["content"]
     if reverse and max(reverse) >= vocab_size:
         raise TokenizerError(f"tokenizer has id {max(reverse)} but config.json vocab_size is {vocab_size}")
     tokens: list[str] = []
@@ -154,10 +178,10 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
             tokens.append(token)
             types.append(gguf.TokenType.NORMAL)
     pre_name = pre or detect_pre_tokenizer(data)
-    with _quiet_gguf():
-        special = gguf.SpecialVocab(root, load_merges=True, n_vocab=vocab_size)
+    special = _special_vocab(root, vocab_size, load_merges=True)
     post = data.get("post_processor")
     processors = post.get("processors", []) if isinstance(post, dict) and post.get("type") == "Sequence" else [post]
+    processors = processors if isinstance(processors, list) else []
     if any(isinstance(p, dict) and p.get("type") == "ByteLevel" for p in processors):
         # A ByteLevel post-processor adds no BOS/EOS of its own; llama.cpp's converter records that
         # explicitly (a TemplateProcessing beside it may still have set add_bos).
@@ -199,32 +223,45 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes | int]]:
                 raise TokenizerError("tokenizer.model: a field runs past the end of the file")
             yield field, wire, buf[pos:pos + n]
             pos += n
-        elif wire == 5:
-            yield field, wire, buf[pos:pos + 4]
-            pos += 4
-        elif wire == 1:
-            yield field, wire, buf[pos:pos + 8]
-            pos += 8
+        elif wire in (1, 5):
+            n = 8 if wire == 1 else 4
+            if pos + n > len(buf):
+                raise TokenizerError("tokenizer.model: a field runs past the end of the file")
+            yield field, wire, buf[pos:pos + n]
+            pos += n
         else:
             raise TokenizerError(f"tokenizer.model: unsupported protobuf wire type {wire}")
+
+
+#: SentencePiece piece types (the proto's; GGUF token types share the numbers)
+_PIECE_TYPES = frozenset(range(1, 7))
 
 
 def read_sentencepiece_pieces(path: Path) -> list[tuple[str, float, int]]:
     """(piece, score, type) of every piece in a SentencePiece ModelProto; types are the proto's
     (NORMAL 1, UNKNOWN 2, CONTROL 3, USER_DEFINED 4, UNUSED 5, BYTE 6), which GGUF shares."""
     pieces = []
-    for field, wire, value in _fields(path.read_bytes()):
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise TokenizerError(f"{path}: cannot read ({e.strerror or e})") from e
+    for field, wire, value in _fields(raw):
         if field != 1 or wire != 2:
             continue
         piece, score, kind = "", 0.0, 1
         assert isinstance(value, bytes)
         for f, w, v in _fields(value):
             if f == 1 and w == 2:
-                piece = bytes(v).decode("utf-8")  # type: ignore[arg-type]
+                try:
+                    piece = bytes(v).decode("utf-8")  # type: ignore[arg-type]
+                except UnicodeDecodeError:
+                    raise TokenizerError(f"{path}: piece {len(pieces)} is not UTF-8 text") from None
             elif f == 2 and w == 5:
                 score = float(np.frombuffer(v, dtype="<f4")[0])  # type: ignore[arg-type]
             elif f == 3 and w == 0:
                 kind = int(v)  # type: ignore[arg-type]
+        if kind not in _PIECE_TYPES:
+            raise TokenizerError(f"{path}: piece {len(pieces)} ({_short(piece)}) has unknown type {kind}")
         pieces.append((piece, score, kind))
     if not pieces:
         raise TokenizerError(f"{path}: no pieces (not a SentencePiece model?)")
@@ -249,8 +286,14 @@ def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
     config_file = root / "tokenizer_config.json"
     if config_file.is_file():
         decoder = read_json_object(config_file, "", TokenizerError).get("added_tokens_decoder") or {}
+        if not isinstance(decoder, dict):
+            raise TokenizerError(f"{config_file}: added_tokens_decoder is not an id → token table")
         for key, data in decoder.items():
-            i, text = int(key), str(data.get("content", ""))
+            if (not isinstance(data, dict) or not (key.isascii() and key.isdigit() and len(key) < 19)
+                    or not isinstance(data.get("content", ""), str)):
+                raise TokenizerError(
+                    f"{config_file}: malformed added_tokens_decoder entry {_short(key)}: {_short(data)}")
+            i, text = int(key), data.get("content", "")
             if not 0 <= i < vocab_size:
                 continue
             if data.get("special") or _looks_special(text):
@@ -259,8 +302,7 @@ def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
                 text = text.replace("\u2581", " ")
                 types[i] = int(gguf.TokenType.USER_DEFINED)
             tokens[i], scores[i] = text, -1000.0
-    with _quiet_gguf():
-        special = gguf.SpecialVocab(root, n_vocab=vocab_size)
+    special = _special_vocab(root, vocab_size)
     _add_flags_from_tokenizer_config(root, special)
     return GGUFVocab("llama", "default", tokens, types, special, scores)
 

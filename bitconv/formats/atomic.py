@@ -1,24 +1,64 @@
 """Atomic outputs: write to `.<name>.bitconv-tmp.<pid>` beside the target, fsync, rename.
 
 A crash, Ctrl-C or a full disk leaves no partial artifact at the output path; stale temp files of
-dead processes are removed by the next run.
+dead processes are removed by the next run. The rename itself is shielded from Ctrl-C (the
+interrupt is taken right after it), so an interrupted run either wrote nothing or wrote the whole
+artifact — and `interrupted_message()` says which.
 """
 from __future__ import annotations
 
 import errno
 import os
+import re
+import resource
 import shutil
+import signal
+import threading
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterable, Iterator
 
-from ..errors import Interrupted, OutputError
+from ..errors import BitconvError, Interrupted, OutputError
 
 TMP_MARK = ".bitconv-tmp."
+
+#: artifacts this process renamed into place (what an interrupt after them leaves behind)
+_COMMITTED: list[Path] = []
 
 
 def temp_path_for(path: Path) -> Path:
     return path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+
+
+def committed_outputs() -> list[Path]:
+    """The artifacts (files or folders) this process has renamed into place so far."""
+    return list(_COMMITTED)
+
+
+def interrupted_message() -> str:
+    """The one line for Ctrl-C: nothing written, or what was complete before the interrupt."""
+    if not _COMMITTED:
+        return "interrupted, nothing written"
+    return "interrupted after writing " + ", ".join(str(p) for p in _COMMITTED) + " (complete); nothing else written"
+
+
+@contextmanager
+def sigint_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while the block runs (a rename and its bookkeeping); a Ctrl-C that came meanwhile
+    is raised as KeyboardInterrupt right after it. Only in the main thread with Python's default
+    handler in place (else the block runs as is)."""
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield
+        return
+    pending: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pending.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pending:
+        raise KeyboardInterrupt
 
 
 def _pid_alive(pid: int) -> bool:
@@ -31,18 +71,35 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _discard(p: Path) -> None:
+    """Remove a temp file or folder; never raises (a read-only folder: the next run removes it)."""
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
 def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_MARK}*") -> None:
     """Remove temp files and folders (`<…>.<pid>`) that dead processes left in `folder`."""
-    for p in folder.glob(pattern):
+    try:
+        found = list(folder.glob(pattern))
+    except OSError:
+        return
+    for p in found:
         try:
             pid = int(p.name.rsplit(".", 1)[1])
         except ValueError:
             continue
         if pid != os.getpid() and not _pid_alive(pid):
-            if p.is_dir() and not p.is_symlink():
-                shutil.rmtree(p, ignore_errors=True)
-            else:
-                p.unlink(missing_ok=True)
+            _discard(p)
+
+
+def is_temp_name(name: str) -> bool:
+    """A bitconv temp file or staging folder (this run's or a dead one's)."""
+    return TMP_MARK in name or name.startswith(".bitconv-onnx-tmp.")
 
 
 def check_output_path(path: Path, force: bool) -> None:
@@ -72,6 +129,57 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def _files_under(paths: Iterable[Path]) -> Iterator[Path]:
+    for p in paths:
+        try:
+            if p.is_dir():
+                yield from (f for f in p.rglob("*") if f.is_file())
+            elif p.is_file():
+                yield p
+        except OSError:
+            continue
+
+
+def _short_write_errno(e: OSError, folder: Path, written: Iterable[Path]) -> int | None:
+    """The likely errno of a failed write that lost it: numpy's `tofile` raises a bare OSError
+    ("N requested and M written", "Not enough free space to write N bytes ...")."""
+    nums = [int(n) for n in re.findall(r"\d+", str(e))]
+    requested = nums[0] if nums else 0
+    try:
+        st = os.statvfs(folder)
+        if min(st.f_bavail, st.f_bfree) * st.f_frsize < requested + (1 << 20):
+            return errno.ENOSPC
+    except OSError:
+        pass
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        for f in _files_under(written):
+            try:
+                if f.stat().st_size + requested > limit:
+                    return errno.EFBIG
+            except OSError:
+                continue
+    return None
+
+
+def write_error(e: OSError, target: Path, written: Iterable[Path] = (), *, suffix: str = "; nothing written"
+                ) -> BitconvError | None:
+    """The one-line error for an OSError met while writing `target` (its temp files: `written`),
+    or None when it is not a write problem a user can act on."""
+    code = e.errno
+    if code is None:
+        folder = target if target.is_dir() else target.parent
+        code = _short_write_errno(e, folder, written)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return OutputError(f"disk full while writing {target}{suffix}")
+    if code == errno.EFBIG:
+        return OutputError(f"file too large while writing {target}: over the file size limit (ulimit -f) or the "
+                           f"file system's largest file{suffix}")
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return OutputError(f"cannot write {target}: {e.strerror or os.strerror(code)}{suffix}")
+    return None
+
+
 @contextmanager
 def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
     """Yield a temp path to write; on success it becomes `path`, on any failure it disappears."""
@@ -81,20 +189,21 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
     try:
         yield tmp
         fsync_path(tmp)
-        os.replace(tmp, path)
-        fsync_path(path.parent)
+        with sigint_deferred():
+            os.replace(tmp, path)
+            _COMMITTED.append(path)
+            fsync_path(path.parent)
     except KeyboardInterrupt:
-        tmp.unlink(missing_ok=True)
-        raise Interrupted("interrupted, nothing written") from None
+        _discard(tmp)
+        raise Interrupted(interrupted_message()) from None
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"disk full while writing {path}; nothing written") from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError(f"cannot write {path}: {e.strerror}") from e
+        err = write_error(e, path, [tmp])  # before the temp goes: it looks at its size and the free space
+        _discard(tmp)
+        if err is not None:
+            raise err from e
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 
@@ -103,14 +212,17 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         tmp.write_text(text, encoding="utf-8")
         fsync_path(tmp)
-        os.replace(tmp, path)
+        with sigint_deferred():
+            os.replace(tmp, path)
+            _COMMITTED.append(path)
     except OSError as e:
-        tmp.unlink(missing_ok=True)
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):  # a typed, one-line error, not an "internal error"
-            raise OutputError(f"disk full while writing {path}") from e
+        err = write_error(e, path, [tmp], suffix="")  # a typed, one-line error, not an "internal error"
+        _discard(tmp)
+        if err is not None:
+            raise err from e
         raise
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        _discard(tmp)
         raise
 
 
@@ -125,31 +237,79 @@ def staged_texts(files: dict[Path, str]) -> Iterator[Callable[[], None]]:
             fsync_path(temps[p])
 
         def commit() -> None:
-            for p, tmp in temps.items():
-                os.replace(tmp, p)
+            with sigint_deferred():
+                for p, tmp in temps.items():
+                    os.replace(tmp, p)
+                    _COMMITTED.append(p)
 
         yield commit
     finally:
         for tmp in temps.values():
-            tmp.unlink(missing_ok=True)
+            _discard(tmp)
 
 
 @contextmanager
-def folder_write_errors(folder: Path, cleanup: Callable[[], None]) -> Iterator[None]:
+def folder_write_errors(folder: Path, cleanup: Callable[[], None],
+                        written: Callable[[], Iterable[Path]] = lambda: ()) -> Iterator[None]:
     """Around the staging of an output folder: any failure runs `cleanup` first; Ctrl-C, a full
-    disk and a permission problem become one-line bitconv errors."""
+    disk, a file size limit and a permission problem become one-line bitconv errors."""
     try:
         yield
     except KeyboardInterrupt:
         cleanup()
-        raise Interrupted("interrupted, nothing written") from None
+        raise Interrupted(interrupted_message()) from None
     except OSError as e:
+        staged = list(written())
+        err = write_error(e, folder, staged)  # before cleanup: it looks at the staged files' sizes
         cleanup()
-        if e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise OutputError(f"disk full while writing {folder}; nothing written") from e
-        if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-            raise OutputError(f"cannot write {folder}: {e.strerror}") from e
+        if err is not None:
+            raise err from e
         raise
     except BaseException:
         cleanup()
         raise
+
+
+@contextmanager
+def staged_folder(folder: Path, stage_name: str = "stage",
+                  legacy_patterns: tuple[str, ...] = ()) -> Iterator[tuple[Path, Callable[[list[str]], None]]]:
+    """Yield (a staging folder, commit(names)) for a folder export; nothing is visible at `folder`
+    before commit.
+
+    A new `folder`: the stage is `.<name>.bitconv-tmp.<pid>` beside it and commit renames the whole
+    stage to `folder` (one atomic rename). An existing folder (--force): the stage is
+    `.<stage_name>.bitconv-tmp.<pid>` inside it and commit renames `names` into it in that order (the
+    file that makes the folder loadable last). On any failure the stage goes; stale stages of dead
+    processes (beside or inside `folder`) are removed first. Ctrl-C is held during the renames."""
+    created = not folder.exists()
+    remove_stale_temps(folder.parent)
+    if not created:
+        remove_stale_temps(folder)
+        for pattern in legacy_patterns:
+            remove_stale_temps(folder, pattern)
+    stage = temp_path_for(folder) if created else folder / f".{stage_name}{TMP_MARK}{os.getpid()}"
+    _discard(stage)
+
+    def commit(names: list[str]) -> None:
+        for n in names:
+            fsync_path(stage / n)
+        with sigint_deferred():
+            if created:
+                fsync_path(stage)
+                try:
+                    os.rename(stage, folder)
+                except OSError as e:
+                    if e.errno in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR):
+                        raise OutputError(f"{folder} appeared while bitconv was writing it; nothing written") from e
+                    raise
+            else:
+                for n in names:
+                    os.replace(stage / n, folder / n)
+            _COMMITTED.append(folder)
+            fsync_path(folder.parent if created else folder)
+
+    with folder_write_errors(folder, lambda: _discard(stage), lambda: [stage]):
+        stage.mkdir()
+        yield stage, commit
+    if stage.exists():  # an existing folder's stage, emptied by commit (or a failure after it)
+        _discard(stage)

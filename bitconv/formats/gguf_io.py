@@ -1,8 +1,10 @@
 """GGUF writing (streamed, tensor by tensor, through gguf-py's GGUFWriter) and reading for inspect.
 
 All tensor infos are declared first (shapes and byte sizes are known from the plan), then header,
-metadata and tensor table are written, then each tensor is read, quantized and appended in plan
-order. At most two tensors are in memory: the one being encoded and the next one being read.
+metadata and tensor table are written, then the tensors are read, quantized and appended in plan
+order. Work items (a whole small tensor, or a slab of rows of a large one) run on `--threads`
+workers and are written in plan order, so the bytes never depend on the thread count; the bytes in
+flight are bounded per thread, so peak memory does not grow with the model or its largest tensor.
 """
 from __future__ import annotations
 
@@ -11,23 +13,30 @@ import itertools
 import math
 import os
 import struct
+import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import gguf
 import numpy as np
 
-from ..convert.checkpoint import Checkpoint, to_compute_dtype
+from ..convert.checkpoint import Checkpoint, LazyTensor, to_compute_dtype
 from ..convert.plan import PlannedTensor, TensorPlan
 from ..convert.tokenizer import GGUFVocab
 from ..errors import ArtifactError, BitconvError, QuantizationError
+from ..quant.base import Quantizer
 from ..quant.tl import tl1_nbytes, tl2_nbytes
+from ..threads import thread_count
 
-#: rows per work item when a tensor is quantized in parallel (bytes are identical: rows are independent)
+#: rows encoded at a time (a cache-sized piece; bytes are identical however a tensor is split)
 _ROWS_PER_CHUNK = 512
+#: stored bytes one work item reads from a large tensor: a 2 GB embedding is read a slab at a time
+SLAB_BYTES = 64 * 1024 * 1024
+#: bytes of work in flight per thread (stored slabs, their float32 image, encoded bytes)
+INFLIGHT_PER_THREAD = 256 * 1024 * 1024
 #: bytes between write-back hints (Linux; elsewhere the final fsync does it all)
 WRITEBACK_EVERY = 256 * 1024 * 1024
 _HAS_FADVISE = hasattr(os, "posix_fadvise")
@@ -62,6 +71,25 @@ class FastGGUFWriter(gguf.GGUFWriter):
         if ltype in self._ARRAY_DTYPES and all(type(v) is int or type(v) is float for v in val):
             return head + np.asarray(val, dtype=self._ARRAY_DTYPES[ltype]).tobytes()
         return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    # gguf-py writes a tensor's data in one call; these write it in pieces (a slab at a time)
+    def begin_tensor_data(self, nbytes: int) -> None:
+        if self.state is not gguf.WriterState.TI_DATA and self.state is not gguf.WriterState.WEIGHTS:
+            raise ValueError(f"Expected output file to contain tensor info or weights, got {self.state}")
+        assert self.fout is not None and len(self.fout) == 1
+        ti = self.tensors[0].pop(next(iter(self.tensors[0])))
+        assert ti.nbytes == nbytes
+        self.write_padding(self.fout[0], self.fout[0].tell())
+        self.state = gguf.WriterState.WEIGHTS
+
+    def write_tensor_chunk(self, data: np.ndarray) -> None:
+        # file.write, not ndarray.tofile: tofile loses the errno of a failed write (disk full)
+        assert self.fout is not None and sys.byteorder == "little"
+        self.fout[0].write(memoryview(np.ascontiguousarray(data)).cast("B"))
+
+    def end_tensor_data(self, nbytes: int) -> None:
+        assert self.fout is not None
+        self.write_padding(self.fout[0], nbytes)
 
 
 def ggml_type(type_id: int | None) -> Any:
@@ -111,29 +139,30 @@ def _ordered_map(pool: ThreadPoolExecutor, fn: Callable[[int], Any], items: rang
             f.cancel()
 
 
-def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
-                  allow_nonfinite: bool, stored_dtype: str | None = None) -> np.ndarray:
-    """Widen, check and quantize row chunks (in parallel when a pool is given) into one buffer.
+def _rows_2d(arr: np.ndarray) -> np.ndarray:
+    return arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
 
-    `arr` holds the stored values (`stored_dtype`, bf16 as raw bits) or, without a dtype, floats.
-    Rows are independent for every GGUF type, so the bytes equal a single whole-tensor call; each
-    chunk is widened, NaN/Inf-checked and encoded while it is in cache, so no tensor-sized float32
-    copy or temporary exists.
-    """
+
+def _prepare(pt: PlannedTensor, chunks: Iterable[np.ndarray], stored_dtype: str | None) -> Any:
+    """The quantizer's per-tensor statistic (a ternary scale) from a pass over the tensor's rows."""
     q = pt.quant
-    rows = arr.reshape(-1, arr.shape[-1]) if arr.ndim > 1 else arr.reshape(1, -1)
+    if not q.needs_prepare:
+        return None
+    known = pt.source.known_scale() if pt.source.known_scale is not None else None
+    return q.prepare(chunks, stored_dtype, known)
+
+
+def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, state: Any,
+                 allow_nonfinite: bool, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+    """Widen, check and quantize `rows` (stored values, [n, K]) a cache-sized chunk at a time into
+    one [n, bytes per row] buffer; chunks run on `pool` when given. Rows are independent for every
+    GGUF type, so the bytes never depend on how a tensor is split."""
+    q = pt.quant
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
 
-    def widened(lo: int) -> np.ndarray:
-        chunk = rows[lo:lo + _ROWS_PER_CHUNK]
-        return chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
-
-    # per-tensor statistic first (a second pass over the stored bytes, never a float32 copy)
-    known = pt.source.known_scale() if pt.source.known_scale is not None else None
-    state = q.prepare((widened(lo) for lo in starts), stored_dtype, known) if q.needs_prepare else None
-
     def work(lo: int) -> np.ndarray | None:
-        chunk = widened(lo)
+        chunk = rows[lo:lo + _ROWS_PER_CHUNK]
+        chunk = chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
         try:
@@ -163,12 +192,160 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
         out[lo:lo + res.shape[0]] = res
     assert out is not None
+    return out
+
+
+def _finish(pt: PlannedTensor, out: np.ndarray, state: Any) -> np.ndarray:
+    """The whole tensor's rows → its bytes: regrouped for tiled layouts, then the trailer."""
+    q = pt.quant
     out = q.assemble(out, state)
     if (tail := q.trailer(state)):
         out = np.concatenate([out.reshape(-1).view(np.uint8), np.frombuffer(tail, dtype=np.uint8)])
     if out.nbytes != pt.nbytes:
         raise QuantizationError(f"{pt.name}: {q.name} produced {out.nbytes} bytes, planned {pt.nbytes}")
     return out
+
+
+def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
+                  allow_nonfinite: bool, stored_dtype: str | None = None) -> np.ndarray:
+    """A whole tensor's bytes. `arr` holds the stored values (`stored_dtype`, bf16 as raw bits) or,
+    without a dtype, floats; each chunk is widened, NaN/Inf-checked and encoded while it is in
+    cache, so no tensor-sized float32 copy exists."""
+    rows = _rows_2d(arr)
+    starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
+    state = _prepare(pt, (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
+                          to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype) for lo in starts),
+                     stored_dtype)
+    return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool), state)
+
+
+# --- the conversion pipeline: work items in plan order, run in parallel, written in order ----------
+
+@dataclass
+class _WorkItem:
+    """A slab of rows of a large tensor, or a whole tensor; `cost` bounds the bytes it holds."""
+
+    index: int
+    first: bool
+    last: bool
+    cost: int
+    run: Callable[[], np.ndarray]
+
+
+def _streamable(pt: PlannedTensor) -> LazyTensor | None:
+    """The single checkpoint tensor a planned tensor is read from slab by slab, when it is one
+    (not a stack of experts, a permutation or a decoded packed form) and its layout is row-local."""
+    if type(pt.quant).assemble is not Quantizer.assemble or not pt.shape:
+        return None
+    return pt.source.plain
+
+
+def _slabs(pt: PlannedTensor, slab_bytes: int) -> list[tuple[int, int]] | None:
+    """Row ranges a tensor is read in, or None when it is one work item."""
+    lazy = _streamable(pt)
+    if lazy is None or pt.stored_nbytes <= slab_bytes:
+        return None
+    n_rows = lazy.n_rows
+    step = max(1, slab_bytes * n_rows // pt.stored_nbytes)
+    return [(lo, min(n_rows, lo + step)) for lo in range(0, n_rows, step)]
+
+
+def _work_cost(pt: PlannedTensor, share: float = 1.0) -> int:
+    """Bytes a work item over `share` of a tensor's rows holds: stored form, float32 image, output."""
+    return int((pt.stored_nbytes + pt.f32_nbytes + pt.nbytes) * share)
+
+
+def peak_work_bytes(plan: TensorPlan, threads: int = 0) -> int:
+    """The most bytes the conversion's work items hold at once: a budget per thread, or the largest
+    item that cannot be split (it runs alone)."""
+    largest = 0
+    for pt in plan.tensors:
+        slabs = _slabs(pt, SLAB_BYTES)
+        rows = _streamable(pt).n_rows if slabs else 1  # type: ignore[union-attr]
+        largest = max(largest, _work_cost(pt, (slabs[0][1] - slabs[0][0]) / rows) if slabs else _work_cost(pt))
+    total = sum(_work_cost(pt) for pt in plan.tensors)
+    return min(total, max(largest, thread_count(threads) * INFLIGHT_PER_THREAD))
+
+
+def _whole_item(i: int, pt: PlannedTensor, allow_nonfinite: bool) -> _WorkItem:
+    src, q = pt.source, pt.quant
+    if src.codes is not None and src.known_scale is not None and hasattr(q, "quantize_codes"):
+        # a packed ternary linear into a ternary type: its codes are packed as they are, with the
+        # checkpoint's scale (the bytes quantize() gives for codes / inv), no float32 round trip
+        def from_codes() -> np.ndarray:
+            codes = src.codes()  # type: ignore[misc]
+            state = _prepare(pt, [], None)
+            return _finish(pt, np.asarray(q.quantize_codes(codes, state).data), state)  # type: ignore[attr-defined]
+        return _WorkItem(i, True, True, pt.stored_nbytes + math.prod(pt.shape) + pt.nbytes, from_codes)
+
+    def run() -> np.ndarray:
+        arr, stored_dtype = pt.source.load_stored()
+        return encode_tensor(pt, arr, None, allow_nonfinite, stored_dtype)
+    return _WorkItem(i, True, True, _work_cost(pt), run)
+
+
+def _slab_item(i: int, pt: PlannedTensor, lazy: LazyTensor, rows: tuple[int, int], first: bool, last: bool,
+               state: Any, allow_nonfinite: bool) -> _WorkItem:
+    lo, hi = rows
+
+    def run() -> np.ndarray:
+        out = _encode_rows(pt, lazy.load_rows(lo, hi), lazy.dtype, state, allow_nonfinite)
+        tail = pt.quant.trailer(state) if last else b""
+        if tail:
+            return np.concatenate([out.reshape(-1).view(np.uint8), np.frombuffer(tail, dtype=np.uint8)])
+        return out
+
+    return _WorkItem(i, first, last, _work_cost(pt, (hi - lo) / lazy.n_rows), run)
+
+
+def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int) -> Iterator[_WorkItem]:
+    """Every tensor as work items in plan order. A tensor larger than a slab is read and encoded a
+    slab of rows at a time, after a first pass for its per-tensor statistic when it needs one, so no
+    tensor sits in memory whole; the rest are one item each."""
+    for i, pt in enumerate(plan.tensors):
+        slabs = _slabs(pt, slab_bytes)
+        lazy = _streamable(pt)
+        if slabs is None or lazy is None:
+            yield _whole_item(i, pt, allow_nonfinite)
+            continue
+
+        def chunks(lazy: LazyTensor = lazy, slabs: list[tuple[int, int]] = slabs) -> Iterator[np.ndarray]:
+            for lo, hi in slabs:
+                raw = lazy.load_rows(lo, hi)
+                for c in range(0, raw.shape[0], _ROWS_PER_CHUNK):
+                    yield to_compute_dtype(raw[c:c + _ROWS_PER_CHUNK], lazy.dtype)
+
+        state = _prepare(pt, chunks(), lazy.dtype)  # on this thread, before the tensor's slabs start
+        for j, rows in enumerate(slabs):
+            yield _slab_item(i, pt, lazy, rows, j == 0, j == len(slabs) - 1, state, allow_nonfinite)
+
+
+def _run_in_order(pool: ThreadPoolExecutor | None, items: Iterator[_WorkItem],
+                  budget: int) -> Iterator[tuple[_WorkItem, np.ndarray]]:
+    """Run work items on the pool and yield their results in plan order. New items start while the
+    bytes in flight stay within `budget` (one item always may), so memory is bounded by the thread
+    count, not by the model, and a slow disk cannot make finished work pile up."""
+    if pool is None:
+        for item in items:
+            yield item, item.run()
+        return
+    max_items = 2 * (pool._max_workers or 1)
+    pending: deque[tuple[_WorkItem, Future[np.ndarray]]] = deque()
+    inflight = 0
+    nxt = next(items, None)
+    try:
+        while pending or nxt is not None:
+            while nxt is not None and len(pending) < max_items and (not pending or inflight + nxt.cost <= budget):
+                pending.append((nxt, pool.submit(nxt.run)))
+                inflight += nxt.cost
+                nxt = next(items, None)
+            item, fut = pending.popleft()
+            res = fut.result()
+            inflight -= item.cost
+            yield item, res
+    finally:
+        for _, f in pending:
+            f.cancel()
 
 
 class _StreamHasher:
@@ -227,15 +404,13 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
         w.add_quantization_version(gguf.GGML_QUANT_VERSION)
         w.add_file_type(int(plan.quant.llama_ftype))
 
-    n_threads = threads or min(8, os.cpu_count() or 1)
+    n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
-    reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-read")
     hasher = _StreamHasher()
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
         w.write_ti_data_to_file()
-        tensors = plan.tensors
         fout = w.fout[0] if w.fout else None
         assert fout is not None
         fout.flush()
@@ -244,36 +419,41 @@ def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUF
             hasher.update(f.read(pos))
         align = w.data_alignment
         written_back = 0
-        nxt: Future[tuple[np.ndarray, str]] | None = (
-            reader.submit(tensors[0].source.load_stored) if tensors else None)
-        for i, pt in enumerate(tensors):
-            assert nxt is not None
-            arr, stored_dtype = nxt.result()
-            nxt = reader.submit(tensors[i + 1].source.load_stored) if i + 1 < len(tensors) else None
-            data = encode_tensor(pt, arr, pool, allow_nonfinite, stored_dtype)
-            del arr
-            w.write_tensor_data(data)
-            # the same bytes the writer just emitted: padding to alignment, data, padding
-            hasher.update(bytes(_pad(pos, align)))
+        tensor_bytes = 0
+        items = _work_items(plan, allow_nonfinite, SLAB_BYTES)
+        for item, data in _run_in_order(pool, items, n_threads * INFLIGHT_PER_THREAD):
+            pt = plan.tensors[item.index]
+            if item.first:
+                w.begin_tensor_data(pt.nbytes)
+                hasher.update(bytes(_pad(pos, align)))
+                pos += _pad(pos, align)
+                tensor_bytes = 0
+            w.write_tensor_chunk(data)
             hasher.update(data)
-            hasher.update(bytes(_pad(data.nbytes, align)))
-            pos += _pad(pos, align) + data.nbytes + _pad(data.nbytes, align)
+            pos += data.nbytes
+            tensor_bytes += data.nbytes
             del data
+            if item.last:
+                if tensor_bytes != pt.nbytes:
+                    raise QuantizationError(f"{pt.name}: {pt.quant.name} produced {tensor_bytes} bytes, "
+                                            f"planned {pt.nbytes}", tensor=pt.name)
+                w.end_tensor_data(pt.nbytes)
+                hasher.update(bytes(_pad(pt.nbytes, align)))
+                pos += _pad(pt.nbytes, align)
+                if progress:
+                    progress(pt, pt.nbytes)
             if _HAS_FADVISE and pos - written_back >= WRITEBACK_EVERY:
                 # Start the kernel's write-back of what is written (it does not wait), so the disk
                 # works while we encode and the final fsync finds little left to do.
                 fout.flush()
                 os.posix_fadvise(fout.fileno(), written_back, pos - written_back, os.POSIX_FADV_DONTNEED)
                 written_back = pos
-            if progress:
-                progress(pt, pt.nbytes)
         fout.flush()
         if fout.tell() != hasher.nbytes:
             raise RuntimeError(f"hashed {hasher.nbytes} bytes but wrote {fout.tell()}")
         return hasher.hexdigest()
     finally:
         hasher.close()
-        reader.shutdown(wait=True, cancel_futures=True)
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
         w.close()
@@ -321,6 +501,16 @@ EXTRA_GGML_TYPES: dict[int, tuple[str, Callable[[int, int], int]]] = {
 MAX_TENSORS = 1 << 20
 MAX_KV = 1 << 20
 MAX_DIMS = 4
+#: arrays of arrays deeper than this are not GGUF metadata (llama.cpp writes one level)
+MAX_ARRAY_DEPTH = 8
+#: element counts and offsets must fit the int64 that llama.cpp and numpy index with
+MAX_INT64 = (1 << 63) - 1
+#: least bytes of a KV pair (key length, value type) and of a tensor info (name length, n_dims,
+#: type, offset): counts are checked against the file's size with these before anything is read
+_MIN_KV_BYTES = 8 + 4
+_MIN_TENSOR_INFO_BYTES = 8 + 4 + 4 + 8
+#: least bytes of one array item, by value type (a string: its length; an array: type and count)
+_MIN_ITEM_BYTES = {8: 8, 9: 12}
 #: arrays longer than this are summarized as {"array_of", "length"} unless full values are asked for
 SUMMARY_ARRAY_LIMIT = 16
 
@@ -356,14 +546,17 @@ class _Cursor:
         n = self.scalar("<Q")
         return bytes(self.take(n)).decode("utf-8", errors="replace")
 
-    def value(self, vtype: int, keep: bool) -> Any:
+    def value(self, vtype: int, keep: bool, depth: int = 0) -> Any:
         if vtype in _SCALARS:
             return self.scalar(_SCALARS[vtype])
         if vtype == 8:
             return self.string()
         if vtype == 9:
+            if depth >= MAX_ARRAY_DEPTH:
+                raise ArtifactError(f"{self.path}: arrays nested more than {MAX_ARRAY_DEPTH} deep at byte {self.pos}")
             sub, count = self.scalar("<I"), self.scalar("<Q")
-            if count > len(self.buf) - self.pos:
+            item = struct.calcsize(_SCALARS[sub]) if sub in _SCALARS else _MIN_ITEM_BYTES.get(sub, 1)
+            if count * item > len(self.buf) - self.pos:
                 raise ArtifactError(f"{self.path}: array of {count} items cannot fit in the file")
             if sub in _SCALARS and sub != 7:
                 dt = np.dtype(_SCALARS[sub])
@@ -373,7 +566,7 @@ class _Cursor:
                 self.skip_strings(count)  # a vocabulary being summarized: walk the lengths only
                 items = None
             else:
-                items = [self.value(sub, keep) for _ in range(count)]
+                items = [self.value(sub, keep, depth + 1) for _ in range(count)]
             if keep or count <= SUMMARY_ARRAY_LIMIT:
                 return items
             return {"array_of": _VALUE_NAMES.get(sub, str(sub)), "length": count}
@@ -424,8 +617,10 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
     if version not in (2, 3):
         raise ArtifactError(f"{path}: unsupported GGUF version {version}")
     n_tensors, n_kv = c.scalar("<Q"), c.scalar("<Q")
-    if n_tensors > MAX_TENSORS or n_kv > MAX_KV:
-        raise ArtifactError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} metadata keys)")
+    if (n_tensors > MAX_TENSORS or n_kv > MAX_KV
+            or n_kv * _MIN_KV_BYTES + n_tensors * _MIN_TENSOR_INFO_BYTES > len(buf) - c.pos):
+        raise ArtifactError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} metadata keys) "
+                            f"for a {len(buf)}-byte file")
     meta: dict[str, Any] = {}
     for _ in range(n_kv):
         key = c.string()
@@ -437,10 +632,12 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
         if n_dims > MAX_DIMS:
             raise ArtifactError(f"{path}: tensor {name} has {n_dims} dimensions")
         dims = [c.scalar("<Q") for _ in range(n_dims)]
+        if math.prod(dims) > MAX_INT64:
+            raise ArtifactError(f"{path}: tensor {name} has shape {tuple(reversed(dims))}: too many elements")
         infos.append((name, dims, c.scalar("<I"), c.scalar("<Q")))
-    alignment = int(meta.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT))
-    if alignment <= 0 or alignment & (alignment - 1):
-        raise ArtifactError(f"{path}: invalid general.alignment {alignment}")
+    alignment = meta.get("general.alignment", gguf.GGUF_DEFAULT_ALIGNMENT)
+    if not isinstance(alignment, int) or isinstance(alignment, bool) or alignment <= 0 or alignment & (alignment - 1):
+        raise ArtifactError(f"{path}: invalid general.alignment {alignment!r}")
     data_start = -(-c.pos // alignment) * alignment
     tensors = []
     for name, dims, type_id, offset in infos:

@@ -50,14 +50,14 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import numpy as np
 
 from ..convert.checkpoint import to_compute_dtype
 from ..errors import CheckpointError, OutputError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
-from .atomic import folder_write_errors, fsync_path, remove_stale_temps
+from .atomic import staged_folder
 from ..quant.registry import ALIASES
 from ..quant.ternary import TernaryScale, scale_for, ternarize
 
@@ -72,8 +72,11 @@ DATA_FILE = "model.onnx.data"
 GENAI_CONFIG = "genai_config.json"
 OPSET = 17
 IR_VERSION = 10  # onnxruntime ≥ 1.18 reads IR 10
+#: the staging folder name of earlier versions (removed when its process is dead); now `.<name>.bitconv-tmp.<pid>`
 TMP_PREFIX = ".bitconv-onnx-tmp."
 _ALIGN_SMALL, _ALIGN_LARGE, _LARGE = 64, 4096, 1 << 16
+#: stored bytes read at a time from a large checkpoint tensor
+SLAB_BYTES = 64 * 1024 * 1024
 _F32_MIN = float(np.finfo(np.float32).min)
 _BITS = {"int8": 8, "int4": 4, "int2": 2}
 
@@ -322,28 +325,40 @@ class ExternalData:
         self.progress = progress
 
     def add(self, name: str, array: np.ndarray, label: str | None = None) -> "TensorProto":
+        a = np.asarray(array)
+        return self.add_rows(name, a.shape, a.dtype, [a], label)
+
+    def add_rows(self, name: str, shape: tuple[int, ...], dtype: Any, chunks: Iterable[np.ndarray],
+                 label: str | None = None) -> "TensorProto":
+        """A tensor written as consecutive row chunks (whole tensor = their concatenation), so a
+        large one is never assembled in memory."""
         from onnx import TensorProto, helper
 
-        a = np.ascontiguousarray(array)
-        if a.dtype.byteorder == ">":
-            a = a.astype(a.dtype.newbyteorder("<"))
-        align = _ALIGN_LARGE if a.nbytes >= _LARGE else _ALIGN_SMALL
+        dt = np.dtype(dtype).newbyteorder("<")
+        nbytes = math.prod(shape) * dt.itemsize
+        align = _ALIGN_LARGE if nbytes >= _LARGE else _ALIGN_SMALL
         pad = -self.offset % align
         if pad:
             self.f.write(b"\0" * pad)
             self.offset += pad
-        self.f.write(memoryview(a).cast("B"))
+        written = 0
+        for chunk in chunks:
+            a = np.ascontiguousarray(chunk, dtype=dt)
+            self.f.write(memoryview(a).cast("B"))
+            written += a.nbytes
+        if written != nbytes:
+            raise OutputError(f"{name}: wrote {written} bytes for shape {tuple(shape)}, expected {nbytes}")
         t = TensorProto()
         t.name = name
-        t.data_type = helper.np_dtype_to_tensor_dtype(a.dtype)
-        t.dims.extend(a.shape)
-        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(a.nbytes))):
+        t.data_type = helper.np_dtype_to_tensor_dtype(np.dtype(dtype))
+        t.dims.extend(shape)
+        for key, value in (("location", self.location), ("offset", str(self.offset)), ("length", str(nbytes))):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
         t.data_location = TensorProto.EXTERNAL
-        self.offset += a.nbytes
+        self.offset += nbytes
         if self.progress:
-            self.progress(label or name, a.nbytes)
+            self.progress(label or name, nbytes)
         return t
 
     def close(self) -> None:
@@ -418,20 +433,26 @@ class DecoderBuilder:
     def _load(self, name: str) -> np.ndarray:
         return np.asarray(self.plan.sources[name].load(), dtype=np.float32)
 
-    def _load_as(self, name: str, dtype: Any, rows: int = 4096) -> np.ndarray:
-        """The tensor in `dtype`, widened from its stored form a row chunk at a time: no float32
-        copy of a large matrix (a 150k-row embedding) is ever made."""
-        raw, stored = self.plan.sources[name].load_stored()
-        out = np.empty(raw.shape, dtype=dtype)
-        flat_in, flat_out = raw.reshape(-1, raw.shape[-1]), out.reshape(-1, raw.shape[-1])
-        for lo in range(0, flat_in.shape[0], rows):
-            flat_out[lo:lo + rows] = to_compute_dtype(flat_in[lo:lo + rows], stored)
-        return out
+    def _add_streamed(self, name: str, dtype: Any, rows: int = 4096) -> str:
+        """The tensor as an initializer in `dtype`, read a slab and widened a row chunk at a time and
+        written as it goes: a large matrix (a 150k-row embedding) is never whole in memory."""
+        src = self.plan.sources[name]
+
+        def chunks() -> Iterator[np.ndarray]:
+            for raw, stored in src.stored_slabs(SLAB_BYTES):
+                for lo in range(0, raw.shape[0], rows):
+                    yield to_compute_dtype(raw[lo:lo + rows], stored).astype(dtype, copy=False)
+
+        self.g.initializers.append(self.data.add_rows(name, tuple(src.shape), dtype, chunks()))
+        return name
 
     def _quantized(self, name: str, bits: int, block_size: int) -> nbits.NBitsTensor:
-        """int4/int8 of a checkpoint matrix, widened per row chunk inside the quantizer's workers."""
-        raw, stored = self.plan.sources[name].load_stored()
-        return nbits.quantize_rows(raw, bits, block_size, widen=lambda c: to_compute_dtype(c, stored))
+        """int4/int8 of a checkpoint matrix, read a slab at a time and widened per row chunk inside
+        the quantizer's workers."""
+        src = self.plan.sources[name]
+        n_rows = math.prod(src.shape[:-1])
+        return nbits.quantize_slabs(((raw, lambda c, st=stored: to_compute_dtype(c, st))
+                                     for raw, stored in src.stored_slabs(SLAB_BYTES)), n_rows, bits, block_size)
 
     def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
         src = self.plan.sources[name]
@@ -659,8 +680,7 @@ class DecoderBuilder:
 
         # embeddings
         emb = self.storage["token_embd.weight"]
-        table = self._add_init("token_embd.weight",
-                               self._load_as("token_embd.weight", np.float32 if emb.storage == "f32" else np.float16))
+        table = self._add_streamed("token_embd.weight", np.float32 if emb.storage == "f32" else np.float16)
         h = g.op("Gather", [table, "input_ids"], "embed", axis=0)
         if emb.storage != self.plan.quant.compute:
             h = g.op("Cast", [h], "embed", to=ct)
@@ -850,31 +870,13 @@ def check_output_folder(folder: Path, names: list[str], force: bool) -> None:
 
 @contextmanager
 def atomic_folder(folder: Path, names: list[str], *, force: bool) -> Iterator[Path]:
-    """Yield a temp folder inside `folder`; on success its files (`names`, model.onnx last) are
-    renamed into `folder`; on any failure the temp folder (and `folder`, if this created it) goes."""
+    """Yield a staging folder; on success its files (`names`, model.onnx last) become `folder`: a
+    new folder is the staging folder renamed in one step, an existing one (--force) gets the files
+    renamed in. On any failure the staging folder goes and nothing is visible at `folder`."""
     check_output_folder(folder, names, force)
-    created = not folder.exists()
-    folder.mkdir(exist_ok=True)
-    remove_stale_temps(folder, f"{TMP_PREFIX}*")
-    tmp = folder / f"{TMP_PREFIX}{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-
-    def cleanup() -> None:
-        shutil.rmtree(tmp, ignore_errors=True)
-        if created:
-            try:
-                folder.rmdir()
-            except OSError:
-                pass
-
-    with folder_write_errors(folder, cleanup):
+    with staged_folder(folder, "onnx-stage", legacy_patterns=(f"{TMP_PREFIX}*",)) as (tmp, commit):
         yield tmp
-        order = [n for n in names if n != MODEL_FILE] + [MODEL_FILE]  # the graph last: no graph without data
-        for n in order:
-            os.replace(tmp / n, folder / n)
-        tmp.rmdir()
-        fsync_path(folder)
+        commit([n for n in names if n != MODEL_FILE] + [MODEL_FILE])  # the graph last: no graph without data
 
 
 # --- the export ----------------------------------------------------------------------------------

@@ -44,7 +44,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 
@@ -53,7 +53,7 @@ from ..convert.arch.base import SourceTensor
 from ..convert.checkpoint import Checkpoint, LazyTensor
 from ..errors import OutputError, QuantizationError, UsageError
 from ..quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternarize
-from .atomic import check_free_space, folder_write_errors, fsync_path, remove_stale_temps
+from .atomic import check_free_space, is_temp_name, staged_folder
 
 FORMATS = ("bitnet-packed", "compressed-tensors", "bnb-nf4", "bnb-int8", "rounded")
 MODEL_FILE = "model.safetensors"
@@ -116,7 +116,7 @@ class _OutTensor:
     dtype: str
     shape: tuple[int, ...]
     nbytes: int
-    produce: Callable[[], bytes | memoryview]  # the tensor's little-endian bytes
+    produce: Callable[[], bytes | memoryview | Iterable[memoryview]]  # its little-endian bytes, or them in pieces
     note: str = ""
 
 
@@ -622,7 +622,7 @@ def check_output_folder(folder: Path, force: bool) -> None:
     if folder.exists() and not folder.is_dir():
         raise OutputError(f"{folder} exists and is not a folder")
     if folder.is_dir():
-        if not force and any(folder.iterdir()):
+        if not force and any(not is_temp_name(p.name) for p in folder.iterdir()):  # a dead run's stage: removed
             raise OutputError(f"output folder {folder} is not empty; pass --force to write into it")
         if not os.access(folder, os.W_OK):
             raise OutputError(f"output folder {folder} is not writable")
@@ -663,14 +663,21 @@ def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[],
     return weight, scale_bytes
 
 
-def _raw_producer(lt: LazyTensor) -> Callable[[], bytes | memoryview]:
-    def produce() -> memoryview:
-        """A view of the read buffer, not a copy: the largest copied tensor (the embeddings) is
-        otherwise held twice."""
-        a = np.ascontiguousarray(lt.load_raw())
-        if a.dtype.byteorder == ">":
-            a = a.byteswap().view(a.dtype.newbyteorder("<"))
-        return memoryview(a.reshape(-1).view(np.uint8))
+#: stored bytes read at a time when a tensor is copied as it is
+SLAB_BYTES = 64 * 1024 * 1024
+
+
+def _raw_producer(lt: LazyTensor) -> Callable[[], Iterable[memoryview]]:
+    def produce() -> Iterator[memoryview]:
+        """The stored bytes a slab of rows at a time: a large copied tensor (the embeddings) is
+        never whole in memory."""
+        n = lt.n_rows
+        step = max(1, SLAB_BYTES * n // max(1, lt.nbytes))
+        for lo in range(0, n, step):
+            a = np.ascontiguousarray(lt.load_rows(lo, min(n, lo + step)))
+            if a.dtype.byteorder == ">":
+                a = a.byteswap().view(a.dtype.newbyteorder("<"))
+            yield memoryview(a.reshape(-1).view(np.uint8))
 
     return produce
 
@@ -741,12 +748,15 @@ def write_safetensors(path: Path, tensors: list[_OutTensor], *,
         f.write(head)
         for t in tensors:
             data = t.produce()
-            if len(data) != t.nbytes:
-                raise QuantizationError(f"{t.name}: produced {len(data)} bytes, expected {t.nbytes}")
-            f.write(data)
-            total += len(data)
+            written = 0
+            for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
+                f.write(piece)
+                written += len(piece)
+            if written != t.nbytes:
+                raise QuantizationError(f"{t.name}: produced {written} bytes, expected {t.nbytes}")
+            total += written
             if progress:
-                progress(t.name, len(data))
+                progress(t.name, written)
     return total
 
 
@@ -759,31 +769,11 @@ def packed_config(config: dict[str, Any], linear_class: str) -> dict[str, Any]:
 
 @contextmanager
 def _staged_folder(folder: Path) -> Iterator[tuple[Path, Callable[[list[str]], None]]]:
-    """Yield (a staging folder inside `folder`, commit(names)): commit renames the named files into
-    `folder` in that order. On any failure the staging folder goes, and `folder` too if this
-    created it: no partial artifact is ever visible."""
-    created = not folder.exists()
-    folder.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(folder)
-    stage = folder / f"{STAGE_PREFIX}{os.getpid()}"
-    shutil.rmtree(stage, ignore_errors=True)
-    stage.mkdir()
-
-    def commit(names: list[str]) -> None:
-        for n in names:
-            fsync_path(stage / n)
-        for n in names:
-            os.replace(stage / n, folder / n)
-        fsync_path(folder)
-
-    def cleanup() -> None:
-        shutil.rmtree(stage, ignore_errors=True)
-        if created:
-            shutil.rmtree(folder, ignore_errors=True)
-
-    with folder_write_errors(folder, cleanup):
+    """Yield (a staging folder, commit(names)): a new `folder` is the staging folder renamed in one
+    step; into an existing one (--force) commit renames the named files in that order. On any
+    failure the staging folder goes: no partial artifact is ever visible."""
+    with staged_folder(folder, "st-stage") as (stage, commit):  # inside an existing folder: STAGE_PREFIX<pid>
         yield stage, commit
-        shutil.rmtree(stage, ignore_errors=True)
 
 
 def _remove_stale(folder: Path, keep: set[str]) -> None:

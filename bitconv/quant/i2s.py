@@ -57,6 +57,10 @@ class I2S(Quantizer):
             raise QuantizationError("i2_s needs the per-tensor scale from prepare()")
         return QuantizedTensor(pack_i2s(ternarize(w, state)).reshape(w.shape[0], -1))
 
+    def quantize_codes(self, codes: np.ndarray, state: Any = None) -> QuantizedTensor:
+        """The bytes `quantize` gives for codes / inv under the same scale (packed checkpoints)."""
+        return QuantizedTensor(pack_i2s(codes).reshape(codes.shape[0], -1))
+
     def trailer(self, state: Any) -> bytes:
         return i2s_trailer(state.scale)
 

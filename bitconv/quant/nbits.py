@@ -16,14 +16,13 @@ the zero code.
 """
 from __future__ import annotations
 
-import os
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, Iterable
 
 import numpy as np
 
 from ..errors import QuantizationError, UsageError
+from ..threads import shared_pool
 
 #: the bit widths ONNX Runtime's CPU MatMulNBits runs (1, 3, 5 are refused at session creation)
 SUPPORTED_BITS = (2, 4, 8)
@@ -157,16 +156,6 @@ def dequantize(t: NBitsTensor) -> np.ndarray:
     return w.reshape(t.packed.shape[0], -1)[:, : t.k]
 
 
-_POOL: ThreadPoolExecutor | None = None
-
-
-def _pool() -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None:
-        _POOL = ThreadPoolExecutor(max_workers=min(8, os.cpu_count() or 1), thread_name_prefix="bitconv-nbits")
-    return _POOL
-
-
 def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int | None = None,
                   widen: Callable[[np.ndarray], np.ndarray] | None = None) -> NBitsTensor:
     """`quantize_symmetric` over row chunks on a thread pool (numpy releases the GIL in these
@@ -182,11 +171,33 @@ def quantize_rows(w: np.ndarray, bits: int, block_size: int, *, rows: int | None
 
     if w.shape[0] <= rows:
         return one(0)
-    parts = list(_pool().map(one, range(0, w.shape[0], rows)))
+    pool = shared_pool()
+    starts = range(0, w.shape[0], rows)
+    parts = list(pool.map(one, starts) if pool is not None else map(one, starts))
     return NBitsTensor(np.concatenate([p.packed for p in parts]), np.concatenate([p.scales for p in parts]),
                        bits, block_size, int(w.shape[1]))
 
 
+def quantize_slabs(slabs: Iterable[tuple[np.ndarray, Callable[[np.ndarray], np.ndarray] | None]], n_rows: int,
+                   bits: int, block_size: int) -> NBitsTensor:
+    """`quantize_rows` over row slabs (stored values and their widening) of an [n_rows, K] matrix,
+    filled into one preallocated result: the input is never whole in memory, the output is."""
+    packed: np.ndarray | None = None
+    scales: np.ndarray | None = None
+    lo, k = 0, 0
+    for slab, widen in slabs:
+        q = quantize_rows(slab, bits, block_size, widen=widen)
+        if packed is None or scales is None:
+            packed = np.empty((n_rows, *q.packed.shape[1:]), dtype=q.packed.dtype)
+            scales = np.empty((n_rows, *q.scales.shape[1:]), dtype=q.scales.dtype)
+        packed[lo:lo + q.n] = q.packed
+        scales[lo:lo + q.n] = q.scales
+        lo, k = lo + q.n, q.k
+    if packed is None or scales is None or lo != n_rows:
+        raise QuantizationError(f"quantize_slabs: got {lo} rows, expected {n_rows}")
+    return NBitsTensor(packed, scales, bits, block_size, k)
+
+
 __all__ = ["NBitsTensor", "SUPPORTED_BITS", "FAST_2BIT_BLOCKS", "block_size_error", "check_bits_block",
            "n_blocks", "encoded_nbytes", "pack_codes", "unpack_codes", "quantize_symmetric", "quantize_ternary",
-           "dequantize", "quantize_rows"]
+           "dequantize", "quantize_rows", "quantize_slabs"]

@@ -96,3 +96,7 @@ class TQ2_0(_TQ):
         w2 = np.asarray(w).reshape(-1, np.asarray(w).shape[-1])
         out = pack_tq2_0(ternarize(w2, state[0]), state[0].scale)
         return QuantizedTensor(out.reshape(*np.asarray(w).shape[:-1], -1))
+
+    def quantize_codes(self, codes: np.ndarray, state: Any = None) -> QuantizedTensor:
+        """The bytes `quantize` gives for codes / inv under the same scale (packed checkpoints)."""
+        return QuantizedTensor(pack_tq2_0(codes, state[0].scale))

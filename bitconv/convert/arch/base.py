@@ -70,6 +70,9 @@ class SourceTensor:
     decode: Callable[[], np.ndarray] | None = None
     #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
     known_scale: Callable[[], Any] | None = None
+    #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
+    #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
+    codes: Callable[[], np.ndarray] | None = None
 
     @classmethod
     def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":
@@ -86,6 +89,28 @@ class SourceTensor:
         if len(dtypes) > 1:  # experts stored in different dtypes: widen each first
             return self._combined([s.load().astype(np.float32, copy=False) for s in self.sources]), "F32"
         return self._combined([s.load_raw() for s in self.sources]), self.sources[0].dtype
+
+    @property
+    def plain(self) -> LazyTensor | None:
+        """The one checkpoint tensor this is, as stored (not a stack of experts, a permutation or a
+        decoded packed form): such a tensor can be read a slab of rows at a time."""
+        if self.decode is None and self.combine is None and len(self.sources) == 1:
+            return self.sources[0]
+        return None
+
+    def stored_slabs(self, slab_bytes: int) -> Iterator[tuple[np.ndarray, str]]:
+        """The stored values as 2-D [rows, K] slabs of about `slab_bytes` each, with their dtype: a
+        plain tensor is read a slab at a time (a large embedding never sits in memory whole), any
+        other is loaded and yielded whole."""
+        lazy = self.plain
+        if lazy is None:
+            raw, dtype = self.load_stored()
+            yield (raw.reshape(-1, raw.shape[-1]) if raw.ndim > 1 else raw.reshape(1, -1)), dtype
+            return
+        n = lazy.n_rows
+        step = max(1, slab_bytes * n // max(1, lazy.nbytes))
+        for lo in range(0, n, step):
+            yield lazy.load_rows(lo, min(n, lo + step)), lazy.dtype
 
     def load(self) -> np.ndarray:
         """Materialize the tensor as llama.cpp computes with it (f32, or f16 for f16 sources)."""

@@ -57,11 +57,14 @@ class PackedTernaryMixin(ArchMapping):
                 raise CheckpointError(f"{scale_name}: expected one value, found {values.size}")
             return hf_weight_scale_to_scale(float(values[0]), linear_class)
 
+        def codes() -> np.ndarray:
+            return self.reorder_rows(name, unpack_hf_packed(packed.load_raw(), rows))
+
         def decode() -> np.ndarray:
-            return self.reorder_rows(name, dequantize_codes(unpack_hf_packed(packed.load_raw(), rows), scale()))
+            return dequantize_codes(codes(), scale())
 
         return SourceTensor(name, (rows, k), [packed, scale_t], hf_names=[packed.name], decode=decode,
-                            known_scale=scale)
+                            known_scale=scale, codes=codes)
 
     def reorder_rows(self, gguf_name: str, w: np.ndarray) -> np.ndarray:
         """Row order the runtime expects (llama's q/k permutation); identity by default."""
