@@ -368,38 +368,12 @@ def _write_safetensors(path: Path, specs: list[tuple[str, tuple[int, ...], str]]
 
 def generate_checkpoint(out: Path, s: Shape, seed: int = 0) -> Path:
     """Write config, tokenizer and sharded bf16 safetensors (+ index) to ``out``; reuse if complete."""
-    marker = out / COMPLETE_MARKER
     want = json.dumps(s._asdict(), sort_keys=True)
-    if marker.is_file() and marker.read_text() == want:
-        print(f"reusing checkpoint in {out}", file=sys.stderr)
+    if reuse_or_clear(out, want):
         return out
     import fixtures  # tests/fixtures.py: the real Qwen tokenizer, built offline
 
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("model*.safetensors*"):
-        old.unlink()
-    specs = tensor_specs(s)
-    shards: list[list[tuple[str, tuple[int, ...], str]]] = [[]]
-    size = 0
-    for spec in specs:
-        nbytes = 2 * int(np.prod(spec[1]))
-        if shards[-1] and size + nbytes > s.shard_bytes:
-            shards.append([])
-            size = 0
-        shards[-1].append(spec)
-        size += nbytes
-    rng = np.random.default_rng(seed)
-    weight_map: dict[str, str] = {}
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        print(f"writing {fname} ({len(shard)} tensors)", file=sys.stderr)
-        _write_safetensors(out / fname, shard, rng)
-        weight_map.update({name: fname for name, _, _ in shard})
-    total = sum(2 * int(np.prod(shape)) for _, shape, _ in specs)
-    (out / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2) + "\n"
-    )
+    write_weights(out, tensor_specs(s), s.shard_bytes, seed, single_file=False)
     (out / "config.json").write_text(json.dumps(hub_config(s), indent=2) + "\n")
     (out / "generation_config.json").write_text(
         json.dumps({"bos_token_id": 151643, "do_sample": False, "eos_token_id": 151643, "max_new_tokens": 2048,
@@ -408,9 +382,49 @@ def generate_checkpoint(out: Path, s: Shape, seed: int = 0) -> Path:
     for f in fixtures.qwen_tokenizer_files().iterdir():
         if f.is_file():
             shutil.copyfile(f, out / f.name)
-    marker.write_text(want)
-    print(f"checkpoint: {total / 1e9:.2f} GB in {len(shards)} shard(s), {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    mark_complete(out, want)
     return out
+
+
+def reuse_or_clear(out: Path, want: str) -> bool:
+    """True when ``out`` holds a complete checkpoint generated for ``want``; else its weights go."""
+    marker = out / COMPLETE_MARKER
+    if marker.is_file() and marker.read_text() == want:
+        print(f"reusing checkpoint in {out}", file=sys.stderr)
+        return True
+    out.mkdir(parents=True, exist_ok=True)
+    marker.unlink(missing_ok=True)
+    for old in out.glob("model*.safetensors*"):
+        old.unlink()
+    return False
+
+
+def mark_complete(out: Path, want: str) -> None:
+    (out / COMPLETE_MARKER).write_text(want)
+
+
+def write_weights(out: Path, specs: list[tuple[str, tuple[int, ...], str]], shard_bytes: int, seed: int, *,
+                  single_file: bool, label: str = "") -> int:
+    """Stream the tensors into shards of at most ``shard_bytes`` (+ index); ``single_file``: one shard
+    is ``model.safetensors`` without an index, as save_pretrained writes it. Returns the byte total."""
+    shards = _shard(specs, shard_bytes)
+    rng = np.random.default_rng(seed)
+    weight_map: dict[str, str] = {}
+    t0 = time.perf_counter()
+    for i, shard in enumerate(shards):
+        one = single_file and len(shards) == 1
+        fname = "model.safetensors" if one else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        print(f"{label}writing {fname} ({len(shard)} tensors)", file=sys.stderr)
+        _write_safetensors(out / fname, shard, rng)
+        weight_map.update({name: fname for name, _, _ in shard})
+    total = sum(_nbytes(shape, init) for _, shape, init in specs)
+    if not (single_file and len(shards) == 1):
+        (out / "model.safetensors.index.json").write_text(
+            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
+            + "\n")
+    print(f"{label}checkpoint: {total / 1e9:.2f} GB in {len(shards)} shard(s), {time.perf_counter() - t0:.1f} s",
+          file=sys.stderr)
+    return total
 
 
 def _shard(specs: list[tuple[str, tuple[int, ...], str]], shard_bytes: int) -> list[list[tuple[str, tuple[int, ...], str]]]:
@@ -430,30 +444,10 @@ def generate_bitnet_checkpoint(out: Path, model: str, s: Shape, form: str = "mas
     """onebit-3b / bitnet-2b4t: config, tokenizer and streamed safetensors in ``out``; reuse if complete.
 
     One shard is written as ``model.safetensors`` without an index (as save_pretrained does)."""
-    marker = out / COMPLETE_MARKER
     want = json.dumps({"model": model, "form": form, **s._asdict()}, sort_keys=True)
-    if marker.is_file() and marker.read_text() == want:
-        print(f"reusing checkpoint in {out}", file=sys.stderr)
+    if reuse_or_clear(out, want):
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    for old in out.glob("model*.safetensors*"):
-        old.unlink()
-    specs = bitnet_tensor_specs(s, model, form)
-    shards = _shard(specs, s.shard_bytes)
-    rng = np.random.default_rng(seed)
-    weight_map: dict[str, str] = {}
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        fname = "model.safetensors" if len(shards) == 1 else f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        print(f"writing {fname} ({len(shard)} tensors)", file=sys.stderr)
-        _write_safetensors(out / fname, shard, rng)
-        weight_map.update({name: fname for name, _, _ in shard})
-    total = sum(_nbytes(shape, init) for _, shape, init in specs)
-    if len(shards) > 1:
-        (out / "model.safetensors.index.json").write_text(
-            json.dumps({"metadata": {"total_size": total}, "weight_map": dict(sorted(weight_map.items()))}, indent=2)
-            + "\n")
+    write_weights(out, bitnet_tensor_specs(s, model, form), s.shard_bytes, seed, single_file=True)
     if is_onebit(model):
         import fixtures_onebit  # tests/fixtures_onebit.py: a small SentencePiece model, trained offline once
 
@@ -474,8 +468,7 @@ def generate_bitnet_checkpoint(out: Path, model: str, s: Shape, form: str = "mas
         for f in fixtures_bitnet.llama3_tokenizer_files().iterdir():
             if f.is_file():
                 shutil.copyfile(f, out / f.name)
-    marker.write_text(want)
-    print(f"checkpoint: {total / 1e9:.2f} GB in {len(shards)} shard(s), {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    mark_complete(out, want)
     return out
 
 

@@ -30,7 +30,6 @@ import re
 import shutil
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -127,27 +126,10 @@ def output_estimate(m: Model) -> int:
 
 def generate(m: Model, out: Path, seed: int = 0) -> Path:
     """config, tokenizer and streamed safetensors shards in `out`; reused when complete."""
-    marker = out / bench.COMPLETE_MARKER
     want = json.dumps({"model": m.key, **m.shape._asdict(), "tied": m.tied}, sort_keys=True)
-    if marker.is_file() and marker.read_text() == want:
-        print(f"reusing {out}", file=sys.stderr)
+    if bench.reuse_or_clear(out, want):
         return out
-    out.mkdir(parents=True, exist_ok=True)
-    marker.unlink(missing_ok=True)
-    for old in out.glob("model*.safetensors*"):
-        old.unlink()
-    specs = specs_for(m)
-    shards = bench._shard(specs, m.shape.shard_bytes)
-    rng = np.random.default_rng(seed)
-    weight_map: dict[str, str] = {}
-    t0 = time.perf_counter()
-    for i, shard in enumerate(shards):
-        fname = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
-        print(f"{m.key}: writing {fname} ({len(shard)} tensors)", file=sys.stderr)
-        bench._write_safetensors(out / fname, shard, rng)
-        weight_map.update({name: fname for name, _, _ in shard})
-    (out / "model.safetensors.index.json").write_text(json.dumps(
-        {"metadata": {"total_size": checkpoint_bytes(m)}, "weight_map": dict(sorted(weight_map.items()))}, indent=2))
+    bench.write_weights(out, specs_for(m), m.shape.shard_bytes, seed, single_file=False, label=f"{m.key}: ")
     (out / "config.json").write_text(json.dumps(config_for(m), indent=2) + "\n")
     if m.family == "qwen":
         import fixtures  # the real Qwen tokenizer, built offline
@@ -158,9 +140,7 @@ def generate(m: Model, out: Path, seed: int = 0) -> Path:
     for f in tok_dir.iterdir():
         if f.is_file():
             shutil.copyfile(f, out / f.name)
-    marker.write_text(want)
-    print(f"{m.key}: {checkpoint_bytes(m) / 1e9:.2f} GB in {len(shards)} shard(s), "
-          f"{time.perf_counter() - t0:.0f} s", file=sys.stderr)
+    bench.mark_complete(out, want)
     return out
 
 

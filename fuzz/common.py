@@ -38,26 +38,18 @@ def scratch() -> Path:
     """A per-process folder the harness rewrites for every input: <memory fs or build/fuzz>/scratch/<pid>/
     (in memory, a busy disk does not set the pace). libFuzzer ends the process with exit(), past
     Python's atexit, so folders of processes that are gone are removed by the next one."""
+    from bitconv.formats.atomic import pid_alive  # called from TestOneInput: after the instrumented imports
+
     shm = Path("/dev/shm")
     root = (shm / "bitconv-fuzz" if shm.is_dir() and os.access(shm, os.W_OK) else BUILD) / "scratch"
     root.mkdir(parents=True, exist_ok=True)
     for old in root.iterdir():
-        if old.name.isdigit() and not _alive(int(old.name)):
+        if old.name.isdigit() and not pid_alive(int(old.name)):
             shutil.rmtree(old, ignore_errors=True)
     d = root / str(os.getpid())
     d.mkdir(exist_ok=True)
     atexit.register(shutil.rmtree, d, True)
     return d
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def put(folder: Path, files: dict[str, bytes]) -> Path:

@@ -61,7 +61,7 @@ def sigint_deferred() -> Iterator[None]:
         raise KeyboardInterrupt
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -93,7 +93,7 @@ def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_MARK}*") -> None:
             pid = int(p.name.rsplit(".", 1)[1])
         except ValueError:
             continue
-        if pid != os.getpid() and not _pid_alive(pid):
+        if pid != os.getpid() and not pid_alive(pid):
             _discard(p)
 
 
