@@ -288,11 +288,10 @@ def main(argv: list[str] | None = None) -> int:
                   f"{r.maxrss / 2**20:.0f} MiB", file=sys.stderr)
             out.unlink(missing_ok=True)
             Path(str(out) + ".manifest.json").unlink(missing_ok=True)
-            if not args.keep and not args.small:
-                shutil.rmtree(src, ignore_errors=True)
     finally:
-        if args.small and not args.keep:
-            shutil.rmtree(args.workdir, ignore_errors=True)
+        if not args.keep:  # only what this run generated: the folder may hold other runs' checkpoints
+            for m in chosen:
+                shutil.rmtree(args.workdir / m.key, ignore_errors=True)
     print(table(runs, all_models))
     for line in verdicts(runs, all_models):
         print(line)

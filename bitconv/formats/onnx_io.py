@@ -484,8 +484,13 @@ class DecoderBuilder:
             q = self._quantized(src_name, _BITS[t.storage], self.plan.block_size or 32)
             y = self._nbits(x, name, q, hint, out_name)
         else:
-            w = self._load(src_name)
-            y = self._dense(x, name, self._rounded(w) if t.role == "linear" else w, t.storage, hint, out_name)
+            src = self.plan.sources[src_name]
+            rounded = bool(self.plan.quant.rounding) and t.role == "linear"
+            if not rounded and src.plain is not None and src.plain.nbytes > SLAB_BYTES and len(src.shape) == 2:
+                y = self._dense_streamed(x, name, src, t.storage, hint, out_name)
+            else:
+                w = self._load(src_name)
+                y = self._dense(x, name, self._rounded(w) if rounded else w, t.storage, hint, out_name)
         if has_bias:
             b = self._add_init(bias_name, self._load(bias_name).astype(self.np_ct))
             y = self.g.op("Add", [y, b], hint, outputs=[output] if output else None)
@@ -500,6 +505,28 @@ class DecoderBuilder:
         q = get_quantizer(self.plan.quant.rounding)
         state = q.prepare([w], "F32") if q.needs_prepare else None
         return np.asarray(q.dequantize(q.quantize(w, state), w.shape), dtype=np.float32)
+
+    def _dense_streamed(self, x: str, name: str, src: "SourceTensor", storage: str, hint: str,
+                        output: str | None) -> str:
+        """x @ W^T for a large float matrix: W^T is written a block of its rows (W's columns) at a
+        time, each gathered from a pass over W's row slabs, so neither W nor W^T is ever whole in
+        memory (a 7B lm_head is 2.2 GB in float32). Same bytes as the whole-matrix path."""
+        dt = np.dtype(np.float32 if storage == "f32" else np.float16)
+        n, k = src.shape
+        cols = max(1, SLAB_BYTES // (n * dt.itemsize))
+
+        def blocks() -> Iterator[np.ndarray]:
+            for k0 in range(0, k, cols):
+                block = np.empty((min(k, k0 + cols) - k0, n), dtype=dt)
+                lo = 0
+                for raw, stored in src.stored_slabs(SLAB_BYTES):
+                    part = to_compute_dtype(raw[:, k0:k0 + cols], stored).astype(np.float32, copy=False)
+                    block[:, lo:lo + raw.shape[0]] = part.T
+                    lo += raw.shape[0]
+                yield block
+
+        self.g.initializers.append(self.data.add_rows(name + ".T", (k, n), dt, blocks(), name))
+        return self.g.op("MatMul", [x, name + ".T"], hint, outputs=[output] if output else None)
 
     def _dense(self, x: str, name: str, w: np.ndarray, storage: str, hint: str, output: str | None) -> str:
         if storage in ("f32", "f16"):
