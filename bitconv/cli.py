@@ -118,7 +118,8 @@ THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes a
 @click.option("--threads", type=click.IntRange(0, 256), default=0, help=THREADS_HELP)
 @click.option("--revision", default=None, help="Hub revision when SOURCE is a repo id.")
 @click.option("--pre", default=None, help="Override the tokenizer pre-tokenizer name written to the GGUF.")
-@click.option("--allow-nonfinite", is_flag=True, help="Convert weights that contain NaN/Inf.")
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Convert weights that contain NaN/Inf, or that float16 cannot hold (they become inf).")
 @click.option("--force-ternarize", is_flag=True,
               help="Allow a ternary type for a model not trained ternary (destroys accuracy; for runtime tests).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")

@@ -250,6 +250,15 @@ def test_nonfinite_weight_names_tensor(qwen2_checkpoint: Path, tmp_path: Path, o
     convert_fails(d, out_dir, (BAD_TENSOR, "NaN/Inf", "--allow-nonfinite"), as_json=value != value)
 
 
+def test_weight_beyond_f16_range_names_tensor(qwen2_checkpoint: Path, tmp_path: Path, out_dir: Path) -> None:
+    """A finite weight f16 cannot hold would silently become inf (llama.cpp's converter writes it)."""
+    d = _poison(qwen2_checkpoint, tmp_path / "ckpt", 1e6)
+    convert_fails(d, out_dir, (BAD_TENSOR, "65520", "bf16 or f32", "--allow-nonfinite"))
+    for quant in ("bf16", "q8_0"):  # types that hold it convert
+        proc = run_cli("hf2gguf", d, "-q", quant, "-o", out_dir / f"{quant}.gguf")
+        assert proc.returncode == 0, proc.stderr
+
+
 def test_nonfinite_weight_converts_with_allow_nonfinite(qwen2_checkpoint: Path, tmp_path: Path,
                                                         out_dir: Path) -> None:
     d = _poison(qwen2_checkpoint, tmp_path / "ckpt", float("nan"))

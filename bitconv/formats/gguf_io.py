@@ -33,6 +33,8 @@ from ..threads import thread_count
 
 #: rows encoded at a time (a cache-sized piece; bytes are identical however a tensor is split)
 _ROWS_PER_CHUNK = 512
+#: the smallest magnitude float16 rounds to inf
+F16_OVERFLOW = np.float32(65520.0)
 #: stored bytes one work item reads from a large tensor: a 2 GB embedding is read a slab at a time
 SLAB_BYTES = 64 * 1024 * 1024
 #: bytes of work in flight per thread (stored slabs, their float32 image, encoded bytes)
@@ -159,12 +161,18 @@ def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, 
     GGUF type, so the bytes never depend on how a tensor is split."""
     q = pt.quant
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
+    to_f16 = q.ggml_type == int(gguf.GGMLQuantizationType.F16) and stored_dtype != "F16"
 
     def work(lo: int) -> np.ndarray | None:
         chunk = rows[lo:lo + _ROWS_PER_CHUNK]
         chunk = chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
+        if to_f16 and not allow_nonfinite and chunk.size and max(chunk.max(), -chunk.min()) >= F16_OVERFLOW:
+            big = int(np.count_nonzero(np.abs(chunk) >= F16_OVERFLOW))
+            raise QuantizationError(
+                f"{pt.source.hf_names[0] if pt.source.hf_names else pt.name}: {big} value(s) of magnitude ≥ 65520 "
+                "would become inf in float16; write bf16 or f32, or pass --allow-nonfinite", tensor=pt.name)
         try:
             return np.asarray(q.quantize(chunk, state).data)
         except BitconvError:
