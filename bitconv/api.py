@@ -131,7 +131,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         return convert_onnx(source, quant, out, target=target, block_size=block_size,  # type: ignore[return-value]
                             force=force, dry_run=dry_run,
                             force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
-                            manifest=manifest, threads=threads)
+                            manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite)
     if fmt == "safetensors":
         from .formats.safetensors_io import FORMATS
 
@@ -211,7 +211,7 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
                  block_size: int | None = None, accuracy_level: int = 4, force: bool = False,
                  dry_run: bool = False, force_ternarize: bool = False, allow_pickle: bool = False,
                  revision: str | None = None, manifest: bool = True, threads: int = 0,
-                 progress: Callable[[str, int], None] | None = None,
+                 allow_nonfinite: bool = False, progress: Callable[[str, int], None] | None = None,
                  on_start: Callable[[Any], None] | None = None) -> Any:
     """Export a HF checkpoint as an ONNX Runtime decoder folder (model.onnx + model.onnx.data +
     genai_config.json + tokenizer files). `quant`: f32 / f16 / int8 / int4 / int2 (ternary models),
@@ -228,6 +228,7 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
     oq = onnx_io.get_onnx_quant(quant)
     plan = onnx_io.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size, force_ternarize=force_ternarize,
                                   accuracy_level=accuracy_level)
+    plan.allow_nonfinite = allow_nonfinite
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{oq.name}-onnx"
     if not dry_run:
         onnx_io.require_onnx()
@@ -240,7 +241,8 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
         lambda: onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
                                progress=progress),
         lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
-                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision})
+                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision,
+                   "allow_nonfinite": allow_nonfinite})
 
 
 def _input_records(hasher: BackgroundHasher, artifact: Path) -> list[dict[str, Any]]:

@@ -31,7 +31,7 @@ from .errors import BitconvError, OutputError, UsageError
 _COMMON = {"quant", "target", "force_ternarize", "allow_pickle", "revision"}
 _FORMAT_KEYS = {
     "gguf": _COMMON | {"lut", "smallest", "kernel_config", "threads", "allow_nonfinite", "pre"},
-    "onnx": _COMMON | {"block_size", "threads"},
+    "onnx": _COMMON | {"block_size", "threads", "allow_nonfinite"},
 }
 #: safetensors checkpoint layouts (hf2st --format) are formats of their own in a job file
 _ST_KEYS = {"quant", "block_size", "max_shard_size", "linear_class", "allow_pickle", "revision", "threads"}

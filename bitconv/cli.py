@@ -171,11 +171,13 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
 @click.option("--no-manifest", is_flag=True, help="Do not write bitconv-manifest.json in the folder.")
 @click.option("--threads", type=click.IntRange(0, 256), default=0, help=THREADS_HELP)
+@click.option("--allow-nonfinite", is_flag=True,
+              help="Export weights that contain NaN/Inf, or that float16 cannot hold (they become inf).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2onnx")
 def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int | None, output: str | None,
             dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
-            no_manifest: bool, threads: int, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+            no_manifest: bool, threads: int, allow_nonfinite: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
     progress = _progress_bar(disable=quiet or dry_run)
     task: list[Any] = []
@@ -191,7 +193,7 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
         result = api.convert_onnx(source, quant, output, target=target, block_size=block_size, force=force,
                                   dry_run=dry_run, force_ternarize=force_ternarize, allow_pickle=allow_pickle,
                                   revision=revision, manifest=not no_manifest, progress=on_tensor,
-                                  on_start=on_start, threads=threads)
+                                  on_start=on_start, threads=threads, allow_nonfinite=allow_nonfinite)
     data = result.to_dict()
     if not dry_run:
         data.pop("tensors")

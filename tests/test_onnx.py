@@ -439,6 +439,26 @@ def test_cli_target_and_manifest(qwen2_checkpoint, bitnet_ckpt, tmp_path):
     assert proc.returncode == 2 and "--force" in proc.stderr
 
 
+@pytest.mark.parametrize("quant,value,message", [("int8", float("nan"), "NaN/Inf"), ("f32", float("inf"), "NaN/Inf"),
+                                                 ("f16", 1e6, "65520")])
+def test_cli_refuses_weights_it_cannot_hold(qwen2_checkpoint, tmp_path, quant, value, message):
+    """As hf2gguf: NaN/Inf weights, and weights a float16 export would turn into inf, are named in one
+    line and nothing is written, unless --allow-nonfinite (float initializers only)."""
+    from test_bad_input import BAD_TENSOR, _poison
+
+    src = _poison(qwen2_checkpoint, tmp_path / "ckpt", value)
+    out = tmp_path / "out"
+    proc = run_cli("hf2onnx", str(src), "-q", quant, "-o", str(out))
+    assert proc.returncode == 2, proc.stderr
+    assert BAD_TENSOR in proc.stderr and message in proc.stderr and "--allow-nonfinite" in proc.stderr
+    assert "Traceback" not in proc.stderr and not out.exists()
+    proc = run_cli("hf2onnx", str(src), "-q", quant, "-o", str(out), "--allow-nonfinite")
+    if quant == "int8":  # MatMulNBits has no NaN scale: refused whatever the flag
+        assert proc.returncode == 2 and "MatMulNBits cannot store them" in proc.stderr, proc.stderr
+    else:
+        assert proc.returncode == 0, proc.stderr
+
+
 @pytest.mark.parametrize("args,message", [
     (("-q", "int2"), "--force-ternarize"),
     (("-q", "int4", "--block-size", "48"), "power of two"),

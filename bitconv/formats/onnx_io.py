@@ -55,7 +55,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 import numpy as np
 
 from ..convert.checkpoint import to_compute_dtype
-from ..errors import CheckpointError, OutputError, UnsupportedArchitecture, UsageError
+from ..errors import CheckpointError, OutputError, QuantizationError, UnsupportedArchitecture, UsageError
 from ..quant import nbits
 from .atomic import staged_folder
 from ..quant.registry import ALIASES
@@ -194,6 +194,8 @@ class OnnxPlan:
     bitlinear: bool
     accuracy_level: int = 4
     notes: list[str] = field(default_factory=list)
+    #: export weights holding NaN/Inf, or values float16 cannot hold, instead of refusing them
+    allow_nonfinite: bool = False
 
     @property
     def data_nbytes(self) -> int:
@@ -431,7 +433,24 @@ class DecoderBuilder:
     # -- weights --
 
     def _load(self, name: str) -> np.ndarray:
-        return np.asarray(self.plan.sources[name].load(), dtype=np.float32)
+        return self._checked(name, np.asarray(self.plan.sources[name].load(), dtype=np.float32))
+
+    def _checked(self, name: str, values: np.ndarray, f16: bool = False) -> np.ndarray:
+        """`values` (a chunk of the weight `name`, floats), refused with a one-line error when it
+        holds NaN/Inf or, for a float16 initializer, magnitudes ≥ 65520 (they would become inf)."""
+        if self.plan.allow_nonfinite or values.dtype.kind != "f" or not values.size:
+            return values
+        src = self.plan.sources.get(name)
+        hf = src.hf_names[0] if src is not None and src.hf_names else name
+        if not np.isfinite(values).all():
+            bad = int(values.size - np.count_nonzero(np.isfinite(values)))
+            raise QuantizationError(f"{hf}: {bad} NaN/Inf value(s); pass --allow-nonfinite to export anyway",
+                                    tensor=name)
+        if f16 and values.dtype != np.float16 and max(values.max(), -values.min()) >= 65520.0:
+            big = int(np.count_nonzero(np.abs(values) >= 65520.0))
+            raise QuantizationError(f"{hf}: {big} value(s) of magnitude ≥ 65520 would become inf in float16; "
+                                    "export f32, or pass --allow-nonfinite", tensor=name)
+        return values
 
     def _add_streamed(self, name: str, dtype: Any, rows: int = 4096) -> str:
         """The tensor as an initializer in `dtype`, read a slab and widened a row chunk at a time and
@@ -441,7 +460,8 @@ class DecoderBuilder:
         def chunks() -> Iterator[np.ndarray]:
             for raw, stored in src.stored_slabs(SLAB_BYTES):
                 for lo in range(0, raw.shape[0], rows):
-                    yield to_compute_dtype(raw[lo:lo + rows], stored).astype(dtype, copy=False)
+                    values = self._checked(name, to_compute_dtype(raw[lo:lo + rows], stored), f16=dtype == np.float16)
+                    yield values.astype(dtype, copy=False)
 
         self.g.initializers.append(self.data.add_rows(name, tuple(src.shape), dtype, chunks()))
         return name
@@ -451,7 +471,7 @@ class DecoderBuilder:
         the quantizer's workers."""
         src = self.plan.sources[name]
         n_rows = math.prod(src.shape[:-1])
-        return nbits.quantize_slabs(((raw, lambda c, st=stored: to_compute_dtype(c, st))
+        return nbits.quantize_slabs(((raw, lambda c, st=stored: self._checked(name, to_compute_dtype(c, st)))
                                      for raw, stored in src.stored_slabs(SLAB_BYTES)), n_rows, bits, block_size)
 
     def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
@@ -520,7 +540,8 @@ class DecoderBuilder:
                 block = np.empty((min(k, k0 + cols) - k0, n), dtype=dt)
                 lo = 0
                 for raw, stored in src.stored_slabs(SLAB_BYTES):
-                    part = to_compute_dtype(raw[:, k0:k0 + cols], stored).astype(np.float32, copy=False)
+                    part = self._checked(src.name, to_compute_dtype(raw[:, k0:k0 + cols], stored), f16=dt == np.float16)
+                    part = part.astype(np.float32, copy=False)
                     block[:, lo:lo + raw.shape[0]] = part.T
                     lo += raw.shape[0]
                 yield block
@@ -531,6 +552,7 @@ class DecoderBuilder:
     def _dense(self, x: str, name: str, w: np.ndarray, storage: str, hint: str, output: str | None) -> str:
         if storage in ("f32", "f16"):
             dt = np.float32 if storage == "f32" else np.float16
+            self._checked(name, w, f16=storage == "f16")
             init = self._add_init(name + ".T", np.ascontiguousarray(w.T).astype(dt, copy=False), name)
             return self.g.op("MatMul", [x, init], hint, outputs=[output] if output else None)
         bits = _BITS[storage]
