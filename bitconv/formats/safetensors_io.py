@@ -40,7 +40,9 @@ import os
 import re
 import shutil
 import struct
+import threading
 import time
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -53,6 +55,7 @@ from ..convert.arch.base import SourceTensor
 from ..convert.checkpoint import Checkpoint, LazyTensor
 from ..errors import OutputError, QuantizationError, UsageError
 from ..quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternarize
+from ..threads import shared_pool, thread_count
 from .atomic import check_free_space, is_temp_name, staged_folder
 
 FORMATS = ("bitnet-packed", "compressed-tensors", "bnb-nf4", "bnb-int8", "rounded")
@@ -289,13 +292,15 @@ def _paired(compute: Callable[[], tuple[bytes, bytes]]) -> tuple[Callable[[], by
     shard boundary may fall between them); each part is dropped once written."""
     parts: dict[int, bytes] = {}
     computed = False
+    lock = threading.Lock()  # the two may be produced on different worker threads
 
     def take(i: int) -> bytes:
         nonlocal computed
-        if not computed:
-            parts[0], parts[1] = compute()
-            computed = True
-        return parts.pop(i)
+        with lock:
+            if not computed:
+                parts[0], parts[1] = compute()
+                computed = True
+            return parts.pop(i)
 
     return (lambda: take(0)), (lambda: take(1))
 
@@ -635,32 +640,17 @@ def check_output_folder(folder: Path, force: bool) -> None:
 
 
 def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
-    """(packed codes bytes, weight_scale bytes) of one ternary linear; the scale is known only
-    after the codes are computed, so the weight must be produced first (it sorts before its scale
-    only by dtype order, so both share one computation, cached here)."""
-    cache: dict[str, bytes] = {}
-
-    def compute() -> None:
-        if cache:
-            return
-        w = st.load()
-        w = np.asarray(w, dtype=np.float32)
+    """(packed codes bytes, weight_scale bytes) of one ternary linear: the scale is known only once
+    the codes are computed, so both come from one computation."""
+    def compute() -> tuple[bytes, bytes]:
+        w = np.asarray(st.load(), dtype=np.float32)
         known = st.known_scale() if st.known_scale is not None else None
         scale = scale_for([w], known)
         packed = pack_hf_packed(ternarize(w, scale))
         ws = scale.inv if linear_class == "bitlinear" else scale.scale
-        cache["w"] = np.ascontiguousarray(packed).tobytes()
-        cache["s"] = np.array([ws], dtype="<f4").tobytes()
+        return np.ascontiguousarray(packed).tobytes(), np.array([ws], dtype="<f4").tobytes()
 
-    def weight() -> bytes:
-        compute()
-        return cache.pop("w")
-
-    def scale_bytes() -> bytes:
-        compute()
-        return cache.pop("s")
-
-    return weight, scale_bytes
+    return _paired(compute)
 
 
 #: stored bytes read at a time when a tensor is copied as it is
@@ -739,6 +729,30 @@ def header_bytes(tensors: list[_OutTensor], metadata: dict[str, str] | None = No
     return struct.pack("<Q", len(raw)) + raw
 
 
+def _produced_in_order(tensors: list[_OutTensor]) -> Iterator[tuple[_OutTensor, Any]]:
+    """Each tensor with its bytes, in file order. Computed tensors (quantized linears) are produced
+    ahead on the worker pool, at most one per thread in flight, so `--threads` encodes several
+    linears at once while the file is written in order; copied tensors stream as they are written."""
+    pool = shared_pool()
+    if pool is None:
+        yield from ((t, t.produce()) for t in tensors)
+        return
+    window = thread_count()
+    pending: dict[int, Future[Any]] = {}
+    nxt = 0
+    try:
+        for i, t in enumerate(tensors):
+            nxt = max(nxt, i)
+            while nxt < len(tensors) and len(pending) < window:
+                if tensors[nxt].note != "copied":
+                    pending[nxt] = pool.submit(tensors[nxt].produce)
+                nxt += 1
+            yield t, (pending.pop(i).result() if i in pending else t.produce())
+    finally:
+        for f in pending.values():
+            f.cancel()
+
+
 def write_safetensors(path: Path, tensors: list[_OutTensor], *,
                       progress: Callable[[str, int], None] | None = None) -> int:
     """Stream the tensors into `path` (8-byte header length, JSON header, data); returns bytes written."""
@@ -746,8 +760,7 @@ def write_safetensors(path: Path, tensors: list[_OutTensor], *,
     total = len(head)
     with open(path, "wb") as f:
         f.write(head)
-        for t in tensors:
-            data = t.produce()
+        for t, data in _produced_in_order(tensors):
             written = 0
             for piece in ([data] if isinstance(data, (bytes, bytearray, memoryview)) else data):
                 f.write(piece)
