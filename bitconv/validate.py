@@ -79,6 +79,15 @@ class TensorCheck:
     message: str = ""
 
 
+def reference_mismatch(tc: TensorCheck, want_shape: tuple[int, ...] | None) -> bool:
+    """Fail `tc` when the reference lacks the tensor (`want_shape` None) or holds another shape."""
+    if want_shape is None:
+        tc.ok, tc.message = False, "not in the reference checkpoint"
+    elif tuple(want_shape) != tuple(tc.shape):
+        tc.ok, tc.message = False, f"shape {tuple(tc.shape)} but the reference has {tuple(want_shape)}"
+    return not tc.ok
+
+
 @dataclass
 class LogitsCheck:
     reference: str
@@ -347,11 +356,7 @@ def _tensor_check(t: GGUFTensorInfo, art: ArtifactWeights, ref: CheckpointWeight
 
     pt = ref.by_name.get(t.name)
     tc = TensorCheck(t.name, t.type_name.lower(), list(t.shape), ok=True)
-    if pt is None:
-        tc.ok, tc.message = False, "not in the reference checkpoint"
-        return tc
-    if tuple(pt.shape) != tuple(t.shape):
-        tc.ok, tc.message = False, f"shape {tuple(t.shape)} but the reference has {tuple(pt.shape)}"
+    if reference_mismatch(tc, None if pt is None else pt.shape):
         return tc
     type_name = tc.type
     if ternary and ref.mapping.is_ternary_linear(t.name) and type_name in TERNARY_TYPES:

@@ -34,7 +34,7 @@ from .errors import ArtifactError, BitconvError, CheckpointError, QuantizationEr
 from .forward import SUPPORTED_ARCHS, TernaryWeight
 from .inspectors import st_format
 from .validate import (DEFAULT_MIN_COS, ONNX_MIN_COS, Check, CheckpointWeights, TensorCheck, ValidationReport,
-                       _compare_arrays, _reference_hparams, _rel_err_bound, _verdict, compare_forward)
+                       _compare_arrays, _reference_hparams, _rel_err_bound, _verdict, compare_forward, reference_mismatch)
 
 #: minimum cos per safetensors weight type (tensors of that type, and the logits of a checkpoint of
 #: that type): bitnet-packed as the ternary GGUF types, compressed-tensors int8 / int4 as the ONNX ones
@@ -231,11 +231,7 @@ def _tensor_check(pt: Any, st: StArtifact, art: CheckpointWeights, ref: Checkpoi
     hf, kind = _hf_name(pt), _type_of(pt, st)
     tc = TensorCheck(hf, kind, list(pt.shape), ok=True)
     want_pt = ref.by_name.get(pt.name)
-    if want_pt is None:
-        tc.ok, tc.message = False, "not in the reference checkpoint"
-        return tc
-    if tuple(want_pt.shape) != tuple(pt.shape):
-        tc.ok, tc.message = False, f"shape {tuple(pt.shape)} but the reference has {tuple(want_pt.shape)}"
+    if reference_mismatch(tc, None if want_pt is None else want_pt.shape):
         return tc
     try:
         want = ref.get(pt.name)

@@ -325,6 +325,18 @@ def _require_linears(n_linear: int, architecture: str) -> None:
         raise UsageError(f"{architecture}: no decoder-block linears (model.layers.N.self_attn.q_proj …) to quantize")
 
 
+def _quantized_linear(lt: LazyTensor, fmt: str) -> bool:
+    """Whether a quantized layout stores `lt` as a quantized decoder linear (else it is copied);
+    either way its dtype must be one the layout can hold."""
+    if lt.dtype not in _ST_DTYPE_SIZE:
+        raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
+    if not CT_LINEAR.search(lt.name):
+        return False
+    if lt.dtype not in _TORCH_DTYPE:
+        raise UsageError(f"{lt.name}: stored as {lt.dtype}; {fmt} output needs float (bf16, f16, f32) weights")
+    return True
+
+
 def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int) -> list[_OutTensor]:
     """Every output tensor in file order (safetensors' own: larger alignment first, then by name);
     no tensor data is read. Fails on a 2-D tensor it cannot place: with targets ["Linear"] every
@@ -333,12 +345,7 @@ def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int)
     out: list[_OutTensor] = []
     n_linear = 0
     for lt in checkpoint:
-        if lt.dtype not in _ST_DTYPE_SIZE:
-            raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
-        if CT_LINEAR.search(lt.name):
-            if lt.dtype not in _EPS:
-                raise UsageError(f"{lt.name}: stored as {lt.dtype}; compressed-tensors output needs float "
-                                 "(bf16, f16, f32) weights")
+        if _quantized_linear(lt, "compressed-tensors"):
             rows, k = lt.shape
             if k % block_size:
                 raise UsageError(f"{lt.name}: shape ({rows}, {k}) — --block-size {block_size} must divide the "
@@ -571,11 +578,7 @@ def plan_bnb(checkpoint: Checkpoint, fmt: str) -> list[_OutTensor]:
     out: list[_OutTensor] = []
     n_linear = 0
     for lt in checkpoint:
-        if lt.dtype not in _ST_DTYPE_SIZE:
-            raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
-        if CT_LINEAR.search(lt.name):
-            if lt.dtype not in _TORCH_DTYPE:
-                raise UsageError(f"{lt.name}: stored as {lt.dtype}; {fmt} output needs float (bf16, f16, f32) weights")
+        if _quantized_linear(lt, fmt):
             rows, k = lt.shape
             weight, stats = _bnb_producers(lt, kind)
             if kind == "nf4":
