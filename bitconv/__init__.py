@@ -1,7 +1,7 @@
 """bitconv: Hugging Face checkpoints → quantized artifacts for real runtimes, with the numerics checked."""
 from __future__ import annotations
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 from .errors import guard_cli_startup as _guard_cli_startup  # noqa: E402
 

@@ -10,10 +10,10 @@ from typing import Any, Callable
 
 from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
-from .convert.plan import PlannedTensor, TensorPlan, make_plan
+from .convert.plan import PlannedTensor, TensorPlan, plan_checkpoint
 from .convert.tokenizer import export_vocab
 from .errors import CheckpointError, UsageError
-from .formats import gguf_io
+from .formats import gguf_writer
 from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
@@ -84,16 +84,10 @@ def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, targe
     The quant type is `quant`, else the target's default for this model, else f16. `kernel_config`
     (tl1/tl2): pack for an existing bitnet.cpp build's kernel_config.ini instead of choosing tilings."""
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
-    mapping = mapping_for(checkpoint)
     if quant is None:
-        quant = get_target(target).quant_for(mapping, lut=lut, smallest=smallest) if target else DEFAULT_GGUF_QUANT
-    quantizer = get_quantizer(quant)
-    if kernel_config is not None:
-        if not isinstance(quantizer, LutQuantizer):
-            raise UsageError(f"--kernel-config applies to the LUT layouts tl1/tl2, not {quantizer.name}")
-        cfg = kernel_config if isinstance(kernel_config, KernelConfig) else KernelConfig.read(kernel_config)
-        quantizer = type(quantizer)(kernel_config=cfg)
-    return checkpoint, make_plan(checkpoint, mapping, quantizer, force_ternarize=force_ternarize)
+        quant = get_target(target).quant_for(mapping_for(checkpoint), lut=lut, smallest=smallest) if target \
+            else DEFAULT_GGUF_QUANT
+    return plan_checkpoint(checkpoint, quant, force_ternarize=force_ternarize, kernel_config=kernel_config)
 
 
 def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
@@ -106,7 +100,7 @@ def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
 def memory_estimate(plan: TensorPlan, threads: int = 0) -> int:
     """Peak resident bytes: the interpreter and libraries, plus the work in flight (a budget per
     thread; large tensors are read a slab of rows at a time, so it does not grow with the model)."""
-    return BASE_MEMORY + gguf_io.peak_work_bytes(plan, threads)
+    return BASE_MEMORY + gguf_writer.peak_work_bytes(plan, threads)
 
 
 def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | None = None,
@@ -133,7 +127,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
                             force_ternarize=force_ternarize, allow_pickle=allow_pickle, revision=revision,
                             manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite)
     if fmt == "safetensors":
-        from .formats.safetensors_io import FORMATS
+        from .formats.safetensors import FORMATS
 
         if format is None and quant is not None and quant.lower() in FORMATS:
             format, quant = quant, None  # the earlier convert(src, "safetensors", "bitnet-packed")
@@ -154,7 +148,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     result = ConversionResult(
         source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,
         output=str(out_path), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
-        output_bytes=gguf_io.estimated_file_size(plan), type_counts=plan.type_counts(),
+        output_bytes=gguf_writer.estimated_file_size(plan), type_counts=plan.type_counts(),
         memory_estimate_bytes=memory_estimate(plan, threads), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
         tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
                  for t in plan])
@@ -179,7 +173,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, checkpoint.name)}
     try:
         with atomic_output(out_path, force=force) as tmp, staged_texts(sidecars) as commit_sidecars:
-            digest = gguf_io.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
+            digest = gguf_writer.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
                                         allow_nonfinite=allow_nonfinite, progress=progress)
             commit_sidecars()  # the GGUF is renamed right after: a usable file always has its config
     except BaseException:
@@ -216,8 +210,8 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
     """Export a HF checkpoint as an ONNX Runtime decoder folder (model.onnx + model.onnx.data +
     genai_config.json + tokenizer files). `quant`: f32 / f16 / int8 / int4 / int2 (ternary models),
     else the target's default for this model, else f32. `out`: the folder (default
-    ./<name>-<quant>-onnx). Returns an `onnx_io.OnnxExportResult`."""
-    from .formats import onnx_io
+    ./<name>-<quant>-onnx). Returns an `onnx.export.OnnxExportResult`."""
+    from .formats.onnx import export as onnx_export, plan as onnx_plan
 
     if target and get_target(target).format != "onnx":
         raise UsageError(f"target {target} writes {get_target(target).format}, not onnx")
@@ -225,21 +219,21 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
     mapping = mapping_for(checkpoint)
     if quant is None:
         quant = get_target(target).quant_for(mapping) if target else DEFAULT_ONNX_QUANT
-    oq = onnx_io.get_onnx_quant(quant)
-    plan = onnx_io.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size, force_ternarize=force_ternarize,
-                                  accuracy_level=accuracy_level)
+    oq = onnx_plan.get_onnx_quant(quant)
+    plan = onnx_plan.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size, force_ternarize=force_ternarize,
+                                    accuracy_level=accuracy_level)
     plan.allow_nonfinite = allow_nonfinite
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{oq.name}-onnx"
     if not dry_run:
-        onnx_io.require_onnx()
-        onnx_io.check_output_folder(folder, onnx_io.output_files(plan), force)
+        onnx_export.require_onnx()
+        onnx_export.check_output_folder(folder, onnx_export.output_files(plan), force)
         check_free_space(folder if folder.is_dir() else folder.parent, plan.data_nbytes)
         if on_start:
             on_start(plan)
     return _export_folder(
         checkpoint, folder, source, manifest and not dry_run, threads,
-        lambda: onnx_io.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
-                               progress=progress),
+        lambda: onnx_export.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
+                                   progress=progress),
         lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
                    "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision,
                    "allow_nonfinite": allow_nonfinite})
@@ -291,21 +285,21 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     (bitsandbytes, as transformers saves it) or "rounded" (`quant`: a registered quantizer storing
     floats; its values replace the decoder linears). `max_shard_size`: "500MB", "2GB",
     "1.5GiB" or bytes; larger outputs become model-0000i-of-0000N.safetensors. `out`: the folder
-    (default ./<name>-<format>[-<quant>]). Returns a `safetensors_io.SafetensorsResult`."""
-    from .formats import safetensors_io
+    (default ./<name>-<format>[-<quant>]). Returns a `formats.safetensors.SafetensorsResult`."""
+    from .formats import safetensors as st_out
 
-    fmt = safetensors_io.check_format(format)
-    safetensors_io.parse_shard_size(max_shard_size)  # a bad size fails before the checkpoint is read
+    fmt = st_out.check_format(format)
+    st_out.parse_shard_size(max_shard_size)  # a bad size fails before the checkpoint is read
     if block_size is not None and fmt == "compressed-tensors":
-        safetensors_io.check_block_size(block_size)
+        st_out.check_block_size(block_size)
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
-    suffix = f"-{(quant or safetensors_io.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
+    suffix = f"-{(quant or st_out.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
     return _export_folder(
         checkpoint, folder, source, manifest and not dry_run, threads,
-        lambda: safetensors_io.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
-                                      block_size=block_size, max_shard_size=max_shard_size, source=str(source),
-                                      force=force, dry_run=dry_run, progress=progress, on_start=on_start),
+        lambda: st_out.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
+                              block_size=block_size, max_shard_size=max_shard_size, source=str(source),
+                              force=force, dry_run=dry_run, progress=progress, on_start=on_start),
         lambda r: {"format": fmt, "quant": r.quant, "block_size": r.block_size, "linear_class": r.linear_class,
                    "max_shard_size": max_shard_size, "revision": revision})
 

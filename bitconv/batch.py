@@ -38,7 +38,7 @@ _ST_KEYS = {"quant", "block_size", "max_shard_size", "linear_class", "allow_pick
 
 
 def _format_keys() -> dict[str, set[str]]:
-    from .formats.safetensors_io import FORMATS
+    from .formats.safetensors import FORMATS
 
     return {**_FORMAT_KEYS, **{f: _ST_KEYS for f in FORMATS}}
 _JOB_KEYS = {"source", "format", "output", "name", "validate"}
@@ -161,7 +161,7 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
 
 def _unchanged(job: Job) -> bool:
     """True when `job`'s output is exactly what it would write again."""
-    from . import __version__
+    from ._version import __version__
     from .convert.checkpoint import Checkpoint
     from .formats.manifest import file_record, manifest_path_for
 

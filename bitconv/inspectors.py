@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from .convert.quantization_config import st_format
 from .errors import ArtifactError, BitconvError
 
 
@@ -131,7 +132,7 @@ def inspect_onnx(path: Path) -> OnnxSummary:
         raise ArtifactError("inspecting ONNX exports needs the onnx package: pip install 'bitconv[onnx]'")
     from onnx import helper
 
-    from .validate import OnnxArtifact, onnx_quant_of
+    from .formats.onnx.reader import OnnxArtifact, onnx_quant_of
 
     art = OnnxArtifact(path)  # onnx.load(..., load_external_data=False), errors as ArtifactError
     try:
@@ -199,19 +200,6 @@ def _is_safetensors(p: Path) -> bool:
     if p.is_file():
         return p.suffix == ".safetensors"
     return p.is_dir() and ((p / SAFETENSORS_INDEX).is_file() or any(p.glob("*.safetensors")))
-
-
-def st_format(qc: dict[str, Any] | None, names: set[str] | None = None) -> str:
-    """bitnet-packed / compressed-tensors / plain from config.json's quantization_config (without
-    one, from the tensor names: a lone .safetensors file)."""
-    if isinstance(qc, dict) and qc.get("quant_method"):
-        return {"bitnet": "bitnet-packed"}.get(str(qc["quant_method"]), str(qc["quant_method"]))
-    names = names or set()
-    if any(n.endswith(".weight_packed") for n in names):
-        return "compressed-tensors"
-    if any(n.endswith(".weight_scale") and n.removesuffix("_scale") in names for n in names):
-        return "bitnet-packed"
-    return "plain"
 
 
 def _table(value: Any) -> dict[str, Any]:
@@ -293,6 +281,6 @@ def inspect_safetensors(path: Path) -> SafetensorsSummary:
 
 @register_inspector("gguf", lambda p: p.is_file())
 def inspect_gguf(path: Path) -> Any:
-    from .formats.gguf_io import read_gguf_summary
+    from .formats.gguf_reader import read_gguf_summary
 
     return read_gguf_summary(path)

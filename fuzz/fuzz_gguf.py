@@ -14,9 +14,9 @@ from fuzz.common import instrumented, main, mode_prefixed, scratch
 
 with instrumented(__name__ == "__main__"):
     import bitconv
-    from bitconv.cli import _inspect_gguf
+    from bitconv.cli.inspect import _inspect_gguf
     from bitconv.errors import BitconvError
-    from bitconv.formats.gguf_io import read_gguf_summary
+    from bitconv.formats.gguf_reader import read_gguf_summary
 
 NAME = "gguf"
 MAX_LEN = 65536  # the seeds' headers and their (small) tensor data

@@ -17,7 +17,9 @@ from typing import Any, Callable
 import pytest
 
 import bitconv
-from bitconv.formats import gguf_io, onnx_io, safetensors_io
+from bitconv.formats import gguf_writer
+from bitconv.formats.onnx import weights as onnx_weights
+from bitconv.formats.safetensors import writer as st_writer
 from bitconv.formats.manifest import manifest_path_for
 from bitconv.quant.registry import all_quantizers
 from fixtures import make_checkpoint
@@ -57,9 +59,9 @@ def reshard_in_place(root: Path, pieces: int = 2, seed: int = 0) -> None:
 
 def tiny_slabs(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large-tensor slabs of 4 KiB: every tensor is then read and encoded a few rows at a time."""
-    monkeypatch.setattr(gguf_io, "SLAB_BYTES", 4096)
-    monkeypatch.setattr(onnx_io, "SLAB_BYTES", 4096)
-    monkeypatch.setattr(safetensors_io, "SLAB_BYTES", 4096)
+    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 4096)
+    monkeypatch.setattr(onnx_weights, "SLAB_BYTES", 4096)
+    monkeypatch.setattr(st_writer, "SLAB_BYTES", 4096)
 
 
 def output_files(result: Any) -> dict[str, bytes]:

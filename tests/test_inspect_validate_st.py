@@ -22,7 +22,7 @@ import bitconv
 import fixtures_bitnet as fb
 from bitconv import api
 from bitconv.errors import ArtifactError
-from bitconv.validate_st import ST_MIN_COS
+from bitconv.validate import ST_MIN_COS
 from cli_helpers import error_line, json_result, run_cli, validate_fails
 
 GROUP = 32  # the tiny Qwen2's hidden size is 64: the default group of 128 does not divide it

@@ -19,14 +19,15 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="session")
 def reference_ready() -> Path:
-    """The sdist's vendor/llama.cpp, or skip when it (or the converter's deps) is unavailable."""
+    """The sdist's vendor/llama.cpp; when it (or the converter's deps) is unavailable: skip, or fail
+    under CI."""
     missing = oracle.missing_converter_requirements()
     if missing:
-        pytest.skip(f"llama.cpp converter needs: {' '.join(missing)}")
+        oracle.skip_or_fail(f"llama.cpp converter needs: {' '.join(missing)}")
     try:
         return oracle.llamacpp_source()
     except oracle.ReferenceUnavailable as e:
-        pytest.skip(str(e))
+        oracle.skip_or_fail(str(e))
 
 
 @pytest.fixture(scope="session")

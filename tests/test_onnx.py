@@ -531,7 +531,7 @@ def test_stale_temp_folders_of_dead_runs_are_removed(qwen2_checkpoint, tmp_path)
     removes it (the pid is dead), and leaves a live process's temp folder alone."""
     import os
 
-    from bitconv.formats.onnx_io import TMP_PREFIX
+    from bitconv.formats.onnx.export import TMP_PREFIX
 
     out = tmp_path / "out"
     out.mkdir()

@@ -27,7 +27,9 @@ import torch
 
 import bitconv
 from bitconv import api
-from bitconv.formats import safetensors_io as sio
+from bitconv.formats.safetensors import layouts
+from bitconv.formats.safetensors.writer import INDEX_FILE
+from bitconv.quant.bnb import NF4_BOUNDS, NF4_CODE, int8_dequantize, int8_quantize, nf4_dequantize, nf4_quantize
 from cli_helpers import error_line, json_result, run_cli
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -73,7 +75,7 @@ def outs(sources: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> 
         for fmt in FORMATS:
             r = bitconv.convert(src, to="safetensors", format=fmt, out=root / f"{dt}-{fmt}")
             assert r.n_quantized == 14 and r.shards == 1 and r.files[0] == "model.safetensors", r
-            assert r.quant == sio.BNB_FORMATS[fmt] and r.block_size == (64 if fmt == "bnb-nf4" else None)
+            assert r.quant == layouts.BNB_FORMATS[fmt] and r.block_size == (64 if fmt == "bnb-nf4" else None)
             out[dt, fmt] = root / f"{dt}-{fmt}"
     r = api.convert_safetensors(sources["bf16"], "bnb-nf4", root / "sharded", max_shard_size="1MB")
     assert r.shards > 3
@@ -145,7 +147,7 @@ def test_transformers_loads(fmt: str, outs: dict, refs: dict, float_logits: np.n
 
 def test_sharded(outs: dict) -> None:
     out = outs["bf16", "sharded"]
-    index = json.loads((out / sio.INDEX_FILE).read_text())
+    index = json.loads((out / INDEX_FILE).read_text())
     shards = sorted(out.glob("model-*-of-*.safetensors"))
     assert not (out / "model.safetensors").exists() and len(shards) == len(set(index["weight_map"].values())) > 3
     stored: dict[str, torch.Tensor] = {}
@@ -166,7 +168,7 @@ def _edge_weights(dtype: str, shape: tuple[int, int]) -> torch.Tensor:
     w[1] = torch.arange(shape[1]) / 8 - shape[1] / 16  # multiples of 1/8: ties for int8
     w[2, 0] = 3.0  # an outlier
     if dtype == "F32" and shape[1] >= 16:
-        w[3, :15] = torch.from_numpy(sio.NF4_BOUNDS)  # scaled values exactly on the NF4 midpoints
+        w[3, :15] = torch.from_numpy(NF4_BOUNDS)  # scaled values exactly on the NF4 midpoints
         w[3, 15] = 1.0
     return w.to(TORCH[dtype])
 
@@ -178,20 +180,20 @@ def test_kernels_equal_bitsandbytes(dtype: str) -> None:
     for shape in ((16, 64), (6, 40), (7, 3)):  # whole blocks; a partial last block; an odd element count
         w = _edge_weights(dtype, shape)
         packed, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4")
-        q, absmax = sio.nf4_quantize(w.float().numpy())
+        q, absmax = nf4_quantize(w.float().numpy())
         assert np.array_equal(q, packed.reshape(-1).numpy()) and np.array_equal(absmax, state.absmax.numpy()), shape
-        assert np.array_equal(sio.NF4_CODE, state.code.numpy())
+        assert np.array_equal(NF4_CODE, state.code.numpy())
         dq = bnb.functional.dequantize_4bit(packed, state)
-        ours = torch.from_numpy(sio.nf4_dequantize(q, absmax, shape)).to(TORCH[dtype])
+        ours = torch.from_numpy(nf4_dequantize(q, absmax, shape)).to(TORCH[dtype])
         assert torch.equal(dq, ours), shape
     w = _edge_weights(dtype, (16, 64))
     cb, scb, _ = bnb.functional.int8_vectorwise_quant(w.to(torch.float16))  # what Int8Params does on CPU
-    q, s = sio.int8_quantize(w.float().numpy())
+    q, s = int8_quantize(w.float().numpy())
     assert np.array_equal(s, scb.numpy())
     assert s[0] == 0 and not q[0].any()  # the all-zero row (bitsandbytes' NaN codes: 0 on this CPU)
     assert np.array_equal(q[1:], cb[1:].numpy())
     dq = bnb.functional.int8_vectorwise_dequant(cb, scb)
-    assert np.array_equal(sio.int8_dequantize(q, s)[1:], dq[1:].numpy())
+    assert np.array_equal(int8_dequantize(q, s)[1:], dq[1:].numpy())
 
 
 @pytest.mark.parametrize("kind", ["nf4", "int8"])
@@ -199,9 +201,9 @@ def test_row_chunks(kind: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Row-chunked quantization of a weight whose rows are not whole 64-blocks (K = 48: chunks of
     4 rows) equals bitsandbytes on the whole tensor."""
     w = torch.from_numpy(np.random.default_rng(5).standard_normal((37, 48)).astype(np.float32)).to(torch.bfloat16)
-    monkeypatch.setattr(sio, "_CHUNK_F32_BYTES", 4 * 48 * 3)
+    monkeypatch.setattr(layouts, "_CHUNK_F32_BYTES", 4 * 48 * 3)
     lt = SimpleNamespace(name="x.weight", dtype="BF16", load=lambda: w.float().numpy())
-    weight, stats = sio._bnb_producers(lt, kind)
+    weight, stats = layouts._bnb_producers(lt, kind)
     s, q = stats(), weight()  # either order
     if kind == "nf4":
         packed, state = bnb.functional.quantize_4bit(w, blocksize=64, quant_type="nf4")

@@ -24,7 +24,9 @@ import torch
 import bitconv
 from bitconv import api
 from bitconv.errors import UsageError
-from bitconv.formats import safetensors_io as sio
+from bitconv.formats.safetensors.layouts import CT_LINEAR, CT_QUANTS
+from bitconv.formats.safetensors.writer import INDEX_FILE, parse_shard_size
+from bitconv.quant.compressed import ct_dequantize, ct_pack, ct_quantize, ct_unpack
 from cli_helpers import error_line, json_result, run_cli
 
 ct = pytest.importorskip("compressed_tensors")
@@ -77,7 +79,7 @@ def _cos(a: np.ndarray, b: np.ndarray) -> float:
 
 def _scheme(quant: str) -> QuantizationScheme:
     return QuantizationScheme(targets=["Linear"], weights=QuantizationArgs(
-        num_bits=sio.CT_QUANTS[quant], type="int", symmetric=True, strategy="group", group_size=GROUP))
+        num_bits=CT_QUANTS[quant], type="int", symmetric=True, strategy="group", group_size=GROUP))
 
 
 def _package_qparams(w: torch.Tensor, args: QuantizationArgs) -> tuple[torch.Tensor, torch.Tensor]:
@@ -108,15 +110,15 @@ def test_layout_and_config(quant: str, outs: dict[str, Path], src: Path,
     w = qc["config_groups"]["group_0"]
     assert w["targets"] == ["Linear"]
     assert {k: w["weights"][k] for k in ("num_bits", "type", "symmetric", "strategy", "group_size", "actorder",
-                                         "dynamic")} == {"num_bits": sio.CT_QUANTS[quant], "type": "int",
+                                         "dynamic")} == {"num_bits": CT_QUANTS[quant], "type": "int",
                                                          "symmetric": True, "strategy": "group",
                                                          "group_size": GROUP, "actorder": None, "dynamic": False}
     assert (out / "tokenizer.json").read_bytes() == (src / "tokenizer.json").read_bytes()
     with safe_open(str(out / "model.safetensors"), "pt") as f:
         got = {k: f.get_tensor(k) for k in f.keys()}
-    bits = sio.CT_QUANTS[quant]
+    bits = CT_QUANTS[quant]
     for name, t in source_weights.items():
-        if sio.CT_LINEAR.search(name):
+        if CT_LINEAR.search(name):
             p = name[:-len("weight")]
             rows, k = t.shape
             assert got[p + "weight_packed"].dtype == torch.int32
@@ -135,11 +137,11 @@ def test_bytes_equal_package_compression(quant: str, outs: dict[str, Path],
     """The package's own quantize + pack of the same bf16 weights gives bitconv's tensors bit for bit,
     and its decompression gives bitconv's dequantized values."""
     scheme = _scheme(quant)
-    bits = sio.CT_QUANTS[quant]
+    bits = CT_QUANTS[quant]
     n = 0
     with safe_open(str(outs[quant] / "model.safetensors"), "pt") as f:
         for name, w in source_weights.items():
-            if not sio.CT_LINEAR.search(name):
+            if not CT_LINEAR.search(name):
                 continue
             p = name[:-len("weight")]
             mine = {k: f.get_tensor(p + k) for k in ("weight_packed", "weight_scale", "weight_shape")}
@@ -150,8 +152,8 @@ def test_bytes_equal_package_compression(quant: str, outs: dict[str, Path],
             for k in mine:
                 assert theirs[k].dtype == mine[k].dtype and torch.equal(theirs[k], mine[k]), (name, k)
             dense = PackedQuantizationCompressor.decompress(dict(mine), scheme)["weight"]
-            q = sio.ct_unpack(mine["weight_packed"].numpy(), bits, w.shape[1])
-            ours = sio.ct_dequantize(q, mine["weight_scale"].float().numpy(), "BF16")
+            q = ct_unpack(mine["weight_packed"].numpy(), bits, w.shape[1])
+            ours = ct_dequantize(q, mine["weight_scale"].float().numpy(), "BF16")
             assert dense.dtype == torch.bfloat16 and np.array_equal(dense.float().numpy(), ours), name
             n += 1
     assert n == 14
@@ -173,12 +175,12 @@ def test_quantize_equals_package(dtype: str) -> None:
         args = _scheme(quant).weights
         scale, zp = _package_qparams(w, args)
         codes = quantize(w, scale, zp, args, dtype=torch.int8)
-        q, s = sio.ct_quantize(w.float().numpy(), sio.CT_QUANTS[quant], GROUP, dtype)
+        q, s = ct_quantize(w.float().numpy(), CT_QUANTS[quant], GROUP, dtype)
         assert np.array_equal(s, scale.float().numpy()) and np.array_equal(q, codes.numpy()), (dtype, quant)
     for bits in (4, 8):
         for k in (8, 24, 40):
             q = rng.integers(-(1 << (bits - 1)), 1 << (bits - 1), size=(5, k), dtype=np.int8)
-            assert np.array_equal(sio.ct_unpack(sio.ct_pack(q, bits), bits, k), q)
+            assert np.array_equal(ct_unpack(ct_pack(q, bits), bits, k), q)
 
 
 @pytest.mark.parametrize("quant", ["int4", "int8"])
@@ -194,7 +196,7 @@ def test_transformers_logits(quant: str, outs: dict[str, Path], src: Path, float
     args = _scheme(quant).weights
     with torch.no_grad():
         for name, p in ref.named_parameters():
-            if sio.CT_LINEAR.search(name):
+            if CT_LINEAR.search(name):
                 w = source_weights[name]
                 scale, zp = _package_qparams(w, args)
                 p.copy_(dequantize(quantize(w, scale, zp, args, dtype=torch.int8), scale.float(), None, args))
@@ -203,7 +205,7 @@ def test_transformers_logits(quant: str, outs: dict[str, Path], src: Path, float
 
 def test_sharded_loads(outs: dict[str, Path]) -> None:
     out = outs["sharded"]
-    index = json.loads((out / sio.INDEX_FILE).read_text())
+    index = json.loads((out / INDEX_FILE).read_text())
     shards = sorted(out.glob("model-*-of-*.safetensors"))
     assert not (out / "model.safetensors").exists() and len(shards) == len(set(index["weight_map"].values()))
     stored: dict[str, str] = {}
@@ -223,13 +225,13 @@ def test_sharded_loads(outs: dict[str, Path]) -> None:
 
 
 def test_shard_size_parsing() -> None:
-    assert sio.parse_shard_size("500MB") == 500 * 10**6
-    assert sio.parse_shard_size("2GB") == 2 * 10**9
-    assert sio.parse_shard_size("1.5GiB") == 3 * 2**29
-    assert sio.parse_shard_size(" 10 kib ") == 10240 and sio.parse_shard_size(4096) == 4096
+    assert parse_shard_size("500MB") == 500 * 10**6
+    assert parse_shard_size("2GB") == 2 * 10**9
+    assert parse_shard_size("1.5GiB") == 3 * 2**29
+    assert parse_shard_size(" 10 kib ") == 10240 and parse_shard_size(4096) == 4096
     for bad in ("2G", "GB", "-1MB", "1.5", "0MB", "abc"):
         with pytest.raises(UsageError):
-            sio.parse_shard_size(bad)
+            parse_shard_size(bad)
 
 
 def test_cli(src: Path, tmp_path: Path) -> None:
@@ -238,7 +240,7 @@ def test_cli(src: Path, tmp_path: Path) -> None:
     assert ok.returncode == 0, ok.stderr
     res = json_result(ok)["result"]
     assert res["quant"] == "int8" and res["block_size"] == 64 and res["shards"] > 1 and res["n_quantized"] == 14
-    assert (tmp_path / "ok" / sio.INDEX_FILE).is_file() and not list((tmp_path / "ok").glob(".*"))
+    assert (tmp_path / "ok" / INDEX_FILE).is_file() and not list((tmp_path / "ok").glob(".*"))
     cases = {  # argv → words of the one-line error
         ("--block-size", "48"): "power of two",
         (): "must divide the input dimension",  # the default group 128 on a 64-wide model

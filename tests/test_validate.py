@@ -88,7 +88,8 @@ def test_onebit_and_llama_ternary_pass(tmp_path):
 
 def test_reference_forward_matches_transformers(bitnet):
     """bitconv's numpy forward (ternary kernel, int8 activations) vs transformers' BitLinear."""
-    from bitconv.validate import CheckpointWeights, _reference_hparams
+    from bitconv.validate.logits import reference_hparams as _reference_hparams
+    from bitconv.validate.sources import CheckpointWeights
     from bitconv.forward import ReferenceForward
 
     _, plan = bitconv.plan_gguf(bitnet, "i2_s")

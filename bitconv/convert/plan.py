@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Iterator
 
 from ..errors import QuantizationError, UsageError
 from ..quant.base import Quantizer
@@ -182,3 +182,23 @@ def raise_dup(src: SourceTensor) -> None:
     from ..errors import CheckpointError
 
     raise CheckpointError(f"{src.hf_names[0] if src.hf_names else src.name}: two checkpoint tensors map to {src.name}")
+
+
+def plan_checkpoint(source: Any, quant: str, *, revision: str | None = None, allow_pickle: bool = False,
+                    force_ternarize: bool = False, kernel_config: Any = None) -> tuple[Checkpoint, TensorPlan]:
+    """Open a checkpoint (a path or hub id; or take one already open) and plan it for one quant type. Lives here rather than in
+    the API so that validate and inspect, which plan references, never import the API layer.
+    `kernel_config` (tl1/tl2): a KernelConfig or a kernel_config.ini path to pack for."""
+    from ..quant.tl import KernelConfig, LutQuantizer
+    from .arch import mapping_for
+
+    checkpoint = source if isinstance(source, Checkpoint) else Checkpoint.open(source, revision=revision,
+                                                                              allow_pickle=allow_pickle)
+    mapping = mapping_for(checkpoint)
+    quantizer = get_quantizer(quant)
+    if kernel_config is not None:
+        if not isinstance(quantizer, LutQuantizer):
+            raise UsageError(f"--kernel-config applies to the LUT layouts tl1/tl2, not {quantizer.name}")
+        cfg = kernel_config if isinstance(kernel_config, KernelConfig) else KernelConfig.read(kernel_config)
+        quantizer = type(quantizer)(kernel_config=cfg)
+    return checkpoint, make_plan(checkpoint, mapping, quantizer, force_ternarize=force_ternarize)

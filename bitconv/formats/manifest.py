@@ -58,7 +58,7 @@ def manifest_path_for(artifact: Path) -> Path:
 
 def write_manifest(artifact: Path, *, inputs: list[dict[str, Any]], outputs: list[dict[str, Any]],
                    options: dict[str, Any], source: str) -> Path:
-    from .. import __version__
+    from .._version import __version__
 
     doc = {
         "bitconv_version": __version__,

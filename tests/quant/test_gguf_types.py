@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from bitconv.convert.arch.base import SourceTensor
 from bitconv.convert.plan import PlannedTensor
-from bitconv.formats import gguf_io
+from bitconv.formats import gguf_writer
 from bitconv.quant.base import Quantizer
 from bitconv.quant.registry import all_quantizers
 
@@ -129,10 +129,10 @@ def test_row_parallel_path_identical(qcls: type[Quantizer], shape: tuple) -> Non
     x.reshape(-1, k)[600] = 1e4  # an outlier in the second chunk
     pt = PlannedTensor(SourceTensor("blk.0.ffn_up.weight", full, []), q, q.encoded_nbytes(full))
     rows = x.reshape(-1, k)
-    assert rows.shape[0] >= 2 * gguf_io._ROWS_PER_CHUNK  # otherwise the parallel path is not taken
-    single = gguf_io.encode_tensor(pt, x, None, allow_nonfinite=False)
+    assert rows.shape[0] >= 2 * gguf_writer._ROWS_PER_CHUNK  # otherwise the parallel path is not taken
+    single = gguf_writer.encode_tensor(pt, x, None, allow_nonfinite=False)
     with ThreadPoolExecutor(max_workers=4) as pool:
-        parallel = gguf_io.encode_tensor(pt, x, pool, allow_nonfinite=False)
+        parallel = gguf_writer.encode_tensor(pt, x, pool, allow_nonfinite=False)
     assert parallel.tobytes() == single.tobytes()
     assert single.tobytes() == reference(rows, qt).tobytes()
     assert single.nbytes == pt.nbytes
@@ -171,5 +171,5 @@ def test_nonfinite_refused_by_encoder() -> None:
     from bitconv.errors import QuantizationError
 
     with pytest.raises(QuantizationError, match=r"model\.layers\.0\.q\.weight: 1 NaN/Inf"):
-        gguf_io.encode_tensor(pt, x, None, allow_nonfinite=False)
-    assert gguf_io.encode_tensor(pt, x, None, allow_nonfinite=True).nbytes == pt.nbytes
+        gguf_writer.encode_tensor(pt, x, None, allow_nonfinite=False)
+    assert gguf_writer.encode_tensor(pt, x, None, allow_nonfinite=True).nbytes == pt.nbytes

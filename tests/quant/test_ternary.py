@@ -69,7 +69,7 @@ def test_naive_sequential_packing_is_not_i2s():
 def test_i2s_writer_path_row_chunks_equal_whole_tensor():
     from bitconv.convert.arch.base import SourceTensor
     from bitconv.convert.plan import PlannedTensor
-    from bitconv.formats.gguf_io import encode_tensor
+    from bitconv.formats.gguf_writer import encode_tensor
 
     rng = np.random.default_rng(9)
     w = (rng.standard_normal((1300, 256)) * 0.05).astype(np.float32)

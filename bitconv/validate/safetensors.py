@@ -1,9 +1,9 @@
-"""`bitconv validate` on Hugging Face safetensors checkpoints: `bitconv hf2st` folders, or any
+"""Hugging Face safetensors checkpoints: `bitconv hf2st` folders, or any
 bitnet-packed, compressed-tensors pack-quantized or plain float checkpoint (a folder, sharded or
 not, or one of its .safetensors files).
 
 The artifact is decoded into float weights in bitconv's GGUF naming through the same architecture
-mapping as its reference checkpoint, so validate.py's machinery applies unchanged: the report
+mapping as its reference checkpoint, so the package's shared machinery applies unchanged: the report
 classes and verdict, the thresholds, the numpy reference forward and the logits comparison.
 
 * bitnet-packed: the packed linears decode as transformers reads them (2-bit code − 1, times s,
@@ -21,159 +21,33 @@ classes and verdict, the thresholds, the numpy reference forward and the logits 
 """
 from __future__ import annotations
 
-import dataclasses
 import os
-from collections import Counter
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .convert.checkpoint import Checkpoint, LazyTensor
-from .errors import ArtifactError, BitconvError, CheckpointError, QuantizationError
-from .forward import SUPPORTED_ARCHS, TernaryWeight
-from .inspectors import st_format
-from .validate import (DEFAULT_MIN_COS, ONNX_MIN_COS, Check, CheckpointWeights, TensorCheck, ValidationReport,
-                       _compare_arrays, _reference_hparams, _rel_err_bound, _verdict, compare_forward, reference_mismatch)
+from ..convert.checkpoint import Checkpoint, LazyTensor
+from ..convert.plan import plan_checkpoint
+from ..errors import ArtifactError, BitconvError, CheckpointError, QuantizationError
+from ..forward import SUPPORTED_ARCHS, TernaryWeight
+from .checks import float_threshold, set_stats, ternary_check
+from .logits import compare_forward, reference_hparams
+from .report import (DEFAULT_MIN_COS, ST_MIN_COS, Check, TensorCheck, ValidationReport, failed_report,
+                     reference_mismatch, set_verdict)
+from .sources import FLOAT_TYPES, CheckpointWeights, CtLinear, StArtifact
 
-#: minimum cos per safetensors weight type (tensors of that type, and the logits of a checkpoint of
-#: that type): bitnet-packed as the ternary GGUF types, compressed-tensors int8 / int4 as the ONNX ones
-ST_MIN_COS: dict[str, float] = {"bitnet-packed": DEFAULT_MIN_COS["i2_s"], "int8": ONNX_MIN_COS["int8"],
-                                "int4": ONNX_MIN_COS["int4"]}
 #: a stored ternary scale may differ from the reference's by float32 rounding of 1/x
 _SCALE_RTOL = 1e-6
-_FLOAT_TYPES = {"F64": "f32", "F32": "f32", "F16": "f16", "BF16": "bf16"}
 #: the hyper-parameters that fix tensor shapes: the artifact's and the reference's must agree to run both
 _SHAPE_HPARAMS = ("arch", "n_layers", "n_embd", "n_head", "n_head_kv", "head_dim")
-#: the tensors compressed-tensors stores beside a linear's weight_packed
-_CT_PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
-
-
-@dataclasses.dataclass
-class CtLinear:
-    """One pack-quantized linear: its stored parts and logical shape."""
-
-    packed: LazyTensor
-    scale: LazyTensor
-    rows: int
-    k: int
-
-
-class StArtifact:
-    """A safetensors checkpoint read from its headers, with `decoded`: the same checkpoint whose
-    tensors are float (compressed-tensors linears dequantized when loaded; bitnet-packed linears are
-    decoded by the arch mapping itself)."""
-
-    def __init__(self, path: Path) -> None:
-        folder = path if path.is_dir() else path.parent
-        self.raw = Checkpoint.open(folder)
-        qc = self.raw.config.get("quantization_config")
-        self.qc: dict[str, Any] | None = qc if isinstance(qc, dict) else None
-        self.format = st_format(self.qc, set(self.raw.tensors))
-        self.bits: int | None = None
-        self.problems: list[str] = []  # layout problems found while decoding the headers
-        self.linears: dict[str, CtLinear] = {}  # HF weight name → its packed parts
-        self.format_note = self._check_format()
-        self.decoded = self._ct_view() if self.format == "compressed-tensors" and self.bits else self.raw
-
-    @property
-    def quant(self) -> str:
-        """The weight type the checkpoint is held to: bitnet-packed / int4 / int8, or its main float dtype."""
-        if self.format == "bitnet-packed":
-            return "bitnet-packed"
-        if self.bits:
-            return f"int{self.bits}"
-        counts = Counter(_FLOAT_TYPES[t.dtype] for t in self.raw if t.dtype in _FLOAT_TYPES and len(t.shape) == 2)
-        return counts.most_common(1)[0][0] if counts else "?"
-
-    def _check_format(self) -> str:
-        """'' when the format is one bitconv decodes, else why not."""
-        qc = self.qc or {}
-        if self.format == "bitnet-packed":
-            from .quant.ternary import LINEAR_CLASSES
-
-            lc = qc.get("linear_class", "bitlinear")
-            return "" if lc in LINEAR_CLASSES else f"linear_class {lc!r} (known: {', '.join(LINEAR_CLASSES)})"
-        if self.format == "plain":
-            return ""
-        if self.format != "compressed-tensors":
-            return (f"quant_method {self.format!r}: bitconv validates bitnet, compressed-tensors pack-quantized "
-                    "and unquantized checkpoints")
-        if not self.qc:
-            return "compressed-tensors tensors but no quantization_config in config.json"
-        weights = [(g or {}).get("weights") or {} for g in (qc.get("config_groups") or {}).values()]
-        formats = {qc.get("format")} | {(g or {}).get("format") for g in (qc.get("config_groups") or {}).values()}
-        bits = {w.get("num_bits") for w in weights}
-        if not weights or formats - {"pack-quantized", None} or len(bits) != 1 or bits - {4, 8}:
-            return (f"format {sorted(map(str, formats - {None}))}, num_bits {sorted(map(str, bits))}: bitconv decodes "
-                    "pack-quantized int4 / int8 with one bit width")
-        if any(w.get("type", "int") != "int" or not w.get("symmetric", True) for w in weights):
-            return "asymmetric or float weights: bitconv decodes symmetric int pack-quantized checkpoints"
-        self.bits = int(bits.pop())
-        return ""
-
-    def _ct_view(self) -> Checkpoint:
-        tensors: dict[str, LazyTensor] = {}
-        names = self.raw.tensors
-        for name, lt in names.items():
-            prefix, _, part = name.rpartition(".")
-            if part in _CT_PARTS[1:] and f"{prefix}.weight_packed" in names:
-                continue
-            if part != "weight_packed":
-                tensors[name] = lt
-                continue
-            lin = self._ct_linear(prefix, lt)
-            if lin is not None:
-                self.linears[prefix + ".weight"] = lin
-                tensors[prefix + ".weight"] = LazyTensor(prefix + ".weight", "F32", (lin.rows, lin.k),
-                                                         lin.rows * lin.k * 4, lt.source,
-                                                         lambda lin=lin: self.dequantize(lin))
-        return dataclasses.replace(self.raw, tensors=tensors)
-
-    def _ct_linear(self, prefix: str, packed: LazyTensor) -> CtLinear | None:
-        scale, shape = self.raw.tensors.get(prefix + ".weight_scale"), self.raw.tensors.get(prefix + ".weight_shape")
-        if scale is None or shape is None:
-            self.problems.append(f"{packed.name}: no {prefix}.weight_scale / weight_shape beside it")
-            return None
-        dims = np.asarray(shape.load_raw()).reshape(-1)
-        if dims.size != 2 or dims.min() <= 0:
-            self.problems.append(f"{shape.name}: {dims.tolist()} is not a 2-D shape")
-            return None
-        rows, k = int(dims[0]), int(dims[1])
-        assert self.bits is not None
-        want = (rows, -(-k * self.bits // 32))
-        if packed.dtype != "I32" or packed.shape != want:
-            self.problems.append(f"{packed.name}: {packed.dtype} {packed.shape}, expected I32 {want} for a {rows}×{k} "
-                                 f"int{self.bits} weight")
-            return None
-        if (scale.dtype not in _FLOAT_TYPES or len(scale.shape) != 2 or scale.shape[0] != rows
-                or k % max(scale.shape[1], 1)):
-            self.problems.append(f"{scale.name}: {scale.dtype} {scale.shape} does not hold per-group scales of a "
-                                 f"{rows}×{k} weight")
-            return None
-        return CtLinear(packed, scale, rows, k)
-
-    def codes(self, lin: CtLinear) -> np.ndarray:
-        from .formats.safetensors_io import ct_unpack
-
-        assert self.bits is not None
-        return ct_unpack(np.ascontiguousarray(lin.packed.load_raw()), self.bits, lin.k)
-
-    def scales(self, lin: CtLinear) -> np.ndarray:
-        return np.asarray(lin.scale.load(), dtype=np.float32)
-
-    def dequantize(self, lin: CtLinear) -> np.ndarray:
-        """codes × group scale, rounded to the scale's dtype (compressed-tensors' decompression)."""
-        from .formats.safetensors_io import ct_dequantize
-
-        return ct_dequantize(self.codes(lin), self.scales(lin), lin.scale.dtype)
 
 
 def _plan(checkpoint: Checkpoint) -> Any:
     """Every tensor in GGUF naming as float (no quantizer runs: f32 is only the plan's label)."""
-    from .convert.arch import mapping_for
-    from .convert.plan import make_plan
-    from .quant.registry import get_quantizer
+    from ..convert.arch import mapping_for
+    from ..convert.plan import make_plan
+    from ..quant.registry import get_quantizer
 
     return make_plan(checkpoint, mapping_for(checkpoint), get_quantizer("f32"))
 
@@ -188,7 +62,7 @@ def _type_of(pt: Any, st: StArtifact) -> str:
     if _hf_name(pt) in st.linears:
         return st.quant
     dtype = pt.source.source_dtype
-    return _FLOAT_TYPES.get(dtype, dtype.lower())
+    return FLOAT_TYPES.get(dtype, dtype.lower())
 
 
 def structural_checks(st: StArtifact, plan: Any | None, plan_error: str) -> list[Check]:
@@ -243,13 +117,8 @@ def _tensor_check(pt: Any, st: StArtifact, art: CheckpointWeights, ref: Checkpoi
         got_f = art.float(pt.name)
         want_f = want.dense() if isinstance(want, TernaryWeight) else want  # s · W_t for a ternary model
         assert got_f is not None and want_f is not None
-        stats = _compare_arrays(got_f, want_f)
-        tc.cos, tc.max_abs_err, tc.rel_err = stats["cos"], stats["max_abs_err"], stats["rel_err"]
-        need = thresholds.get(kind)
-        if need is not None and tc.cos < need:
-            tc.ok, tc.message = False, f"cos {tc.cos:.6f} < {need} ({kind})"
-        elif need is not None and tc.rel_err > _rel_err_bound(need):
-            tc.ok, tc.message = False, f"rel err {tc.rel_err:.4f} > {_rel_err_bound(need):.4f} ({kind}: wrong scale?)"
+        set_stats(tc, got_f, want_f)
+        float_threshold(tc, kind, thresholds, magnitude=True)
         lin = st.linears.get(hf)
         source = ref_ckpt.tensors.get(hf)
         if lin is not None and source is not None and not ternary:
@@ -264,24 +133,13 @@ def _tensor_check(pt: Any, st: StArtifact, art: CheckpointWeights, ref: Checkpoi
 
 def _ternary_check(tc: TensorCheck, got: TernaryWeight, want: TernaryWeight) -> None:
     """Codes identical to re-ternarizing the reference, the scale to float32 rounding (as i2_s)."""
-    diff = int(np.count_nonzero(got.codes != want.codes))
-    tc.codes_identical, tc.codes_differing = diff == 0, diff
-    tc.scale, tc.reference_scale = float(got.scale), float(want.scale)
-    scale_ok = not want.codes.any() or abs(float(got.scale) - float(want.scale)) <= _SCALE_RTOL * abs(float(want.scale))
-    stats = _compare_arrays(got.dense(), want.dense())
-    tc.cos, tc.max_abs_err, tc.rel_err = stats["cos"], stats["max_abs_err"], stats["rel_err"]
-    tc.bytes_identical = diff == 0 and np.float32(got.scale) == np.float32(want.scale)
-    tc.ok = diff == 0 and scale_ok
-    if diff:
-        rows = np.nonzero((got.codes != want.codes).any(axis=1))[0]
-        tc.message = f"{diff} codes differ from re-ternarizing the reference (rows {rows[0]}…{rows[-1]})"
-    elif not scale_ok:
-        tc.message = f"weight scale {float(got.scale)!r} but the reference gives {float(want.scale)!r}"
+    ternary_check(tc, got, want, _SCALE_RTOL, verb="re-ternarizing", scale_word="weight scale")
+    tc.bytes_identical = tc.codes_differing == 0 and np.float32(got.scale) == np.float32(want.scale)
 
 
 def _ct_codes(tc: TensorCheck, st: StArtifact, lin: CtLinear, source: LazyTensor) -> None:
     """Codes and scales vs compressed-tensors' round-to-nearest of the reference (informative)."""
-    from .formats.safetensors_io import ct_quantize
+    from ..quant.compressed import ct_quantize
 
     if source.dtype not in ("F32", "F16", "BF16") or source.shape != (lin.rows, lin.k):
         return
@@ -310,8 +168,7 @@ def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.P
         st = StArtifact(path)
         arch = st.raw.architecture
     except BitconvError as e:
-        return ValidationReport(str(path), ref_str, "?", "?", reference is None, False, f"FAIL: {e}",
-                                checks=[Check("readable", False, str(e))], thresholds=thresholds)
+        return failed_report(str(path), ref_str, str(e), thresholds)
     plan, plan_error = None, ""
     if not st.format_note:
         try:
@@ -322,16 +179,14 @@ def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.P
                               checks=structural_checks(st, plan, plan_error), thresholds=thresholds)
     if reference is not None and plan is not None:
         _compare(report, st, plan, Path(reference), prompt, tokens, use_transformers, thresholds)
-    _verdict(report)
+    set_verdict(report)
     return report
 
 
 def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Path, prompt: str | None,
              tokens: list[int] | None, use_transformers: bool, thresholds: dict[str, float]) -> None:
-    from .api import plan_gguf
-
     try:
-        ref_ckpt, ref_plan = plan_gguf(reference, "f32", force_ternarize=True)
+        ref_ckpt, ref_plan = plan_checkpoint(reference, "f32", force_ternarize=True)
     except BitconvError as e:
         report.checks.append(Check("reference", False, str(e)))
         return
@@ -348,8 +203,8 @@ def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Pat
         report.checks.append(Check("forward pass", True, f"skipped: no reference forward for {arch}"))
         return
     # the artifact's hyper-parameters from its own config.json, as the GGUF path takes its metadata
-    hp_art = _reference_hparams(plan, ternary)
-    hp_ref = _reference_hparams(ref_plan, ternary)
+    hp_art = reference_hparams(plan, ternary)
+    hp_ref = reference_hparams(ref_plan, ternary)
     differ = [f"{k} {getattr(hp_art, k)} vs {getattr(hp_ref, k)}" for k in _SHAPE_HPARAMS
               if getattr(hp_art, k) != getattr(hp_ref, k)]
     if differ:  # another model: the tensor checks already say so; a forward pass cannot run
@@ -357,7 +212,7 @@ def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Pat
                                    "describe different models (" + ", ".join(differ) + ")"))
         return
     try:
-        compare_forward(report, art, hp_art, ref, ref_plan, reference, ternary, prompt, tokens, use_transformers,
+        compare_forward(report, art, hp_art, ref_plan, reference, ternary, prompt, tokens, use_transformers,
                         thresholds)
     except (ArtifactError, QuantizationError, CheckpointError) as e:  # a tensor that does not decode
         report.checks.append(Check("forward pass", False, str(e)))

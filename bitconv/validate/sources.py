@@ -1,0 +1,283 @@
+"""Weight sources: what validate compares, each decoded into bitconv's GGUF tensor naming.
+
+* `CheckpointWeights`: a reference HF checkpoint through its tensor plan (ternary linears as the
+  references ternarize them).
+* `GgufWeights`: a GGUF file's tensors decoded on demand from a read-only mapping.
+* `StArtifact`: a safetensors checkpoint, compressed-tensors linears dequantized on load
+  (bitnet-packed linears are decoded by the arch mapping itself).
+
+The ONNX reader is `bitconv.formats.onnx.reader.OnnxArtifact` (inspect reads ONNX folders with it too).
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import mmap
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import gguf
+import numpy as np
+
+from ..convert.checkpoint import Checkpoint, LazyTensor
+from ..convert.quantization_config import st_format
+from ..errors import ArtifactError
+from ..forward import TERNARY_LINEARS, TernaryWeight, WeightSource
+from ..formats.gguf_reader import GGUFSummary, GGUFTensorInfo
+from ..quant.ternary import scale_for, ternarize
+
+_QUANT_BY_FILE_TYPE: dict[int, str] = {}
+
+
+def quant_of_file(meta: dict[str, Any]) -> str | None:
+    """The quant type name a file was written as, from general.file_type."""
+    from ..quant.registry import all_quantizers
+
+    if not _QUANT_BY_FILE_TYPE:
+        for q in all_quantizers():
+            if q.file_type is not None:
+                _QUANT_BY_FILE_TYPE.setdefault(int(q.file_type), q.name)
+    ft = meta.get("general.file_type")
+    return _QUANT_BY_FILE_TYPE.get(int(ft)) if isinstance(ft, int) else None
+
+
+class GgufWeights(WeightSource):
+    """A GGUF file's tensors, decoded on demand from a read-only mapping."""
+
+    def __init__(self, path: Path, summary: GGUFSummary, kernel_config: Any = None, ternary: bool = False) -> None:
+        self.path = path
+        self.summary = summary
+        self.by_name = {t.name: t for t in summary.tensors}
+        self.kernel_config = kernel_config
+        self.ternary = ternary
+        self._file = open(path, "rb")
+        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
+        self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+
+    def close(self) -> None:
+        del self._buf
+        try:
+            self._mm.close()
+        except BufferError:
+            pass
+        self._file.close()
+
+    def raw(self, t: GGUFTensorInfo) -> np.ndarray:
+        return self._buf[t.offset:t.offset + t.nbytes]
+
+    def ternary_of(self, t: GGUFTensorInfo) -> TernaryWeight | None:
+        """Codes and scale of a tensor in a ternary type (None for other types)."""
+        from ..accel.ternary import unpack_i2s
+
+        if len(t.shape) != 2:
+            return None
+        m, k = t.shape
+        raw = self.raw(t)
+        if t.type_name == "I2_S":
+            return TernaryWeight(unpack_i2s(raw[:m * k // 4], m, k), raw[m * k // 4:][:4].view(np.float32)[0])
+        if t.type_name in ("TL1", "TL2"):
+            from ..quant.tl import unpack_tl1, unpack_tl2
+
+            tiling = self.kernel_config.get(m, k) if self.kernel_config is not None else None
+            if tiling is None:
+                raise ArtifactError(f"{t.name}: {t.type_name} needs its tiling: the kernel_config.ini written next to "
+                                    f"the file (or --kernel-config) has no section for m={m}, k={k}")
+            codes = (unpack_tl2 if t.type_name == "TL2" else unpack_tl1)(raw, tiling)
+            return TernaryWeight(codes, self._trailer_scale(t, raw))
+        if t.type_name in ("TQ1_0", "TQ2_0"):
+            w = self.dense(t)
+            scale = np.float32(np.abs(w).max()) if w.any() else np.float32(0)
+            return TernaryWeight(np.sign(w).astype(np.int8), scale)
+        return None
+
+    def _trailer_scale(self, t: GGUFTensorInfo, raw: np.ndarray) -> np.float32:
+        return raw[t.nbytes - 32:][:4].view(np.float32)[0]
+
+    def dense(self, t: GGUFTensorInfo) -> np.ndarray:
+        tw = self.ternary_of(t) if t.type_name in ("I2_S", "TL1", "TL2") else None
+        if tw is not None:
+            return tw.dense()
+        try:
+            qtype = gguf.GGMLQuantizationType[t.type_name]
+        except KeyError:
+            raise ArtifactError(f"{t.name}: cannot decode tensor type {t.type_name}") from None
+        raw = self.raw(t)
+        rows = math.prod(t.shape[:-1]) if len(t.shape) > 1 else 1
+        out = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
+        return np.asarray(out, dtype=np.float32).reshape(t.shape)
+
+    def get(self, name: str) -> Any:
+        t = self.by_name.get(name)
+        if t is None:
+            return None
+        if self.ternary and name.split(".")[-2] in TERNARY_LINEARS:
+            tw = self.ternary_of(t)
+            if tw is not None:
+                return tw
+        return self.dense(t)
+
+    def rows(self, name: str, index: np.ndarray) -> np.ndarray:
+        t = self.by_name.get(name)
+        if t is None:
+            raise ArtifactError(f"tensor {name} is missing")
+        if t.type_name in ("I2_S", "TL1", "TL2") or len(t.shape) != 2:
+            return super().rows(name, index)
+        qtype = gguf.GGMLQuantizationType[t.type_name]
+        row_bytes = t.nbytes // t.shape[0]
+        raw = self.raw(t).reshape(t.shape[0], row_bytes)[index]
+        return np.asarray(gguf.quants.dequantize(raw, qtype), dtype=np.float32).reshape(len(index), -1)
+
+
+class CheckpointWeights(WeightSource):
+    """The HF checkpoint's tensors as bitconv maps them into GGUF names and layout (before any
+    quantization); ternary linears as the references ternarize them."""
+
+    def __init__(self, plan: Any) -> None:
+        self.plan = plan
+        self.by_name = {pt.name: pt for pt in plan}
+        self.mapping = plan.mapping
+
+    def float(self, name: str) -> np.ndarray | None:
+        pt = self.by_name.get(name)
+        return None if pt is None else np.asarray(pt.source.load(), dtype=np.float32)
+
+    def get(self, name: str) -> Any:
+        pt = self.by_name.get(name)
+        if pt is None:
+            return None
+        w = np.asarray(pt.source.load(), dtype=np.float32)
+        if self.mapping.is_ternary_linear(name):
+            known = pt.source.known_scale() if pt.source.known_scale is not None else None
+            scale = scale_for([w], known)
+            return TernaryWeight(ternarize(w, scale), scale.scale)
+        return w
+
+
+
+
+# --- safetensors checkpoints -----------------------------------------------------------------------
+
+FLOAT_TYPES = {"F64": "f32", "F32": "f32", "F16": "f16", "BF16": "bf16"}
+_CT_PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
+
+
+@dataclasses.dataclass
+class CtLinear:
+    """One pack-quantized linear: its stored parts and logical shape."""
+
+    packed: LazyTensor
+    scale: LazyTensor
+    rows: int
+    k: int
+
+
+class StArtifact:
+    """A safetensors checkpoint read from its headers, with `decoded`: the same checkpoint whose
+    tensors are float (compressed-tensors linears dequantized when loaded; bitnet-packed linears are
+    decoded by the arch mapping itself)."""
+
+    def __init__(self, path: Path) -> None:
+        folder = path if path.is_dir() else path.parent
+        self.raw = Checkpoint.open(folder)
+        qc = self.raw.config.get("quantization_config")
+        self.qc: dict[str, Any] | None = qc if isinstance(qc, dict) else None
+        self.format = st_format(self.qc, set(self.raw.tensors))
+        self.bits: int | None = None
+        self.problems: list[str] = []  # layout problems found while decoding the headers
+        self.linears: dict[str, CtLinear] = {}  # HF weight name → its packed parts
+        self.format_note = self._check_format()
+        self.decoded = self._ct_view() if self.format == "compressed-tensors" and self.bits else self.raw
+
+    @property
+    def quant(self) -> str:
+        """The weight type the checkpoint is held to: bitnet-packed / int4 / int8, or its main float dtype."""
+        if self.format == "bitnet-packed":
+            return "bitnet-packed"
+        if self.bits:
+            return f"int{self.bits}"
+        counts = Counter(FLOAT_TYPES[t.dtype] for t in self.raw if t.dtype in FLOAT_TYPES and len(t.shape) == 2)
+        return counts.most_common(1)[0][0] if counts else "?"
+
+    def _check_format(self) -> str:
+        """'' when the format is one bitconv decodes, else why not."""
+        qc = self.qc or {}
+        if self.format == "bitnet-packed":
+            from ..quant.ternary import LINEAR_CLASSES
+
+            lc = qc.get("linear_class", "bitlinear")
+            return "" if lc in LINEAR_CLASSES else f"linear_class {lc!r} (known: {', '.join(LINEAR_CLASSES)})"
+        if self.format == "plain":
+            return ""
+        if self.format != "compressed-tensors":
+            return (f"quant_method {self.format!r}: bitconv validates bitnet, compressed-tensors pack-quantized "
+                    "and unquantized checkpoints")
+        if not self.qc:
+            return "compressed-tensors tensors but no quantization_config in config.json"
+        weights = [(g or {}).get("weights") or {} for g in (qc.get("config_groups") or {}).values()]
+        formats = {qc.get("format")} | {(g or {}).get("format") for g in (qc.get("config_groups") or {}).values()}
+        bits = {w.get("num_bits") for w in weights}
+        if not weights or formats - {"pack-quantized", None} or len(bits) != 1 or bits - {4, 8}:
+            return (f"format {sorted(map(str, formats - {None}))}, num_bits {sorted(map(str, bits))}: bitconv decodes "
+                    "pack-quantized int4 / int8 with one bit width")
+        if any(w.get("type", "int") != "int" or not w.get("symmetric", True) for w in weights):
+            return "asymmetric or float weights: bitconv decodes symmetric int pack-quantized checkpoints"
+        self.bits = int(bits.pop())
+        return ""
+
+    def _ct_view(self) -> Checkpoint:
+        tensors: dict[str, LazyTensor] = {}
+        names = self.raw.tensors
+        for name, lt in names.items():
+            prefix, _, part = name.rpartition(".")
+            if part in _CT_PARTS[1:] and f"{prefix}.weight_packed" in names:
+                continue
+            if part != "weight_packed":
+                tensors[name] = lt
+                continue
+            lin = self._ct_linear(prefix, lt)
+            if lin is not None:
+                self.linears[prefix + ".weight"] = lin
+                tensors[prefix + ".weight"] = LazyTensor(prefix + ".weight", "F32", (lin.rows, lin.k),
+                                                         lin.rows * lin.k * 4, lt.source,
+                                                         lambda lin=lin: self.dequantize(lin))
+        return dataclasses.replace(self.raw, tensors=tensors)
+
+    def _ct_linear(self, prefix: str, packed: LazyTensor) -> CtLinear | None:
+        scale, shape = self.raw.tensors.get(prefix + ".weight_scale"), self.raw.tensors.get(prefix + ".weight_shape")
+        if scale is None or shape is None:
+            self.problems.append(f"{packed.name}: no {prefix}.weight_scale / weight_shape beside it")
+            return None
+        dims = np.asarray(shape.load_raw()).reshape(-1)
+        if dims.size != 2 or dims.min() <= 0:
+            self.problems.append(f"{shape.name}: {dims.tolist()} is not a 2-D shape")
+            return None
+        rows, k = int(dims[0]), int(dims[1])
+        assert self.bits is not None
+        want = (rows, -(-k * self.bits // 32))
+        if packed.dtype != "I32" or packed.shape != want:
+            self.problems.append(f"{packed.name}: {packed.dtype} {packed.shape}, expected I32 {want} for a {rows}×{k} "
+                                 f"int{self.bits} weight")
+            return None
+        if (scale.dtype not in FLOAT_TYPES or len(scale.shape) != 2 or scale.shape[0] != rows
+                or k % max(scale.shape[1], 1)):
+            self.problems.append(f"{scale.name}: {scale.dtype} {scale.shape} does not hold per-group scales of a "
+                                 f"{rows}×{k} weight")
+            return None
+        return CtLinear(packed, scale, rows, k)
+
+    def codes(self, lin: CtLinear) -> np.ndarray:
+        from ..quant.compressed import ct_unpack
+
+        assert self.bits is not None
+        return ct_unpack(np.ascontiguousarray(lin.packed.load_raw()), self.bits, lin.k)
+
+    def scales(self, lin: CtLinear) -> np.ndarray:
+        return np.asarray(lin.scale.load(), dtype=np.float32)
+
+    def dequantize(self, lin: CtLinear) -> np.ndarray:
+        """codes × group scale, rounded to the scale's dtype (compressed-tensors' decompression)."""
+        from ..quant.compressed import ct_dequantize
+
+        return ct_dequantize(self.codes(lin), self.scales(lin), lin.scale.dtype)
+
