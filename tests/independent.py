@@ -97,3 +97,32 @@ def unpack_tl1(blob: bytes | np.ndarray, m: int, k: int, bm: int, bk: int, bmm: 
         codes[row, 2 * (h0 + j) + 1] = u % 3 - 1
     assert (codes != 99).all(), "some weight was not covered by the layout"
     return codes, raw[m * k // 4:m * k // 4 + 4].view(np.float32)[0], raw[m * k // 4 + 4:].tobytes()
+
+
+# --- bitnet.cpp's converter arithmetic, in torch (utils/convert-hf-to-gguf-bitnet.py) -------------
+
+def bitnet_cpp_tl_weight(w, threads: int = 1) -> tuple[np.ndarray, np.float32]:
+    """What bitnet.cpp's converter hands a tl1/tl2 packer for one linear, and the scale it stores,
+    step by step as its code does it with torch: tensors neither f16 nor f32 are widened to f32
+    before `BitnetModel.weight_quant`, which takes s = 1 / mean|w| (clamped at 1e-5) in float32,
+    returns round(w·s).clamp(−1, 1) / s cast back to the tensor's dtype; `transform_to_tl1/tl2`
+    stores max|x| as the scale and packs sign(x) (|x| < 1e-6 set to 0). `threads`: torch's
+    intra-op threads while it runs (the mean's last bit depends on them).
+    Returns (codes int8, scale as the converter's numpy value)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        t = w if isinstance(w, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(w))
+        if t.dtype not in (torch.float16, torch.float32):
+            t = t.to(torch.float32)
+        dtype = t.dtype
+        x = t.float()
+        s = 1 / x.abs().mean().clamp(min=1e-5)
+        x = ((x * s).round().clamp(-1, 1) / s).type(dtype).numpy()
+    finally:
+        torch.set_num_threads(before)
+    scale = np.max(np.abs(x))
+    codes = np.sign(np.where(np.abs(x) < 1e-6, 0, x)).astype(np.int8)
+    return codes, scale

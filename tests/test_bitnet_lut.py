@@ -1,6 +1,7 @@
 """BitNet → tl1 / tl2 (bitnet.cpp's LUT layouts) end to end: every LUT tensor, decoded by the
 FORMATS-TL.md unpacker with the tiling read back from the emitted kernel_config.ini, holds exactly
-the references' ternary codes and the i2_s file's scale; the kernel files are named per output;
+the references' ternary codes, and from master weights the very scale bytes bitnet.cpp's converter
+stores (its torch arithmetic, tests/independent.py); the kernel files are named per output;
 `--kernel-config` packs for an existing build's tilings and refuses shapes it lacks."""
 from __future__ import annotations
 
@@ -13,8 +14,10 @@ import pytest
 
 import bitconv
 import fixtures_bitnet as fb
+import fixtures_onebit
+from bitconv.quant.ternary import absmean_scale, converter_scale
 from cli_helpers import TMP_GLOB, run_cli
-from independent import unpack_i2s, unpack_tl1, unpack_tl2
+from independent import bitnet_cpp_tl_weight, ulps_apart, unpack_i2s, unpack_tl1, unpack_tl2
 from llamacpp_oracle import read_gguf
 from test_bitnet_b25 import _hf_name
 
@@ -22,6 +25,22 @@ from test_bitnet_b25 import _hf_name
 @pytest.fixture(scope="module")
 def packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return fb.make_bitnet_checkpoint(tmp_path_factory.mktemp("lut") / "bitnet-tiny", form="packed")
+
+
+# bitnet.cpp's own kernel configs for the tiny model's shapes (FORMATS-TL.md): (m, k, bm, bk, bmm)
+BITNET_CPP_TILINGS = {
+    "tl2": [(256, 256, 128, 96, 32), (128, 256, 64, 96, 32), (768, 256, 256, 96, 32), (256, 768, 128, 96, 32)],
+    "tl1": [(256, 256, 128, 64, 64), (128, 256, 64, 128, 32), (768, 256, 256, 128, 32), (256, 768, 128, 64, 64)],
+}
+
+
+@pytest.fixture(scope="module")
+def masters(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """bf16 master-weight checkpoints: 1bitLLM-style (BitnetForCausalLM, what bitnet.cpp's converter
+    takes) and transformers' BitNetForCausalLM."""
+    root = tmp_path_factory.mktemp("lut-masters")
+    return {"onebit": fixtures_onebit.make_onebit_checkpoint(root / "onebit" / "bitnet", dtype="bf16"),
+            "bitnet": fb.make_bitnet_checkpoint(root / "bitnet" / "m", form="master", dtype="bf16")}
 
 
 def _tilings(ini: Path) -> dict[tuple[int, int], tuple[int, int, int]]:
@@ -82,16 +101,65 @@ def test_lut_codes_scales_and_kernel_files(packed, tmp_path, quant, type_id):
     assert {t.type_name for t in summary.tensors} == {"F16", "F32", quant.upper()}
 
 
-def test_lut_and_i2s_carry_the_same_ternary_weights(packed, tmp_path):
-    """Master weights: the LUT file's codes and scales equal the i2_s file's, tensor by tensor."""
-    master = fb.make_bitnet_checkpoint(tmp_path / "master", form="master")
+def test_lut_and_i2s_carry_the_same_ternary_weights(masters, tmp_path):
+    """Master weights: the LUT file's codes equal the i2_s file's, tensor by tensor; the scales
+    differ at most in the last bits (i2_s takes the mean with a float64 sum, tl1/tl2 in the
+    converter's torch order)."""
+    master = masters["bitnet"]
     bitconv.convert(master, "gguf", "i2_s", tmp_path / "m-i2s.gguf", manifest=False)
     bitconv.convert(master, "gguf", "tl2", tmp_path / "m-tl2.gguf", manifest=False)
     a = _decode(tmp_path / "m-i2s.gguf", tmp_path / "m-tl2.kernel_config.ini")
     b = _decode(tmp_path / "m-tl2.gguf", tmp_path / "m-tl2.kernel_config.ini")
     assert a.keys() == b.keys()
     for name in a:
-        assert np.array_equal(a[name][0], b[name][0]) and a[name][1] == b[name][1], name
+        assert np.array_equal(a[name][0], b[name][0]) and ulps_apart(a[name][1], b[name][1]) <= 2, name
+
+
+@pytest.mark.parametrize("quant", ["tl2", "tl1"])
+@pytest.mark.parametrize("model", ["onebit", "bitnet"])
+def test_lut_scales_are_bitnet_cpp_converters_bytes(masters, model, quant, tmp_path):
+    """bf16 master weights packed with bitnet.cpp's own kernel configs: every tl1/tl2 tensor's codes
+    and the 4 bytes of its scale equal what bitnet.cpp's converter computes (its torch code, one
+    thread: the serial sum bitconv reproduces by default). At least one tensor of each model has a
+    float64-rounded mean an ulp away from torch's, so an ulp off fails here."""
+    from safetensors.torch import load_file
+
+    ckpt = masters[model]
+    ini = tmp_path / "kernel_config.ini"
+    ini.write_text("".join(f"[Kernels_{i}]\nm = {m}\nk = {k}\nbm = {bm}\nbk = {bk}\nbmm = {bmm}\n\n"
+                           for i, (m, k, bm, bk, bmm) in enumerate(BITNET_CPP_TILINGS[quant])))
+    out = tmp_path / f"{model}-{quant}.gguf"
+    bitconv.convert(ckpt, "gguf", quant, out, kernel_config=ini, manifest=False)
+    got = _decode(out, ini)
+    assert len(got) == 14
+    weights = load_file(str(ckpt / "model.safetensors"))
+    tells_apart = 0
+    for name, (codes, scale) in got.items():
+        w = weights[_hf_name(name)]
+        assert str(w.dtype) == "torch.bfloat16"
+        want_codes, want_scale = bitnet_cpp_tl_weight(w)
+        assert np.float32(scale).tobytes() == want_scale.tobytes(), (name, scale, want_scale)
+        assert np.array_equal(codes, want_codes), name
+        tells_apart += absmean_scale([w.float().numpy()]).scale != want_scale
+    assert tells_apart, "no tensor here where numpy's mean and torch's differ: the test could not fail"
+
+
+@pytest.mark.parametrize("threads", [2, 4])
+def test_lut_scale_for_a_converter_run_with_more_threads(masters, threads):
+    """torch sums a tensor of more than 32768 weights in per-thread pieces, so the converter's last bit
+    depends on its thread count; `converter_scale(threads=N)` gives that run's bytes."""
+    from safetensors.torch import load_file
+
+    differs_from_serial = 0
+    for model in ("onebit", "bitnet"):
+        for name, w in load_file(str(masters[model] / "model.safetensors")).items():
+            if not fb.is_ternary_weight(name):
+                continue
+            x = w.float().numpy()
+            want = bitnet_cpp_tl_weight(w, threads)[1]
+            assert converter_scale([x], threads).scale.tobytes() == want.tobytes(), (model, name)
+            differs_from_serial += converter_scale([x], 1).scale != want
+    assert differs_from_serial
 
 
 def test_kernel_config_mode_uses_the_given_tilings(packed, tmp_path):

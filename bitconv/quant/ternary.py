@@ -4,9 +4,15 @@ Weights: inv = f32(1) / max(mean|W|, 1e-5) in float32; W_t = clip(rint(W · inv)
 to even); stored scale s = f32(1 / inv); dequantized weight = s · W_t. `W / mean` and `W · inv`
 differ on near-ties: the multiply is what the references do.
 
-The sum is accumulated in float64 over row chunks, rounded to float32 and divided in float32 as
-torch does, so the scale matches torch's float32 reduction (within an ulp where its cascade sum
-rounds differently) whatever the tensor size, and no float32 copy of a whole tensor is needed.
+Two ways to take the mean:
+
+* `absmean_scale` (i2_s, tq*, ONNX, safetensors): the sum is accumulated in float64 over row
+  chunks, rounded to float32 and divided in float32, so the scale matches torch's float32 reduction
+  (within an ulp where its cascade sum rounds differently) whatever the tensor size, and no float32
+  copy of a whole tensor is needed (large tensors stream in slabs).
+* `converter_scale` (tl1/tl2): bitnet.cpp's converter's exact arithmetic, torch's float32 summation
+  order included (bitconv/quant/torch_sum.py, pure numpy: the same bytes with or without torch), so
+  the stored scale is the converter's to the bit. It holds the tensor's |W| in float32 once.
 
 HF packed checkpoints (transformers `quant_method: "bitnet"`) store codes (value + 1) four per
 uint8 along the output-row dimension: packed shape [ceil(N/4), K]; row r sits in packed row r mod R
@@ -21,6 +27,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import QuantizationError
+from .torch_sum import FlatParts, torch_sum_of
 
 EPS = np.float32(1e-5)
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
@@ -48,6 +55,34 @@ def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
     mean = np.float32(np.float32(total) / np.float32(count))
     inv = np.float32(1.0) / np.maximum(mean, EPS)
     return TernaryScale(inv=np.float32(inv), scale=np.float32(np.float32(1.0) / inv))
+
+
+def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1) -> TernaryScale:
+    """The scale bitnet.cpp's converter stores for a tl1/tl2 tensor (utils/convert-hf-to-gguf-bitnet.py):
+    `weight_quant` widens the weights to float32 (bf16 is widened before it is called, so its cast
+    back is to float32), takes s = 1 / w.abs().mean().clamp(min=1e-5) in torch float32 and returns
+    round(w·s).clamp(−1, 1) / s; `transform_to_tl1/tl2` stores max|x| of that: f32(1 / s), or 0 when
+    every code is 0 (bitconv's `absmean_scale` would store 1/inv there).
+
+    The mean is torch's float32 sum in torch's order divided by the count in float32, as a process
+    with `threads` intra-op threads computes it: torch splits sums of more than 32768 values across
+    its threads, so the converter's last bit depends on the machine that ran it (its default thread
+    count is the number of cores; OMP_NUM_THREADS=1 gives the `threads=1` value, bitconv's default).
+
+    f16 checkpoints: the converter keeps them f16, its scale comes out float16 and it stops at its own
+    `assert i2_scale.dtype == np.float32`; bitconv stores this float32 scale for them too."""
+    flat = FlatParts(np.abs(np.asarray(c, dtype=np.float32)) for c in chunks)
+    if flat.size == 0:
+        raise QuantizationError("cannot ternarize an empty tensor")
+    total = torch_sum_of(flat.take, flat.size, threads)
+    mean = np.float32(total / np.float32(flat.size))
+    inv = np.float32(np.float32(1.0) / np.maximum(mean, EPS))
+    peak = max(np.float32(p.max()) for p in flat.parts if p.size)
+    # rint(w·inv) is nonzero iff |w·inv| > 0.5 (0.5 rounds to even, 0), and w·inv grows with |w|
+    # (written so that NaN weights keep a NaN scale, as the converter's max does)
+    all_zero = bool(np.float32(peak * inv) <= np.float32(0.5))
+    scale = np.float32(0.0) if all_zero else np.float32(np.float32(1.0) / inv)
+    return TernaryScale(inv=inv, scale=scale)
 
 
 def scale_for(chunks: Iterable[np.ndarray], known_scale: TernaryScale | None) -> TernaryScale:

@@ -27,7 +27,7 @@ from ..errors import QuantizationError, UsageError
 from .base import QuantizedTensor, Quantizer
 from .i2s import i2s_trailer
 from .registry import register_quantizer
-from .ternary import TernaryScale, scale_for, ternarize
+from .ternary import TernaryScale, converter_scale, ternarize
 
 TL1_TYPE_ID = 38
 TL2_TYPE_ID = 39
@@ -291,7 +291,12 @@ def _pairs_to_codes(u: np.ndarray) -> np.ndarray:
 
 class LutQuantizer(Quantizer):
     """Shared by TL1/TL2: per-tensor absmean scale, codes per row chunk, then the whole tensor is
-    regrouped for its tiling (`assemble`), because the layouts interleave rows across tiles."""
+    regrouped for its tiling (`assemble`), because the layouts interleave rows across tiles.
+
+    The scale is bitnet.cpp's converter's to the bit (`converter_scale`: torch's float32 mean in
+    torch's summation order, no torch needed), as a converter process with `torch_threads` intra-op
+    threads computes it; the default 1 is the serial sum (the converter under OMP_NUM_THREADS=1, or
+    any tensor of at most 32768 weights). A packed checkpoint's own scale is kept as it is."""
 
     layout = ""
     block_size = 2
@@ -299,9 +304,13 @@ class LutQuantizer(Quantizer):
     embedding_type = "f16"  # as bitnet.cpp's converter writes token_embd
     ternary = True
 
-    def __init__(self, kernel_config: KernelConfig | None = None) -> None:
+    def __init__(self, kernel_config: KernelConfig | None = None, torch_threads: int = 1) -> None:
         #: an existing build's tilings (strict), or None: bitconv picks one per shape
         self.kernel_config = kernel_config
+        if int(torch_threads) < 1:
+            raise UsageError(f"torch_threads must be at least 1, not {torch_threads}")
+        #: the intra-op thread count of the converter run whose scales to reproduce
+        self.torch_threads = int(torch_threads)
         self._chosen: dict[tuple[int, int], Tiling] = {}
 
     # per-layout hooks
@@ -353,7 +362,7 @@ class LutQuantizer(Quantizer):
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
                 known_scale: Any = None) -> TernaryScale:
-        return scale_for(chunks, known_scale)
+        return known_scale if known_scale is not None else converter_scale(chunks, self.torch_threads)
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         if not isinstance(state, TernaryScale):

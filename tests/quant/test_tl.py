@@ -1,8 +1,10 @@
 """TL1 / TL2 packers: bytes equal bitnet.cpp's own packer (golden files made from upstream's
-converter, tests/golden/README.md), and an unpacker written from FORMATS-TL.md alone recovers the
-codes and scale for random shapes and tilings."""
+converter, tests/golden/README.md), the per-tensor scale equals bitnet.cpp's converter's to the
+bit (its torch arithmetic, reproduced in tests/independent.py), and an unpacker written from
+FORMATS-TL.md alone recovers the codes and scale for random shapes and tilings."""
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,8 @@ from bitconv.quant.i2s import pack_i2s
 from bitconv.quant.registry import get_quantizer
 from bitconv.quant.tl import (TL1, TL2, KernelConfig, Tiling, choose_tl1_tiling, choose_tl2_tiling,
                               tl1_problems, tl2_nbytes, tl2_problems, unpack_tl1, unpack_tl2)
-from bitconv.quant.ternary import TernaryScale
+from bitconv.quant.ternary import TernaryScale, absmean_scale, converter_scale
+from independent import bitnet_cpp_tl_weight
 from independent import unpack_tl1 as ind_unpack_tl1
 from independent import unpack_tl2 as ind_unpack_tl2
 
@@ -44,6 +47,85 @@ def test_tl_bytes_equal_bitnet_cpp_packer(case):
     q = cls(kernel_config=KernelConfig([Tiling(m, k, bm, bk, bmm)]))
     assert q.encoded_nbytes((m, k)) == len(gold)
     assert _encode(q, codes, scale) == gold
+
+
+@pytest.mark.parametrize("case", ["tl2_rem", "tl2_norem", "tl1_bm64", "tl1_bm32"])
+def test_tl_prepare_on_the_golden_master_weights_gives_the_golden_bytes(case):
+    """The whole path the writer runs (prepare on master weights W = codes·2⁻⁵, as make_golden.py
+    builds them, then quantize, assemble, trailer) gives upstream's bytes, scale included."""
+    codes, scale, gold, (m, k, bm, bk, bmm) = _golden(case)
+    q = (TL2 if case.startswith("tl2") else TL1)(kernel_config=KernelConfig([Tiling(m, k, bm, bk, bmm)]))
+    w = codes.astype(np.float32) * np.float32(2.0 ** -5)
+    state = q.prepare([w[i:i + 48] for i in range(0, m, 48)])
+    assert state.scale == scale
+    body = q.assemble(q.quantize(w, state).data, state)
+    assert body.tobytes() + q.trailer(state) == gold
+
+
+def _master(rng: np.random.Generator, shape: tuple[int, int], dtype: str) -> np.ndarray:
+    """Master weights as a checkpoint holds them (bf16: float32 values bf16 can hold)."""
+    w = (rng.standard_normal(shape, dtype=np.float32) * np.float32(rng.uniform(0.005, 0.05)))
+    if dtype == "bf16":
+        w = (w.view(np.uint32) & np.uint32(0xFFFF0000)).view(np.float32)
+    return w.astype(np.float16) if dtype == "f16" else w
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_scale_equals_bitnet_cpp_converter_to_the_bit(threads):
+    """Every tensor: the stored scale's bytes and the codes equal what bitnet.cpp's converter computes
+    (tests/independent.py: its torch code, step by step) with that many torch threads. Some of these
+    tensors have a float64-rounded mean an ulp away from torch's, so a shortcut would fail here."""
+    pytest.importorskip("torch")
+    import torch
+
+    rng = np.random.default_rng(threads)
+    off_by_ulps = 0
+    shapes = [(128, 256), (256, 256), (768, 256), (256, 768), (64, 96), (3, 5), (1000, 40)]
+    for dtype in ("bf16", "f32"):
+        for shape in shapes * 3:
+            w = _master(rng, shape, dtype)
+            want_codes, want_scale = bitnet_cpp_tl_weight(
+                torch.from_numpy(w).to(torch.bfloat16) if dtype == "bf16" else w, threads)
+            q = TL2(torch_threads=threads)
+            state = q.prepare([w[i:i + 100] for i in range(0, shape[0], 100)])
+            assert np.asarray(want_scale).dtype == np.float32
+            assert state.scale.tobytes() == want_scale.tobytes(), (dtype, shape)
+            assert np.array_equal(q.quantize(w, state).data, want_codes), (dtype, shape)
+            assert converter_scale([w], threads).scale.tobytes() == want_scale.tobytes()
+            off_by_ulps += absmean_scale([w]).scale != want_scale
+    assert off_by_ulps, "no tensor here tells torch's summation order from a float64 sum"
+
+
+def test_f16_weights_keep_a_float32_scale():
+    """bitnet.cpp's converter keeps f16 tensors f16, so its scale is float16 and it stops at its own
+    `assert i2_scale.dtype == np.float32`; bitconv stores the float32 scale of the same arithmetic."""
+    pytest.importorskip("torch")
+    w = _master(np.random.default_rng(5), (256, 256), "f16")
+    codes, scale = bitnet_cpp_tl_weight(w)
+    assert np.asarray(scale).dtype == np.float16
+    state = TL1().prepare([w])
+    assert np.array_equal(TL1().quantize(w.astype(np.float32), state).data, codes)
+    assert np.float16(state.scale) == scale and state.scale == converter_scale([w.astype(np.float32)]).scale
+
+
+@pytest.mark.parametrize("peak,want_zero", [(0.0, True), (4.9e-6, True), (5.0e-6, True), (5.1e-6, False)])
+def test_all_zero_codes_store_scale_zero(peak, want_zero):
+    """mean|W| under 1e-5 is clamped: weights below 5e-6 all round to 0, and the converter stores
+    max|0| = 0 as the scale, not 1e-5 (a code of ±1 stores f32(1 / 1e5))."""
+    w = np.zeros((64, 256), np.float32)
+    w[3, 7] = peak
+    w[10, :5] = np.float32(1e-7)
+    state = TL2().prepare([w])
+    codes = TL2().quantize(w, state).data
+    assert state.scale == (0.0 if want_zero else np.float32(1) / np.float32(1e5))
+    assert codes.any() != want_zero
+    if importlib.util.find_spec("torch"):
+        assert state.scale.tobytes() == bitnet_cpp_tl_weight(w)[1].tobytes()
+
+
+def test_torch_threads_must_be_positive():
+    with pytest.raises(UsageError, match="torch_threads"):
+        TL2(torch_threads=0)
 
 
 @pytest.mark.parametrize("case", ["i2s_256x256", "i2s_128x768"])
