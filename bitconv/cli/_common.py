@@ -6,6 +6,7 @@ import functools
 import json
 import sys
 import traceback
+import warnings
 from typing import Any, Callable
 
 import click
@@ -15,6 +16,7 @@ from rich.markup import escape
 from .. import __version__
 from ..errors import BitconvError
 from ..formats.atomic import interrupted_message
+from ..quiet import show_dependency_output
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False)
@@ -37,10 +39,14 @@ def command(name: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
 
     def deco(fn: Callable[..., Any]) -> Callable[..., Any]:
         @click.option("--json", "as_json", is_flag=True, help="Print one JSON object on stdout.")
-        @click.option("--debug", is_flag=True, help="Show tracebacks on errors.")
+        @click.option("--debug", is_flag=True,
+                      help="Show tracebacks on errors, and dependencies' own output (progress bars, warnings, logs).")
         @functools.wraps(fn)
         def wrapper(as_json: bool, debug: bool, **kwargs: Any) -> None:
             exit_code = 0
+            show_dependency_output(debug)
+            if not debug:  # a dependency's warning is not bitconv's output (with --json: not one JSON object)
+                warnings.simplefilter("ignore")
             try:
                 result, render, *rest = fn(as_json=as_json, **kwargs)
                 exit_code = rest[0] if rest else 0

@@ -19,6 +19,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 
 from ..errors import BitconvError, CheckpointError
+from ..quiet import quiet_dependencies
 
 #: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -362,8 +363,9 @@ def _download_from_hub(repo_id: str, revision: str | None) -> Path:
             "(pip install 'bitconv[hub]')") from e
     offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
     try:
-        local = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
-                                  local_files_only=offline)
+        with quiet_dependencies():  # the hub's progress bars and warnings: --debug shows them
+            local = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_PATTERNS,
+                                      local_files_only=offline)
     except Exception as e:  # huggingface_hub raises many types: offline, 404, gated, connection
         why = "HF_HUB_OFFLINE=1 and it is not in the local cache" if offline else f"{type(e).__name__}: {e}"
         first = str(why).splitlines()[0] if str(why) else type(e).__name__
@@ -445,7 +447,8 @@ def _pickle_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTenso
         if not path.is_file():
             raise CheckpointError(f"shard {path.name} is listed in {PICKLE_INDEX} but missing from {root}")
         try:
-            state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            with quiet_dependencies():
+                state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         except Exception as e:  # torch raises UnpicklingError, RuntimeError, ...
             raise CheckpointError(f"{path.name}: cannot load with weights_only=True ({type(e).__name__})") from e
         if not isinstance(state, dict):

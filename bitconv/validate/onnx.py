@@ -22,6 +22,7 @@ from ..errors import ArtifactError, BitconvError, UsageError
 from ..formats.onnx.reader import OnnxArtifact, OnnxWeight, onnx_quant_of
 from ..forward import SUPPORTED_ARCHS
 from ..quant import nbits
+from ..quiet import quiet_dependencies
 from ..quant.ternary import scale_for, ternarize
 from .checks import all_finite, code_diff, cos, float_threshold, set_stats
 from .logits import logits_check, prompt_ids, reference_forward, reference_logits
@@ -210,7 +211,10 @@ def onnx_logits(model_path: Path, ids: list[int], split: int | None = None) -> t
     the last position's logits from running ids[:split] and then ids[split:] through the KV cache."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3  # errors only: onnxruntime's warnings are not bitconv's output
+    with quiet_dependencies():
+        sess = ort.InferenceSession(str(model_path), sess_options=opts, providers=["CPUExecutionProvider"])
     names = [o.name for o in sess.get_outputs()]
     declared = {i.name: i for i in sess.get_inputs()}
 
