@@ -164,6 +164,18 @@ def test_cut_merges_pass_bitconvs_checks_and_fail_in_llamacpp(cut_merges, qwen):
     assert all(t["ok"] for t in res["tensors"]) and res["logits"]["ok"]
 
 
+def test_a_file_llamacpp_cannot_load_fails(q8, qwen, tmp_path):
+    data = bytearray(q8.read_bytes())
+    at = data.index(b"gpt2", data.index(b"tokenizer.ggml.model"))
+    data[at:at + 4] = b"gpt9"  # a tokenizer model llama.cpp does not know
+    bad = tmp_path / "bad-tokenizer.gguf"
+    bad.write_bytes(bytes(data))
+    r = bitconv.validate(bad, qwen, runtime="llama.cpp", use_transformers=False)
+    assert not r.passed and all(t.ok for t in r.tensors) and r.logits.ok
+    assert not r.runtime.ok and r.runtime.message.startswith("cannot load the artifact: ")
+    assert r.verdict.startswith("FAIL: llama.cpp: cannot load the artifact")
+
+
 def test_cli_renders_the_runtime_section(q8, qwen):
     proc = run_cli("validate", q8, "--reference", qwen, "--runtime", "llama.cpp", "--no-transformers")
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]

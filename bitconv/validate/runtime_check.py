@@ -44,19 +44,22 @@ class RuntimeJudge:
         need = report.thresholds.get(report.quant, 0.0)
         rc = RuntimeCheck(self.runtime.name, "", False, "", tokens=len(ids), min_cos=need)
         report.runtime = rc
+        stage = "cannot load the artifact"
         try:
             with self.runtime.open(self.artifact, len(ids)) as session:
                 rc.via = session.via
                 if self.text is not None:
+                    stage = "cannot tokenize the prompt"
                     got_ids = session.tokenize(self.text)
                     rc.tokens_match = got_ids == ids
                     if not rc.tokens_match:
                         rc.runtime_ids, rc.reference_ids = got_ids, list(ids)
+                stage = "cannot run the prompt"
                 got = session.logits(ids)
         except UsageError:
             raise
         except Exception as e:  # the runtime's own exception types: the artifact does not load or run
-            rc.message = f"{self.runtime.name} failed: {_one_line(e)}"
+            rc.message = f"{stage}: {_one_line(e)} (BITCONV_DEBUG=1 shows the runtime's own log)"
             return
         parts = [] if rc.tokens_match is None else [] if rc.tokens_match else [_token_mismatch(rc)]
         if got.ndim != 2 or got.shape[0] == 0:
@@ -87,8 +90,9 @@ class RuntimeJudge:
 
     def not_run(self, report: ValidationReport) -> None:
         """The validator stopped before the reference was known (unreadable artifact or reference)."""
-        failed = next((f"{c.name}: {c.message}" for c in report.checks if not c.ok), "no reference to compare with")
-        report.runtime = RuntimeCheck(self.runtime.name, "", False, f"not run ({failed})")
+        failed = next((c.name for c in report.checks if not c.ok), None)
+        why = f"see the failed {failed!r} check" if failed else "the reference could not be compared"
+        report.runtime = RuntimeCheck(self.runtime.name, "", False, f"not run ({why})")
 
 
 def forward_fallback(reference: Path, plan: Any, ternary: bool, arch: str) -> Callable[[list[int]], np.ndarray | None]:
