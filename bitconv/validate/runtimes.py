@@ -131,7 +131,7 @@ class _LlamaSession(Session):
 
 
 @contextlib.contextmanager
-def _plain_cpu_buffers() -> Iterator[None]:
+def plain_cpu_buffers() -> Iterator[None]:
     """Load without ggml's extra CPU buffer types (AMX / repacked weights; llama.cpp's
     --no-extra-bufts): the AMX kernels crash on some machines, and the verdict concerns the file,
     not a repacked copy. llama-cpp-python's Llama has no argument for it: its default parameters
@@ -185,7 +185,7 @@ class LlamaCpp(Runtime):
 
         n_ctx = max(64, n_tokens + 1)
         threads = max(1, min(os.cpu_count() or 1, 8))
-        with quiet_dependencies(), _plain_cpu_buffers():
+        with quiet_dependencies(), plain_cpu_buffers():
             llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx,
                                   n_threads=threads, logits_all=True, verbose=dependency_output_shown())
         return _LlamaSession(llm, llama_cpp.__version__)
