@@ -61,7 +61,7 @@ class RuntimeJudge:
         except Exception as e:  # the runtime's own exception types: the artifact does not load or run
             rc.message = f"{stage}: {_one_line(e)} (BITCONV_DEBUG=1 shows the runtime's own log)"
             return
-        parts = [] if rc.tokens_match is None else [] if rc.tokens_match else [_token_mismatch(rc)]
+        parts = [_token_mismatch(rc)] if rc.tokens_match is False else []
         if got.ndim != 2 or got.shape[0] == 0:
             rc.message = "; ".join(parts + [f"the runtime gave no logits (shape {list(got.shape)})"])
             return
