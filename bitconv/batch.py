@@ -14,6 +14,10 @@ cache makes re-runs cheap (`force` redoes it).
     format = "gguf"            # gguf | onnx | a safetensors layout: bitnet-packed, compressed-tensors, …
     quant = "q8_0"             # or: target = "bitnet-x86"
     output = "out/qwen3-q8_0.gguf"
+    validate = "llama.cpp"     # true: `bitconv validate OUTPUT --reference SOURCE`; a runtime name adds
+                               # `--runtime NAME`: llama.cpp (gguf), onnxruntime (onnx), transformers
+                               # (safetensors layouts): that runtime loads the artifact, its tokens and
+                               # logits must match the reference
 """
 from __future__ import annotations
 
@@ -91,6 +95,22 @@ class Job:
     output: Path
     validate: bool
     options: dict[str, Any]
+    runtime: str | None = None  # validate = "llama.cpp" | "onnxruntime" | "transformers"
+
+
+def _validate_key(value: Any, fmt: str, where: str) -> tuple[bool, str | None]:
+    """`validate = true | false | RUNTIME`: whether to validate, and in which runtime (checked
+    against the job's format, so a runtime that cannot read the output fails before anything runs)."""
+    from .validate.runtimes import READER, RUNTIMES
+
+    if not isinstance(value, str):
+        return bool(value), None
+    rt = RUNTIMES.get(value.strip().lower())
+    kind = fmt if fmt in ("gguf", "onnx") else "safetensors"
+    if rt is None or rt.kind != kind:
+        raise UsageError(f"{where}: validate {value!r}: expected true, false or the runtime that reads {fmt} "
+                         f"output ({READER[kind]!r})")
+    return True, rt.name
 
 
 def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
@@ -155,7 +175,8 @@ def load_jobs(path: str | os.PathLike[str]) -> list[Job]:
         if "kernel_config" in options:
             kc = Path(options["kernel_config"])
             options["kernel_config"] = str(kc if kc.is_absolute() else base / kc)
-        out.append(Job(name, source, fmt, output, bool(spec.get("validate", False)), options))
+        validate, runtime = _validate_key(spec.get("validate", False), fmt, where)
+        out.append(Job(name, source, fmt, output, validate, options, runtime))
     return out
 
 
@@ -230,8 +251,10 @@ def run_job(job: Job, *, force: bool = False) -> JobResult:
             api.convert_safetensors(job.source, job.format, job.output, force=overwrite, **opts)
         _fill_from_manifest(res, job)
         if job.validate:
-            report = validate(job.output, job.source)
+            report = validate(job.output, job.source, runtime=job.runtime)
             res.validation = {"passed": report.passed, "verdict": report.verdict}
+            if report.runtime is not None:
+                res.validation["runtime"] = asdict(report.runtime)
             if not report.passed:
                 res.status = "failed"
                 res.error = {"type": "ValidationFailed", "message": report.verdict, "exit_code": 3}

@@ -29,6 +29,9 @@ def _thresholds_help() -> str:
     "format, tensor layout and values; with --reference bitnet-packed codes identical to re-ternarizing the "
     "reference, compressed-tensors int4/int8 and float tensors by cos and relative error, per-layer hidden "
     "states and logits. "
+    "With --runtime (llama.cpp for GGUF, onnxruntime for ONNX, transformers for safetensors) that runtime also "
+    "loads the artifact: its tokenizer must give the reference tokenizer's ids for the prompt and its logits must "
+    "meet the same threshold. "
     "Exit 3 when a check fails. Default minimum cos per quant type: " + _thresholds_help() + "."))
 @click.argument("artifact")
 @click.option("--reference", "-r", default=None, help="The HF checkpoint directory the artifact was converted from.")
@@ -40,9 +43,12 @@ def _thresholds_help() -> str:
               help="tl1/tl2: the kernel_config.ini the file was packed for (default: <stem>.kernel_config.ini).")
 @click.option("--no-transformers", is_flag=True, help="Compare logits with bitconv's numpy forward of the HF "
                                                       "weights even when transformers is installed.")
+@click.option("--runtime", default=None, metavar="NAME",
+              help="Also judge the artifact in a real runtime: llama.cpp (GGUF; llama-cpp-python), onnxruntime "
+                   "(ONNX; onnxruntime-genai when installed), transformers (safetensors). Needs --reference.")
 @command("validate")
 def validate_cmd(artifact: str, reference: str | None, prompt: str | None, tokens: str | None,
-                 min_cos: tuple[str, ...], kernel_config: str | None, no_transformers: bool,
+                 min_cos: tuple[str, ...], kernel_config: str | None, no_transformers: bool, runtime: str | None,
                  as_json: bool) -> tuple[dict[str, Any], Callable[[], None], int]:
     from ..errors import UsageError
     from ..validate import parse_min_cos, validate
@@ -54,7 +60,7 @@ def validate_cmd(artifact: str, reference: str | None, prompt: str | None, token
         except ValueError:
             raise UsageError(f"--tokens {tokens!r}: expected comma-separated integers") from None
     report = validate(artifact, reference, prompt=prompt, tokens=ids, min_cos=parse_min_cos(min_cos),
-                      kernel_config=kernel_config, use_transformers=not no_transformers)
+                      kernel_config=kernel_config, use_transformers=not no_transformers, runtime=runtime)
     return report.to_dict(), lambda: _render_validation(report), 0 if report.passed else 3
 
 
@@ -89,4 +95,25 @@ def _render_validation(r: Any) -> None:
         lg = r.logits
         out.print(f"logits ({lg.tokens} tokens) vs {lg.reference}: cos {lg.cos:.6f} (min {lg.min_cos}), "
                   f"top-1 {lg.top1:.0%}, KL {lg.kl:.3e}")
+    if r.runtime is not None:
+        _render_runtime(r.runtime)
     out.print(("[bold green]" if r.passed else "[bold red]") + escape(r.verdict) + "[/]")
+
+
+def _render_runtime(rc: Any) -> None:
+    rt = Table(title=f"runtime {rc.runtime}" + (f": {rc.via}" if rc.via else ""), show_header=False)
+    rt.add_column("what")
+    rt.add_column("ok")
+    rt.add_column("detail")
+    yes, no = "[green]yes[/]", "[red]NO[/]"
+    if rc.tokens_match is not None:
+        detail = (f"the reference tokenizer's {rc.tokens} ids" if rc.tokens_match else
+                  f"runtime {rc.runtime_ids} vs reference {rc.reference_ids}")
+        rt.add_row("prompt tokens", yes if rc.tokens_match else no, escape(detail))
+    if rc.cos is not None:
+        rt.add_row("logits", yes if rc.cos >= rc.min_cos else no,
+                   escape(f"cos {rc.cos:.6f} (min {rc.min_cos}), top-1 {rc.top1:.0%}, KL {rc.kl:.3e} over "
+                          f"{rc.positions} position(s) vs {rc.reference}"))
+    if rc.cos is None:  # it did not get as far as the logits: say why
+        rt.add_row("run", yes if rc.ok else no, escape(rc.message))
+    out.print(rt)

@@ -23,6 +23,7 @@ from ..forward import SUPPORTED_ARCHS, Hparams, TernaryWeight
 from ..formats.gguf_reader import GGUFSummary, GGUFTensorInfo, read_gguf_summary
 from .checks import float_threshold, set_stats, ternary_check
 from .logits import compare_forward
+from .runtime_check import RuntimeJudge, forward_fallback
 from .report import (DEFAULT_MIN_COS, TERNARY_TYPES, Check, TensorCheck, ValidationReport, failed_report,
                      reference_mismatch, set_verdict)
 from .sources import CheckpointWeights, GgufWeights, quant_of_file
@@ -130,11 +131,11 @@ def _tensor_check(t: GGUFTensorInfo, art: GgufWeights, ref: CheckpointWeights, t
 def validate_gguf(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
                   prompt: str | None = None, tokens: list[int] | None = None,
                   min_cos: dict[str, float] | None = None, kernel_config: str | os.PathLike[str] | None = None,
-                  use_transformers: bool = True) -> ValidationReport:
+                  use_transformers: bool = True, judge: RuntimeJudge | None = None) -> ValidationReport:
     """Check a GGUF file: structure always; with `reference` (the HF checkpoint it came from)
     tensors, per-layer hidden states and logits against the thresholds (DEFAULT_MIN_COS, overridden
-    per type by `min_cos`). tl1/tl2 files are decoded with `kernel_config`, else the
-    `<stem>.kernel_config.ini` written beside them."""
+    per type by `min_cos`), and with `judge` a runtime's verdict (runtime_check). tl1/tl2 files are
+    decoded with `kernel_config`, else the `<stem>.kernel_config.ini` written beside them."""
     from ..quant.tl import KernelConfig
 
     path = Path(artifact)
@@ -161,7 +162,7 @@ def validate_gguf(artifact: str | os.PathLike[str], reference: str | os.PathLike
                                   reference is None, True, "", thresholds=thresholds)
         report.checks = structural_checks(summary, art)
         if reference is not None:
-            _compare(report, art, summary, Path(reference), prompt, tokens, kc, use_transformers, thresholds)
+            _compare(report, art, summary, Path(reference), prompt, tokens, kc, use_transformers, thresholds, judge)
     finally:
         art.close()
     set_verdict(report)
@@ -170,7 +171,7 @@ def validate_gguf(artifact: str | os.PathLike[str], reference: str | os.PathLike
 
 def _compare(report: ValidationReport, art: GgufWeights, summary: GGUFSummary, reference: Path,
              prompt: str | None, tokens: list[int] | None, kc: Any, use_transformers: bool,
-             thresholds: dict[str, float]) -> None:
+             thresholds: dict[str, float], judge: RuntimeJudge | None = None) -> None:
     if report.quant == "?":
         report.checks.append(Check("file type", False, "general.file_type names no quant type bitconv knows"))
         return
@@ -191,10 +192,14 @@ def _compare(report: ValidationReport, art: GgufWeights, summary: GGUFSummary, r
         report.tensors.append(_tensor_check(t, art, ref, thresholds, ternary))
     if report.architecture not in SUPPORTED_ARCHS:
         report.checks.append(Check("forward pass", True, f"skipped: no reference forward for {report.architecture}"))
-        return
-    try:
-        hp_art = Hparams.from_metadata(summary.metadata, ternary=ternary)
-    except ArtifactError as e:
-        report.checks.append(Check("forward pass", False, str(e)))
-        return
-    compare_forward(report, art, hp_art, plan, reference, ternary, prompt, tokens, use_transformers, thresholds)
+    else:
+        try:
+            hp_art = Hparams.from_metadata(summary.metadata, ternary=ternary)
+        except ArtifactError as e:
+            report.checks.append(Check("forward pass", False, str(e)))
+        else:
+            compare_forward(report, art, hp_art, plan, reference, ternary, prompt, tokens, use_transformers,
+                            thresholds)
+    if judge is not None:
+        judge.check(report, reference, ternary, forward_fallback(reference, plan, ternary, plan.mapping.arch_name),
+                    use_transformers)

@@ -13,7 +13,7 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -28,6 +28,9 @@ from .checks import all_finite, code_diff, cos, float_threshold, set_stats
 from .logits import logits_check, prompt_ids, reference_forward, reference_logits
 from .report import (ONNX_MIN_COS, Check, TensorCheck, ValidationReport, failed_report, reference_mismatch,
                      set_verdict)
+
+if TYPE_CHECKING:  # runtime_check's onnxruntime driver runs this module's onnx_logits
+    from .runtime_check import RuntimeJudge
 
 _ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids")
 #: a stored ternary scale may differ from the reference's float32 absmean by rounding
@@ -242,13 +245,15 @@ def onnx_logits(model_path: Path, ids: list[int], split: int | None = None) -> t
 
 def validate_onnx(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
                   prompt: str | None = None, tokens: list[int] | None = None,
-                  min_cos: dict[str, float] | None = None, use_transformers: bool = True) -> ValidationReport:
+                  min_cos: dict[str, float] | None = None, use_transformers: bool = True,
+                  judge: RuntimeJudge | None = None) -> ValidationReport:
     """Check an ONNX export (a folder with model.onnx, or the model.onnx file): structure always
     (onnx.checker full check, graph IO names, MatMulNBits attributes, finite scales, genai_config.json);
     with `reference`, every weight against the checkpoint (ternary 2-bit codes identical, others by
     cos) and the onnxruntime logits of the prompt against transformers float32 (else the numpy
-    reference forward), with thresholds ONNX_MIN_COS overridden per type by `min_cos`. Per-layer
-    hidden states are not compared (the graph exposes only logits)."""
+    reference forward), with thresholds ONNX_MIN_COS overridden per type by `min_cos`; with `judge`,
+    a runtime's verdict (runtime_check). Per-layer hidden states are not compared (the graph exposes
+    only logits)."""
     import importlib.util
 
     if importlib.util.find_spec("onnx") is None:
@@ -270,7 +275,7 @@ def validate_onnx(artifact: str | os.PathLike[str], reference: str | os.PathLike
                                   True, "", checks=checks, thresholds=thresholds)
         if reference is not None:
             _compare_onnx(report, art, Path(reference), quant, block_size, prompt, tokens, use_transformers,
-                          thresholds)
+                          thresholds, judge)
     finally:
         art.close()
     set_verdict(report)
@@ -279,7 +284,7 @@ def validate_onnx(artifact: str | os.PathLike[str], reference: str | os.PathLike
 
 def _compare_onnx(report: ValidationReport, art: OnnxArtifact, reference: Path, quant: str, block_size: int | None,
                   prompt: str | None, tokens: list[int] | None, use_transformers: bool,
-                  thresholds: dict[str, float]) -> None:
+                  thresholds: dict[str, float], judge: RuntimeJudge | None = None) -> None:
     from ..convert.arch import mapping_for
     from ..convert.checkpoint import Checkpoint
     from ..formats.onnx.plan import get_onnx_quant, make_onnx_plan
@@ -309,6 +314,35 @@ def _compare_onnx(report: ValidationReport, art: OnnxArtifact, reference: Path, 
                                "skipped for ONNX: the graph exposes only logits and the KV cache"))
 
     ids = prompt_ids(reference, prompt, tokens)
+
+    planned: list[Any] = []  # the f32 plan, or the check saying why there is none: decided once
+
+    def numpy_forward(ids: list[int]) -> np.ndarray | None:
+        if not planned:
+            try:
+                _, gplan = plan_checkpoint(reference, "f32", force_ternarize=True)
+                planned.append(gplan)
+            except BitconvError as e:
+                report.checks.append(Check("forward pass", False, str(e)))
+                planned.append(None)
+            else:
+                if gplan.mapping.arch_name not in SUPPORTED_ARCHS:
+                    report.checks.append(Check("forward pass", True,
+                                               f"skipped: no reference forward for {gplan.mapping.arch_name}"))
+                    planned[0] = None
+        if planned[0] is None:
+            return None
+        return reference_forward(reference, planned[0], ids, ternary_model).logits
+
+    _onnx_logits_check(report, art, reference, quant, ids, ternary_model, numpy_forward, use_transformers, thresholds)
+    if judge is not None:
+        judge.check(report, reference, ternary_model, numpy_forward, use_transformers)
+
+
+def _onnx_logits_check(report: ValidationReport, art: OnnxArtifact, reference: Path, quant: str, ids: list[int],
+                       ternary_model: bool, numpy_forward: Any, use_transformers: bool,
+                       thresholds: dict[str, float]) -> None:
+    """onnxruntime's logits of the prompt (and its KV cache) against `reference_logits`."""
     try:
         got, cached = onnx_logits(art.model_path, ids, split=len(ids) - 1 if len(ids) > 1 else None)
     except Exception as e:  # onnxruntime raises its own exception types
@@ -321,19 +355,8 @@ def _compare_onnx(report: ValidationReport, art: OnnxArtifact, reference: Path, 
                                    f"last token through the cache vs the full prompt run: cos {c:.7f}"
                                    + ("" if c >= kv_need else f" < {kv_need}")))
 
-    def numpy_forward() -> np.ndarray | None:
-        try:
-            _, gplan = plan_checkpoint(reference, "f32", force_ternarize=True)
-        except BitconvError as e:
-            report.checks.append(Check("forward pass", False, str(e)))
-            return None
-        if gplan.mapping.arch_name not in SUPPORTED_ARCHS:
-            report.checks.append(Check("forward pass", True,
-                                       f"skipped: no reference forward for {gplan.mapping.arch_name}"))
-            return None
-        return reference_forward(reference, gplan, ids, ternary_model).logits
-
-    target, source = reference_logits(reference, ids, got.shape, use_transformers, ternary_model, numpy_forward)
+    target, source = reference_logits(reference, ids, got.shape, use_transformers, ternary_model,
+                                      lambda: numpy_forward(ids))
     if target is None:
         return
     if not ternary_model and quant == "int2":

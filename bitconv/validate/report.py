@@ -79,6 +79,27 @@ class LogitsCheck:
 
 
 @dataclass
+class RuntimeCheck:
+    """The verdict of a real runtime (--runtime): it loads the artifact, tokenizes the prompt with the
+    artifact's own vocabulary (ids must equal the reference tokenizer's) and runs it; its logits are
+    held to the same reference and threshold as the logits check."""
+    runtime: str  # llama.cpp | onnxruntime | transformers
+    via: str  # what ran: package and version, the path taken
+    ok: bool
+    message: str
+    reference: str = ""  # what produced the reference logits
+    tokens: int = 0  # prompt length (the reference tokenizer's)
+    positions: int = 0  # prompt positions compared (all the runtime gives, else the last)
+    tokens_match: bool | None = None  # None: ids were given (--tokens), the runtime's tokenizer was not asked
+    runtime_ids: list[int] | None = None  # both id lists, on a mismatch
+    reference_ids: list[int] | None = None
+    cos: float | None = None
+    kl: float | None = None
+    top1: float | None = None
+    min_cos: float | None = None
+
+
+@dataclass
 class ValidationReport:
     artifact: str
     reference: str | None
@@ -92,6 +113,7 @@ class ValidationReport:
     layers: list[dict[str, float]] = field(default_factory=list)
     logits: LogitsCheck | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
+    runtime: RuntimeCheck | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -131,6 +153,8 @@ def set_verdict(r: ValidationReport) -> None:
         problems.append(f"and {len(bad_tensors) - 3} more tensors")
     if r.logits is not None and not r.logits.ok:
         problems.append(f"logits cos {r.logits.cos:.6f} < {r.logits.min_cos} ({r.quant})")
+    if r.runtime is not None and not r.runtime.ok:
+        problems.append(f"{r.runtime.runtime}: {r.runtime.message}")
     r.passed = not problems
     if r.passed:
         if r.structural_only:
@@ -140,6 +164,8 @@ def set_verdict(r: ValidationReport) -> None:
                          f"top-1 {r.logits.top1:.0%}, KL {r.logits.kl:.2e} vs {r.logits.reference}")
         else:
             r.verdict = f"PASS: {len(r.tensors)} tensors match"
+        if r.runtime is not None:
+            r.verdict += f"; {r.runtime.runtime}: {r.runtime.message}"
     else:
         r.verdict = "FAIL: " + "; ".join(problems)
 

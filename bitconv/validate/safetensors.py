@@ -35,6 +35,7 @@ from .checks import float_threshold, set_stats, ternary_check
 from .logits import compare_forward, reference_hparams
 from .report import (DEFAULT_MIN_COS, ST_MIN_COS, Check, TensorCheck, ValidationReport, failed_report,
                      reference_mismatch, set_verdict)
+from .runtime_check import RuntimeJudge, forward_fallback
 from .sources import FLOAT_TYPES, CheckpointWeights, CtLinear, StArtifact
 
 #: a stored ternary scale may differ from the reference's by float32 rounding of 1/x
@@ -153,12 +154,14 @@ def _ct_codes(tc: TensorCheck, st: StArtifact, lin: CtLinear, source: LazyTensor
 
 def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
                          prompt: str | None = None, tokens: list[int] | None = None,
-                         min_cos: dict[str, float] | None = None, use_transformers: bool = True) -> ValidationReport:
+                         min_cos: dict[str, float] | None = None, use_transformers: bool = True,
+                         judge: RuntimeJudge | None = None) -> ValidationReport:
     """Check a safetensors checkpoint: format, tensor layout and values always; with `reference` (the
     checkpoint it was made from) every tensor decoded and compared (bitnet-packed: codes identical;
     int4 / int8 and float tensors: cos and relative error per type, ST_MIN_COS and DEFAULT_MIN_COS
     overridden by `min_cos`), per-layer hidden states of the reference forward on both weight sets,
-    and the logits vs transformers float32 (else the reference forward)."""
+    and the logits vs transformers float32 (else the reference forward); with `judge`, a runtime's
+    verdict (runtime_check)."""
     path = Path(artifact)
     if not path.exists():
         raise ArtifactError(f"{path}: no such file or folder")
@@ -178,13 +181,14 @@ def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.P
     report = ValidationReport(str(path), ref_str, arch, st.quant, reference is None, True, "",
                               checks=structural_checks(st, plan, plan_error), thresholds=thresholds)
     if reference is not None and plan is not None:
-        _compare(report, st, plan, Path(reference), prompt, tokens, use_transformers, thresholds)
+        _compare(report, st, plan, Path(reference), prompt, tokens, use_transformers, thresholds, judge)
     set_verdict(report)
     return report
 
 
 def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Path, prompt: str | None,
-             tokens: list[int] | None, use_transformers: bool, thresholds: dict[str, float]) -> None:
+             tokens: list[int] | None, use_transformers: bool, thresholds: dict[str, float],
+             judge: RuntimeJudge | None = None) -> None:
     try:
         ref_ckpt, ref_plan = plan_checkpoint(reference, "f32", force_ternarize=True)
     except BitconvError as e:
@@ -198,6 +202,16 @@ def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Pat
                                               message="in the reference, missing from the artifact"))
     for pt in plan:
         report.tensors.append(_tensor_check(pt, st, art, ref, ref_ckpt, thresholds, ternary))
+    _forward(report, art, plan, ref_plan, reference, ternary, prompt, tokens, use_transformers, thresholds)
+    if judge is not None:
+        judge.check(report, reference, ternary,
+                    forward_fallback(reference, ref_plan, ternary, ref_plan.mapping.arch_name), use_transformers)
+
+
+def _forward(report: ValidationReport, art: CheckpointWeights, plan: Any, ref_plan: Any, reference: Path,
+             ternary: bool, prompt: str | None, tokens: list[int] | None, use_transformers: bool,
+             thresholds: dict[str, float]) -> None:
+    """Per-layer hidden states and logits of the artifact's weights vs the reference's."""
     arch = plan.mapping.arch_name
     if arch not in SUPPORTED_ARCHS:
         report.checks.append(Check("forward pass", True, f"skipped: no reference forward for {arch}"))
