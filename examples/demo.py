@@ -32,8 +32,11 @@ def run(*args: str) -> None:
 
 def build(path: Path, what: str, make) -> Path:  # type: ignore[no-untyped-def]
     if not (path / "config.json").is_file():
+        from bitconv.quiet import quiet_dependencies
+
         print(f"building {what} in {path}", flush=True)
-        make(path)
+        with quiet_dependencies():  # transformers' save_pretrained bars
+            make(path)
     return path
 
 
