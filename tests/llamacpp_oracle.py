@@ -131,13 +131,18 @@ def skip_or_fail(reason: str) -> None:
 _FETCH_ERROR: ReferenceUnavailable | None = None
 
 
-def _pip_download(dest: Path) -> Path:
-    # --no-binary names only llama-cpp-python: ":all:" would apply to its build dependencies too,
-    # and pip would bootstrap CMake from source (~30 min on 2 cores) just to read the sdist's metadata.
-    cmd = [
+def pip_download_command(dest: Path) -> list[str]:
+    """pip fetching only the sdist. --no-binary names llama-cpp-python alone: ":all:" would apply to
+    its build dependencies too, and pip would bootstrap CMake from source (~30 min on 2 cores) just to
+    read the sdist's metadata."""
+    return [
         sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
         "--disable-pip-version-check", f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest),
     ]
+
+
+def _pip_download(dest: Path) -> Path:
+    cmd = pip_download_command(dest)
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as e:
