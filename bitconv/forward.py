@@ -3,11 +3,11 @@ weights in GGUF naming and layout, so the same code runs an artifact's own tenso
 checkpoint's (mapped by bitconv's arch mappings) and their hidden states can be compared layer
 by layer.
 
-Architectures: qwen2, qwen3, qwen2moe, qwen3moe, llama, bitnet (1bitLLM: SiLU) and bitnet-25
-(2B-4T: ReLU²). Ternary models run the BitLinear reference of DESIGN.md: before each ternary linear
-the activations are quantized per token to int8 (127 / absmax), then y = (x_q · W_t) · s / x_scale
-in exact integer arithmetic. Float32 throughout; weights are fetched per layer and dropped, so a
-large model is never resident as float32.
+Architectures: qwen (Qwen 1: q, k, v fused in attn_qkv), qwen2, qwen3, qwen2moe, qwen3moe, llama,
+bitnet (1bitLLM: SiLU) and bitnet-25 (2B-4T: ReLU²). Ternary models run the BitLinear reference of
+DESIGN.md: before each ternary linear the activations are quantized per token to int8 (127 /
+absmax), then y = (x_q · W_t) · s / x_scale in exact integer arithmetic. Float32 throughout; weights
+are fetched per layer and dropped, so a large model is never resident as float32.
 """
 from __future__ import annotations
 
@@ -22,12 +22,14 @@ from .quant.i2s import pack_i2s
 
 #: GGUF base names of the linears BitNet b1.58 trains ternary
 TERNARY_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
-_ACT = {"qwen2": "silu", "qwen3": "silu", "qwen2moe": "silu", "qwen3moe": "silu", "llama": "silu",
-        "bitnet": "silu", "bitnet-25": "relu2"}
+_ACT = {"qwen": "silu", "qwen2": "silu", "qwen3": "silu", "qwen2moe": "silu", "qwen3moe": "silu",
+        "llama": "silu", "bitnet": "silu", "bitnet-25": "relu2"}
 #: llama.cpp rotates q/k halves (NeoX) for these; adjacent pairs (q/k permuted at conversion) for llama
-_NEOX = {"qwen2", "qwen3", "qwen2moe", "qwen3moe", "bitnet", "bitnet-25"}
+_NEOX = {"qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "bitnet", "bitnet-25"}
 #: MoE archs that renormalize the chosen experts' weights (llama.cpp's expert_weights_norm)
 _MOE_NORM_TOPK = {"qwen3moe": True, "qwen2moe": False}
+#: archs whose q, k, v rows are one attn_qkv tensor (Qwen 1)
+_FUSED_QKV = {"qwen"}
 SUPPORTED_ARCHS = tuple(_ACT)
 
 
@@ -174,9 +176,14 @@ class ReferenceForward:
     def _attention(self, h: np.ndarray, i: int, pos: np.ndarray, freq_factors: np.ndarray | None) -> np.ndarray:
         hp, p = self.hp, f"blk.{i}."
         t = h.shape[0]
-        q = self.linear(h, p + "attn_q.weight").reshape(t, hp.n_head, hp.head_dim)
-        k = self.linear(h, p + "attn_k.weight").reshape(t, hp.n_head_kv, hp.head_dim)
-        v = self.linear(h, p + "attn_v.weight").reshape(t, hp.n_head_kv, hp.head_dim)
+        nq, nkv = hp.n_head * hp.head_dim, hp.n_head_kv * hp.head_dim
+        if hp.arch in _FUSED_QKV:
+            qkv = self.linear(h, p + "attn_qkv.weight")
+            q, k, v = qkv[:, :nq], qkv[:, nq:nq + nkv], qkv[:, nq + nkv:]
+        else:
+            q, k, v = (self.linear(h, p + f"attn_{n}.weight") for n in "qkv")
+        q = q.reshape(t, hp.n_head, hp.head_dim)
+        k, v = k.reshape(t, hp.n_head_kv, hp.head_dim), v.reshape(t, hp.n_head_kv, hp.head_dim)
         if (qn := self.get(p + "attn_q_norm.weight")) is not None:
             q = rms_norm(q, qn, hp.eps)
         if (kn := self.get(p + "attn_k_norm.weight")) is not None:

@@ -52,11 +52,12 @@ TOKENIZER_FILES = (
     "vocab.json",
     "merges.txt",
     "tokenizer.model",
+    "qwen.tiktoken",
     "chat_template.jinja",
     "chat_template.json",
 )
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
-                "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "chat_template*",
+                "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.tiktoken", "chat_template*",
                 "README.md", "LICENSE*"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 

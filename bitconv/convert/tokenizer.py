@@ -1,4 +1,5 @@
-"""HF `tokenizer.json` → GGUF vocabulary, without transformers.
+"""HF `tokenizer.json` (or SentencePiece's `tokenizer.model`, or Qwen-1's `qwen.tiktoken`) → GGUF
+vocabulary, without transformers.
 
 Tokens and token types follow llama.cpp's converter (`get_vocab_base`): ids missing from the
 tokenizer become `[PAD{i}]` (UNUSED) up to the config's vocab_size, added tokens are CONTROL when
@@ -307,13 +308,57 @@ def build_sentencepiece_vocab(root: Path, vocab_size: int) -> GGUFVocab:
     return GGUFVocab("llama", "default", tokens, types, special, scores)
 
 
+def _build_bpe(root: Path, vocab_size: int, pre: str | None) -> GGUFVocab:
+    return build_vocab(root, vocab_size, pre=pre)
+
+
+def _build_sentencepiece(root: Path, vocab_size: int, pre: str | None) -> GGUFVocab:
+    return build_sentencepiece_vocab(root, vocab_size)
+
+
+def build_tiktoken_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVocab:
+    """A tiktoken rank file (Qwen-1's qwen.tiktoken) → a `gpt2` GGUF vocabulary, as llama.cpp's
+    converter builds it (tiktoken_vocab.py); bos / eos are the spec's default special token unless
+    config.json names them, unk is it always."""
+    from .tiktoken_vocab import TIKTOKEN_FILES, find_tiktoken_file, tiktoken_vocab
+
+    path = find_tiktoken_file(root)
+    if path is None:
+        raise TokenizerError(f"no tiktoken file ({', '.join(TIKTOKEN_FILES)}) in {root}")
+    tv = tiktoken_vocab(path, vocab_size)
+    special = _special_vocab(root, vocab_size)
+    special.merges = tv.merges
+    if not special.special_token_ids:  # only when config.json names none, as llama.cpp's converter does
+        special._set_special_token("bos", tv.default_special)
+        special._set_special_token("eos", tv.default_special)
+    special._set_special_token("unk", tv.default_special)
+    return GGUFVocab("gpt2", pre or PRE_TOKENIZER_REGEXES[tv.pattern], tv.tokens, tv.token_types, special)
+
+
+def _build_tiktoken(root: Path, vocab_size: int, pre: str | None) -> GGUFVocab:
+    return build_tiktoken_vocab(root, vocab_size, pre=pre)
+
+
+def _has_tiktoken(root: Path) -> bool:
+    from .tiktoken_vocab import find_tiktoken_file
+
+    return find_tiktoken_file(root) is not None
+
+
+#: tokenizer kind → (what the folder must hold, its description, the builder)
+TOKENIZER_KINDS: dict[str, tuple[Any, str, Any]] = {
+    "bpe": (lambda root: (root / "tokenizer.json").is_file(), "tokenizer.json", _build_bpe),
+    "sentencepiece": (lambda root: (root / "tokenizer.model").is_file(), "tokenizer.model", _build_sentencepiece),
+    "tiktoken": (_has_tiktoken, "qwen.tiktoken", _build_tiktoken),
+}
+
+
 def export_vocab(root: Path, vocab_size: int, *, prefer: tuple[str, ...] = ("bpe", "sentencepiece"),
                  pre: str | None = None) -> GGUFVocab:
     """The GGUF vocabulary of a checkpoint, from the first tokenizer kind in `prefer` it ships."""
     for kind in prefer:
-        if kind == "bpe" and (root / "tokenizer.json").is_file():
-            return build_vocab(root, vocab_size, pre=pre)
-        if kind == "sentencepiece" and (root / "tokenizer.model").is_file():
-            return build_sentencepiece_vocab(root, vocab_size)
-    wanted = " or ".join({"bpe": "tokenizer.json", "sentencepiece": "tokenizer.model"}[k] for k in prefer)
+        present, _, build = TOKENIZER_KINDS[kind]
+        if present(root):
+            return build(root, vocab_size, pre)
+    wanted = " or ".join(TOKENIZER_KINDS[k][1] for k in prefer)
     raise TokenizerError(f"no {wanted} in {root}")

@@ -22,8 +22,10 @@ from .sources import CheckpointWeights
 from .report import DEFAULT_PROMPT, LogitsCheck, ValidationReport
 
 def tokenize(reference: Path, prompt: str) -> list[int]:
-    """The prompt's token ids with the checkpoint's own tokenizer (tokenizers / sentencepiece)."""
-    tj, sp = reference / "tokenizer.json", reference / "tokenizer.model"
+    """The prompt's token ids with the checkpoint's own tokenizer (tokenizers / sentencepiece / tiktoken)."""
+    from ..convert.tiktoken_vocab import find_tiktoken_file, tiktoken_encode
+
+    tj, sp, tk = reference / "tokenizer.json", reference / "tokenizer.model", find_tiktoken_file(reference)
     try:
         if tj.is_file():
             from tokenizers import Tokenizer
@@ -33,8 +35,10 @@ def tokenize(reference: Path, prompt: str) -> list[int]:
             import sentencepiece
 
             ids = sentencepiece.SentencePieceProcessor(model_file=str(sp)).encode(prompt)
+        elif tk is not None:
+            ids = tiktoken_encode(tk, prompt)
         else:
-            raise UsageError(f"{reference} has no tokenizer.json or tokenizer.model; pass --tokens")
+            raise UsageError(f"{reference} has no tokenizer.json, tokenizer.model or qwen.tiktoken; pass --tokens")
     except ImportError as e:
         raise UsageError(f"tokenizing the prompt needs the `{e.name}` package; pass --tokens instead") from None
     if not ids:

@@ -36,7 +36,7 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("qwen2", "qwen3", "qwen_moe", "bitnet", "llama"):  # built-in mappings register on import
+    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "bitnet", "llama"):  # built-in mappings register on import
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -54,6 +54,21 @@ def supported_architectures() -> list[str]:
     _load_builtins()
 
     return sorted(ARCHITECTURES)
+
+
+#: artifact format → how its messages name it
+FORMAT_NAMES = {"gguf": "GGUF (hf2gguf)", "onnx": "ONNX (hf2onnx)", "safetensors": "safetensors (hf2st)"}
+
+
+def require_output_format(architecture: str, fmt: str) -> None:
+    """Refuse, in one line, a registered architecture whose mapping declares that bitconv does not
+    write `fmt` for it (an unregistered one is left to the writer's own checks)."""
+    _load_builtins()
+    cls = ARCHITECTURES.get(architecture)
+    if cls is not None and fmt not in cls.output_formats:
+        available = ", ".join(FORMAT_NAMES[f] for f in cls.output_formats)
+        raise UnsupportedArchitecture(f"{architecture}: bitconv converts this architecture to {available} only, "
+                                      f"not {FORMAT_NAMES[fmt]}")
 
 
 @dataclass
@@ -153,6 +168,8 @@ class ArchMapping:
     ternary_linears: tuple[str, ...] = ()
     #: tokenizer kinds in order of preference ("bpe": tokenizer.json, "sentencepiece": tokenizer.model)
     tokenizer_kinds: ClassVar[tuple[str, ...]] = ("bpe", "sentencepiece")
+    #: the artifact formats bitconv writes for this architecture (require_output_format)
+    output_formats: ClassVar[tuple[str, ...]] = ("gguf", "onnx", "safetensors")
     #: transformers' default when config.json has no rope_theta
     default_rope_theta: ClassVar[float] = 10000.0
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")

@@ -18,6 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ...convert.arch.base import require_output_format
 from ...errors import CheckpointError, UnsupportedArchitecture, UsageError
 from ...quant import nbits
 from ...quant.registry import ALIASES
@@ -103,6 +104,7 @@ _MOE_EXPERTS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.wei
 
 def check_supported(checkpoint: "Checkpoint", mapping: "ArchMapping") -> None:
     arch = checkpoint.architecture
+    require_output_format(arch, "onnx")
     if arch not in ONNX_ARCHS:
         raise UnsupportedArchitecture(f"the ONNX writer does not support {arch} yet; "
                                       f"supported: {', '.join(sorted(ONNX_ARCHS))}")

@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from ...convert.arch.base import require_output_format
 from ...convert.checkpoint import Checkpoint
 from ...errors import OutputError, UsageError
 from ...quant.bnb import BNB_BLOCK
@@ -116,6 +117,7 @@ def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str 
     """Plan (no data read), then stream every tensor into staged files renamed into `folder`."""
     fmt = check_format(fmt)
     shard_bytes = parse_shard_size(max_shard_size)
+    require_output_format(checkpoint.architecture, "safetensors")
     if fmt == "bitnet-packed":
         if quant not in (None, "ternary") or block_size is not None:
             raise UsageError("--quant and --block-size apply to --format compressed-tensors; bitnet-packed is "
