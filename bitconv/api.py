@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .convert.arch import mapping_for
+from .convert.arch import check_output_format, mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, plan_checkpoint
 from .convert.tokenizer import export_vocab
@@ -216,6 +216,7 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
     if target and get_target(target).format != "onnx":
         raise UsageError(f"target {target} writes {get_target(target).format}, not onnx")
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+    check_output_format(checkpoint, "onnx")
     mapping = mapping_for(checkpoint)
     if quant is None:
         quant = get_target(target).quant_for(mapping) if target else DEFAULT_ONNX_QUANT
@@ -293,6 +294,7 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     if block_size is not None and fmt == "compressed-tensors":
         st_out.check_block_size(block_size)
     checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+    check_output_format(checkpoint, "safetensors")
     suffix = f"-{(quant or st_out.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
     folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
     return _export_folder(

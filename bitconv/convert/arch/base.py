@@ -36,7 +36,8 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("qwen2", "qwen3", "qwen_moe", "bitnet", "llama"):  # built-in mappings register on import
+    # built-in mappings register on import
+    for module in ("qwen2", "qwen3", "qwen_moe", "qwen3_next", "bitnet", "llama"):
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -48,6 +49,18 @@ def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
         raise UnsupportedArchitecture(
             f"unsupported architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
     return cls(checkpoint.config)
+
+
+def check_output_format(checkpoint: Checkpoint, fmt: str) -> None:
+    """Refuse, in one line, an output format a registered architecture has no layout for (an
+    unregistered one is left to the format's own checks)."""
+    _load_builtins()
+    archs = checkpoint.config.get("architectures")
+    arch = archs[0] if isinstance(archs, list) and archs and isinstance(archs[0], str) else None
+    cls = ARCHITECTURES.get(arch) if arch else None
+    if cls is not None and fmt not in cls.output_formats:
+        raise UnsupportedArchitecture(f"{arch}: {fmt} output is not available for this architecture; "
+                                      f"it converts to: {', '.join(cls.output_formats)}")
 
 
 def supported_architectures() -> list[str]:
@@ -156,6 +169,9 @@ class ArchMapping:
     #: transformers' default when config.json has no rope_theta
     default_rope_theta: ClassVar[float] = 10000.0
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
+    #: the output formats bitconv can write for this architecture (ONNX and safetensors layouts
+    #: exist for plain decoders only)
+    output_formats: ClassVar[tuple[str, ...]] = ("gguf", "onnx", "safetensors")
 
     def __init__(self, config: dict[str, Any]) -> None:
         if "text_config" in config and isinstance(config["text_config"], dict):
@@ -176,6 +192,12 @@ class ArchMapping:
     @property
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
+
+    @property
+    def block_count(self) -> int:
+        """GGUF blocks (`{arch}.block_count`): the decoder layers, plus any multi-token-prediction
+        blocks a mapping appends."""
+        return self.n_layers
 
     # --- tensor names and shapes -------------------------------------------------------------
 
@@ -256,10 +278,13 @@ class ArchMapping:
 
     def tensors(self, checkpoint: Checkpoint) -> Iterator[SourceTensor]:
         """GGUF tensors in the order llama.cpp's converter writes them (checkpoint order)."""
-        for lt in checkpoint:
-            if lt.name.endswith(self.skip_suffixes):
-                continue
+        for lt in self.hf_tensors(checkpoint):
             yield from self.map_tensor(lt)
+
+    def hf_tensors(self, checkpoint: Checkpoint) -> Iterator[LazyTensor]:
+        """The checkpoint tensors this mapping converts, in checkpoint order, under the names it maps
+        (a mapping may drop or rename some first, as llama.cpp's converter filters them)."""
+        return (lt for lt in checkpoint if not lt.name.endswith(self.skip_suffixes))
 
     def map_tensor(self, lt: LazyTensor) -> Iterator[SourceTensor]:
         yield SourceTensor(self.gguf_name(lt.name), lt.shape, [lt], hf_names=[lt.name])
@@ -269,7 +294,7 @@ class ArchMapping:
     def add_metadata(self, w: gguf.GGUFWriter, file_type: int | None) -> None:
         """Hyper-parameters as llama.cpp's TextModel writes them, in its order."""
         c = self.config
-        w.add_block_count(self.n_layers)
+        w.add_block_count(self.block_count)
         if (n_ctx := _hparam(c, "max_position_embeddings", "n_ctx", "n_positions")) is not None:
             w.add_context_length(int(n_ctx))
         w.add_embedding_length(self.hidden)
@@ -311,9 +336,16 @@ class ArchMapping:
                 w.add_rope_scaling_yarn_beta_fast(float(beta_fast))
             if (beta_slow := rp.get("beta_slow")) is not None:
                 w.add_rope_scaling_yarn_beta_slow(float(beta_slow))
+        if (sections := self.rope_sections()) is not None:
+            w.add_rope_dimension_sections(sections)
         # Always written: a runtime that misses the key silently uses its own default.
         theta = self.rope_theta if self.rope_theta is not None else self.default_rope_theta
         w.add_rope_freq_base(float(theta))
+
+    def rope_sections(self) -> list[int] | None:
+        """M-RoPE sections (`rope.dimension_sections`, padded to 4) where config.json gives them."""
+        sections = self.rope_params.get("mrope_section")
+        return None if sections is None else ([int(x) for x in sections] + [0, 0, 0, 0])[:4]
 
 
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:
