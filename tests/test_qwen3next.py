@@ -3,7 +3,8 @@
 Judges: llama.cpp's own convert_hf_to_gguf.py (the llama-cpp-python 0.3.36 sdist) for the bytes,
 llama-quantize (llama_model_quantize) for a k-quant mix, and llama.cpp's runtime against
 transformers float32 for the logits. Tiny checkpoints come from transformers' own classes
-(tests/fixtures_hybrid.py). Qwen3.5 dense, f16, with multi-token-prediction tensors (the
+(tests/fixtures_hybrid.py). Each converter run costs ~6 s, so each covers one architecture and
+one output type: Qwen3.5 dense f16 and Qwen3.5-MoE q8_0 with multi-token-prediction tensors (the
 converter's default run).
 """
 from __future__ import annotations
@@ -25,7 +26,7 @@ TOKENS = [9707, 1879, 11, 419, 374, 264, 1273, 315, 279, 15099, 13, 220, 16, 17,
 
 #: (arch, multi-token prediction, outtype, converter flags). Qwen3.5 dense is the k-quant model too:
 #: hidden 256 (k-quant blocks), tied embeddings (as the small Qwen3.5 models), one vocabulary matrix
-CASES = [("qwen35", True, "f16", ())]
+CASES = [("qwen35", True, "f16", ()), ("qwen35moe", True, "q8_0", ())]
 SHAPE = {"qwen35": {"hidden": 256, "tie": True}}
 #: llama.cpp's logits vs transformers float32 (last position)
 MIN_COS = {"f16": 0.999, "bf16": 0.999, "q8_0": 0.995}
@@ -113,6 +114,16 @@ def test_llama_cpp_runs_it(hybrid, converted, arch: str, mtp: bool, outtype: str
 
 
 @pytest.mark.slow
+def test_multimodal_checkpoint_gives_the_language_model(converted) -> None:
+    """Qwen3_5MoeForConditionalGeneration (model.language_model.*, text_config, mtp.*): the same
+    file as the causal-LM checkpoint of the same weights."""
+    from llamacpp_oracle import compare_gguf, format_diffs
+
+    diffs = compare_gguf(converted("qwen35moe", True, "q8_0", conditional=True), converted("qwen35moe", True, "q8_0"))
+    assert not diffs, format_diffs(diffs)
+
+
+@pytest.mark.slow
 def test_q4_k_m_identical_to_llama_quantize(converted, tmp_path: Path) -> None:
     """q4_k_m in one pass = llama-quantize of the bf16 GGUF, byte for byte: the layer count of its
     ffn_down rule includes the multi-token-prediction block (5 blocks here, not 4). No logits
@@ -163,7 +174,7 @@ def _header_only_checkpoint(path: Path, arch: str, hf_class: str) -> Path:
 
 
 @pytest.mark.parametrize(("arch", "hf_class"), [("qwen35", "Qwen3_5ForCausalLM"),
-                                                ("qwen35", "Qwen3_5ForConditionalGeneration")])
+                                                ("qwen35moe", "Qwen3_5MoeForConditionalGeneration")])
 def test_onnx_and_safetensors_refused(tmp_path: Path, arch: str, hf_class: str) -> None:
     ckpt = _header_only_checkpoint(tmp_path / arch, arch, hf_class)
     with pytest.raises(UnsupportedArchitecture, match=rf"^{hf_class}: onnx output is not available .*: gguf$"):

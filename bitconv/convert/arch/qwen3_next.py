@@ -293,3 +293,8 @@ class Qwen35Mapping(GatedDeltaNetMapping):
     gguf_arch = gguf.MODEL_ARCH.QWEN35
     tile_value_heads = True
     default_sections = [11, 11, 10, 0]  # transformers' default mrope_section, padded
+
+
+@register_arch("Qwen3_5MoeForCausalLM", "Qwen3_5MoeForConditionalGeneration")
+class Qwen35MoeMapping(Qwen35Mapping):
+    gguf_arch = gguf.MODEL_ARCH.QWEN35MOE
