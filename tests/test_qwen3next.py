@@ -5,7 +5,8 @@ llama-quantize (llama_model_quantize) for a k-quant mix, and llama.cpp's runtime
 transformers float32 for the logits. Tiny checkpoints come from transformers' own classes
 (tests/fixtures_hybrid.py). Each converter run costs ~6 s, so each covers one architecture and
 one output type: Qwen3.5 dense f16 and Qwen3.5-MoE q8_0 with multi-token-prediction tensors (the
-converter's default run).
+converter's default run), Qwen3-Next bf16 as transformers saves it (no mtp.*: the converter needs
+--no-mtp there, and bitconv writes that file by default).
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ TOKENS = [9707, 1879, 11, 419, 374, 264, 1273, 315, 279, 15099, 13, 220, 16, 17,
 
 #: (arch, multi-token prediction, outtype, converter flags). Qwen3.5 dense is the k-quant model too:
 #: hidden 256 (k-quant blocks), tied embeddings (as the small Qwen3.5 models), one vocabulary matrix
-CASES = [("qwen35", True, "f16", ()), ("qwen35moe", True, "q8_0", ())]
+CASES = [("qwen35", True, "f16", ()), ("qwen35moe", True, "q8_0", ()), ("qwen3next", False, "bf16", ("--no-mtp",))]
 SHAPE = {"qwen35": {"hidden": 256, "tie": True}}
 #: llama.cpp's logits vs transformers float32 (last position)
 MIN_COS = {"f16": 0.999, "bf16": 0.999, "q8_0": 0.995}
@@ -174,7 +175,8 @@ def _header_only_checkpoint(path: Path, arch: str, hf_class: str) -> Path:
 
 
 @pytest.mark.parametrize(("arch", "hf_class"), [("qwen35", "Qwen3_5ForCausalLM"),
-                                                ("qwen35moe", "Qwen3_5MoeForConditionalGeneration")])
+                                                ("qwen35moe", "Qwen3_5MoeForConditionalGeneration"),
+                                                ("qwen3next", "Qwen3NextForCausalLM")])
 def test_onnx_and_safetensors_refused(tmp_path: Path, arch: str, hf_class: str) -> None:
     ckpt = _header_only_checkpoint(tmp_path / arch, arch, hf_class)
     with pytest.raises(UnsupportedArchitecture, match=rf"^{hf_class}: onnx output is not available .*: gguf$"):

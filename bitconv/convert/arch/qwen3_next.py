@@ -288,6 +288,12 @@ def _same(a: np.ndarray) -> np.ndarray:
     return a
 
 
+@register_arch("Qwen3NextForCausalLM")
+class Qwen3NextMapping(GatedDeltaNetMapping):
+    gguf_arch = gguf.MODEL_ARCH.QWEN3NEXT
+    linear_ba = ("ssm_ba.weight",)
+
+
 @register_arch("Qwen3_5ForCausalLM", "Qwen3_5ForConditionalGeneration")
 class Qwen35Mapping(GatedDeltaNetMapping):
     gguf_arch = gguf.MODEL_ARCH.QWEN35
