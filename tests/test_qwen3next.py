@@ -207,3 +207,33 @@ def test_qwen35_pre_tokenizer_is_named() -> None:
         {"type": "Split", "pattern": {"Regex": regex}, "behavior": "Isolated", "invert": False},
         {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False, "use_regex": False}]}
     assert detect_pre_tokenizer({"pre_tokenizer": pre}) == "qwen35"
+
+
+def test_value_heads_tiled() -> None:
+    """[k0: v0 v1 | k1: v0 v1] → [v0 of k0, v0 of k1, v1 of k0, v1 of k1], rows or columns."""
+    from bitconv.convert.arch.qwen3_next import tile_heads
+
+    rows = np.arange(2 * 2 * 3).reshape(12, 1)  # 2 key heads, 2 value heads each, head_dim 3
+    want = [0, 1, 2, 6, 7, 8, 3, 4, 5, 9, 10, 11]
+    assert tile_heads(rows, 0, 2, 2, 3)[:, 0].tolist() == want
+    assert tile_heads(rows.T, 1, 2, 2, 3)[0].tolist() == want
+
+
+def test_missing_linear_attention_tensor_is_named() -> None:
+    from bitconv.convert.arch.qwen3_next import Qwen35Mapping
+    from bitconv.errors import CheckpointError
+
+    cfg = fixtures_hybrid.hybrid_config("qwen35", layers=2, layer_types=["linear_attention", "full_attention"])
+    m = Qwen35Mapping({"architectures": ["Qwen3_5ForCausalLM"], **cfg})
+    assert [m.is_recurrent(i) for i in range(2)] == [True, False]
+    names = {"token_embd.weight", "output_norm.weight", "output.weight"}
+    for i, per_layer in enumerate((("attn_qkv.weight", "attn_gate.weight", "ssm_conv1d.weight", "ssm_dt.bias",
+                                    "ssm_a", "ssm_beta.weight", "ssm_alpha.weight", "ssm_norm.weight",
+                                    "ssm_out.weight"),
+                                   ("attn_q.weight", "attn_k.weight", "attn_v.weight", "attn_output.weight",
+                                    "attn_q_norm.weight", "attn_k_norm.weight"))):
+        names |= {f"blk.{i}.{n}" for n in per_layer + ("attn_norm.weight", "post_attention_norm.weight",
+                                                        "ffn_gate.weight", "ffn_up.weight", "ffn_down.weight")}
+    m.check_complete(names)
+    with pytest.raises(CheckpointError, match=r"^linear-attention block 0: no tensor for blk\.0\.ssm_a in"):
+        m.check_complete(names - {"blk.0.ssm_a"})

@@ -160,7 +160,7 @@ class GatedDeltaNetMapping(QwenMoeMapping):
             yield from self._split_qkvz(lt)
             return
         gname = self.gguf_name(name)
-        reorder = self._value_head_order(name, lt.shape)
+        reorder = self._value_head_order(name)
         if name.endswith(".A_log"):
             yield self._computed(gname, lt, lambda a: neg_exp(reorder(a)))
         elif name.endswith("norm.weight") and not name.endswith("linear_attn.norm.weight"):
@@ -179,7 +179,7 @@ class GatedDeltaNetMapping(QwenMoeMapping):
         return SourceTensor(gname, lt.shape, [lt], decode=lambda: f(lt.load()).astype(np.float32),
                             hf_names=[lt.name])
 
-    def _value_head_order(self, name: str, shape: tuple[int, ...]) -> Callable[[np.ndarray], np.ndarray]:
+    def _value_head_order(self, name: str) -> Callable[[np.ndarray], np.ndarray]:
         """The permutation a linear-attention tensor needs for tiled value heads (identity if none)."""
         if not self.tile_value_heads or self.n_k == self.n_v or ".linear_attn." not in name:
             return _same
