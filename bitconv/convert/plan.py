@@ -20,7 +20,7 @@ from ..quant.registry import get_quantizer
 from .arch.base import ArchMapping, SourceTensor
 from .checkpoint import Checkpoint
 
-_ALWAYS_F32 = re.compile(r"(^|\.)(ffn_gate_inp|ffn_gate_inp_shexp|pos_embd|token_types)\.weight$")
+_ALWAYS_F32 = re.compile(r"(^|\.)(ffn_gate_inp|ffn_gate_inp_shexp|pos_embd|token_types|ssm_conv1d)\.weight$")
 _EMBEDDINGS = ("token_embd.weight", "output.weight")
 
 
@@ -127,7 +127,8 @@ def _llama_quantize_types(sources: list[SourceTensor], mapping: ArchMapping,
 
     c = mapping.config
     n_expert = next((int(c[k]) for k in ("num_local_experts", "num_experts", "n_routed_experts") if c.get(k)), 0)
-    facts = ModelFacts(mapping.arch_name, mapping.n_layers, mapping.n_head, mapping.n_head_kv, n_expert)
+    # llama-quantize's layer count is the file's block count (multi-token-prediction blocks included)
+    facts = ModelFacts(mapping.arch_name, mapping.block_count, mapping.n_head, mapping.n_head_kv, n_expert)
     rules = LlamaQuantizeRules(int(quant.llama_ftype or 0), facts, pure=quant.pure)
     default = GGMLQuantizationType(quant.ggml_type)
     out: list[tuple[Quantizer, str]] = []

@@ -36,7 +36,8 @@ def register_arch(*hf_names: str) -> Callable[[A], A]:
 def _load_builtins() -> None:
     import importlib
 
-    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "bitnet", "llama"):  # built-in mappings register on import
+    # built-in mappings register on import
+    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "qwen3_next", "bitnet", "llama"):
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -194,6 +195,12 @@ class ArchMapping:
     def arch_name(self) -> str:
         return gguf.MODEL_ARCH_NAMES[self.gguf_arch]
 
+    @property
+    def block_count(self) -> int:
+        """GGUF blocks (`{arch}.block_count`): the decoder layers, plus any multi-token-prediction
+        blocks a mapping appends."""
+        return self.n_layers
+
     # --- tensor names and shapes -------------------------------------------------------------
 
     def gguf_name(self, hf_name: str) -> str:
@@ -273,10 +280,13 @@ class ArchMapping:
 
     def tensors(self, checkpoint: Checkpoint) -> Iterator[SourceTensor]:
         """GGUF tensors in the order llama.cpp's converter writes them (checkpoint order)."""
-        for lt in checkpoint:
-            if lt.name.endswith(self.skip_suffixes):
-                continue
+        for lt in self.hf_tensors(checkpoint):
             yield from self.map_tensor(lt)
+
+    def hf_tensors(self, checkpoint: Checkpoint) -> Iterator[LazyTensor]:
+        """The checkpoint tensors this mapping converts, in checkpoint order, under the names it maps
+        (a mapping may drop or rename some first, as llama.cpp's converter filters them)."""
+        return (lt for lt in checkpoint if not lt.name.endswith(self.skip_suffixes))
 
     def map_tensor(self, lt: LazyTensor) -> Iterator[SourceTensor]:
         yield SourceTensor(self.gguf_name(lt.name), lt.shape, [lt], hf_names=[lt.name])
@@ -286,7 +296,7 @@ class ArchMapping:
     def add_metadata(self, w: gguf.GGUFWriter, file_type: int | None) -> None:
         """Hyper-parameters as llama.cpp's TextModel writes them, in its order."""
         c = self.config
-        w.add_block_count(self.n_layers)
+        w.add_block_count(self.block_count)
         if (n_ctx := _hparam(c, "max_position_embeddings", "n_ctx", "n_positions")) is not None:
             w.add_context_length(int(n_ctx))
         w.add_embedding_length(self.hidden)
@@ -328,9 +338,16 @@ class ArchMapping:
                 w.add_rope_scaling_yarn_beta_fast(float(beta_fast))
             if (beta_slow := rp.get("beta_slow")) is not None:
                 w.add_rope_scaling_yarn_beta_slow(float(beta_slow))
+        if (sections := self.rope_sections()) is not None:
+            w.add_rope_dimension_sections(sections)
         # Always written: a runtime that misses the key silently uses its own default.
         theta = self.rope_theta if self.rope_theta is not None else self.default_rope_theta
         w.add_rope_freq_base(float(theta))
+
+    def rope_sections(self) -> list[int] | None:
+        """M-RoPE sections (`rope.dimension_sections`, padded to 4) where config.json gives them."""
+        sections = self.rope_params.get("mrope_section")
+        return None if sections is None else ([int(x) for x in sections] + [0, 0, 0, 0])[:4]
 
 
 def stack(arrays: Sequence[np.ndarray]) -> np.ndarray:

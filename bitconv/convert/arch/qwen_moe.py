@@ -8,7 +8,7 @@ tensor order matches its files.
 from __future__ import annotations
 
 import re
-from typing import Any, Iterator
+from typing import Any, ClassVar, Iterator
 
 import gguf
 import numpy as np
@@ -22,14 +22,17 @@ _FUSED = re.compile(r"^(?P<prefix>.*\.layers\.(?P<layer>\d+)\.mlp\.experts)\.(?P
 
 
 class QwenMoeMapping(ArchMapping):
+    #: config.json must name the experts (a mapping whose family has dense members too sets False)
+    moe_required: ClassVar[bool] = True
     # a block is sparse (router + stacked experts) or, per mlp_only_layers / decoder_sparse_step, dense
     ffn_variants = (("ffn_gate_inp.weight", "ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight"),
                     ArchMapping.ffn_variants[0])
 
     def __init__(self, config: dict[str, Any]) -> None:
         super().__init__(config)
-        self.n_experts = int(_hparam(self.config, "num_local_experts", "num_experts", required=True))
-        self.moe_ff = int(_hparam(self.config, "moe_intermediate_size", required=True))
+        req = self.moe_required
+        self.n_experts = int(_hparam(self.config, "num_local_experts", "num_experts", required=req, default=0))
+        self.moe_ff = int(_hparam(self.config, "moe_intermediate_size", required=req, default=0))
         self.shared_ff = _hparam(self.config, "shared_expert_intermediate_size")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
@@ -49,9 +52,7 @@ class QwenMoeMapping(ArchMapping):
 
     def tensors(self, checkpoint: Checkpoint) -> Iterator[SourceTensor]:
         pending: dict[int, dict[str, LazyTensor]] = {}
-        for lt in checkpoint:
-            if lt.name.endswith(self.skip_suffixes):
-                continue
+        for lt in self.hf_tensors(checkpoint):
             if m := _FUSED.match(lt.name):
                 yield from self._fused(lt, m)
                 continue
@@ -93,7 +94,8 @@ class QwenMoeMapping(ArchMapping):
 
     def add_metadata(self, w: gguf.GGUFWriter, file_type: int | None) -> None:
         super().add_metadata(w, file_type)
-        w.add_expert_feed_forward_length(self.moe_ff)
+        if self.moe_ff:
+            w.add_expert_feed_forward_length(self.moe_ff)
         if self.shared_ff is not None:
             w.add_expert_shared_feed_forward_length(int(self.shared_ff))
 
