@@ -237,3 +237,21 @@ def test_missing_linear_attention_tensor_is_named() -> None:
     m.check_complete(names)
     with pytest.raises(CheckpointError, match=r"^linear-attention block 0: no tensor for blk\.0\.ssm_a in"):
         m.check_complete(names - {"blk.0.ssm_a"})
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("arch", "mtp", "outtype", "flags"), CASES[::2], ids=lambda v: str(v))
+def test_llama_cpp_tokenizes_as_transformers(hybrid, converted, arch: str, mtp: bool, outtype: str,
+                                             flags: tuple[str, ...]) -> None:
+    """llama.cpp's tokenizer on the exported vocabulary gives the checkpoint tokenizer's ids on the
+    usual mixed-script strings."""
+    pytest.importorskip("llama_cpp")
+    from transformers import AutoTokenizer
+
+    from runtimes import llama_tokenize
+    from test_interop_llamacpp import TEXTS
+
+    hf = AutoTokenizer.from_pretrained(hybrid(arch, mtp))
+    ours = llama_tokenize(converted(arch, mtp, outtype), TEXTS)
+    for text, ids in zip(TEXTS, ours):
+        assert ids == hf(text, add_special_tokens=False).input_ids, text
