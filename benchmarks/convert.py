@@ -9,6 +9,7 @@
     python benchmarks/convert.py --model onebit-3b-tq --keep /tmp/onebit3b-tq  # tq2_0, both tools (~6.1 GB)
     python benchmarks/convert.py --model bitnet-2b4t --keep /tmp/bitnet2b4t    # i2_s,tl2,tq2_0, bitconv only (~4.8 GB)
     python benchmarks/convert.py --model bitnet-2b4t --form packed --small     # transformers' packed layout
+    python benchmarks/convert.py --model qwen3-next --keep /tmp/qwen3next --check  # f16,q8_0, both tools (~1.6 GB)
 
 Models (``--model``):
 
@@ -26,6 +27,13 @@ Models (``--model``):
     the issue's reference figure for bitnet.cpp's own three-step flow.  ``--form packed`` writes
     transformers' offline-packed layout (uint8 codes + float32 ``weight_scale``, bitlinear) instead
     of bf16 master weights.
+``qwen3-next``: Qwen3NextForCausalLM (Qwen3-Next-80B-A3B) scaled down: the same layer pattern (3
+    gated-DeltaNet linear-attention layers, then 1 gated full-attention layer), the same expert layout
+    (many small routed experts saved one tensor per expert and projection, a shared expert and its
+    sigmoid gate, on every layer), untied lm_head, vocab 151936, real Qwen tokenizer; hidden 1024,
+    8 layers, 128 experts (top 8) of width 128, shared expert 512, full attention 8/2 heads of 256,
+    linear attention 8 key / 16 value heads of 128.  No ``mtp.*`` tensors (as transformers saves the
+    class), so llama.cpp's converter runs with ``--no-mtp``; f16,q8_0.
 
 The checkpoint is synthetic (random bf16 weights, real Qwen tokenizer from tests/fixtures.py)
 and streamed to disk tensor by tensor, so generating it needs little memory; it is never
@@ -58,7 +66,7 @@ sys.path.insert(1, str(REPO))
 QUANTS = ("f16", "q8_0")
 COMPLETE_MARKER = ".bench-complete"
 VOCAB = 151936
-MODELS = ("qwen2.5-1.5b", "onebit-3b", "onebit-3b-tq", "bitnet-2b4t")
+MODELS = ("qwen2.5-1.5b", "onebit-3b", "onebit-3b-tq", "bitnet-2b4t", "qwen3-next")
 
 
 class Shape(NamedTuple):
@@ -91,6 +99,38 @@ BITNET_SMALL = Shape(hidden=256, intermediate=768, layers=2, heads=4, kv_heads=1
                      shard_bytes=10_000_000_000)
 
 
+class NextShape(NamedTuple):
+    """Qwen3NextForCausalLM hyper-parameters (transformers 5.24 Qwen3NextConfig names in comments)."""
+    hidden: int  # hidden_size
+    intermediate: int  # intermediate_size (dense MLP; unused while every layer is sparse)
+    layers: int  # num_hidden_layers; layer i is full attention when (i + 1) % 4 == 0
+    heads: int  # num_attention_heads (gated: q_proj holds query and gate)
+    kv_heads: int  # num_key_value_heads
+    head_dim: int
+    lin_k_heads: int  # linear_num_key_heads
+    lin_v_heads: int  # linear_num_value_heads
+    lin_k_dim: int  # linear_key_head_dim
+    lin_v_dim: int  # linear_value_head_dim
+    conv_kernel: int  # linear_conv_kernel_dim
+    experts: int  # num_experts
+    top_k: int  # num_experts_per_tok
+    moe_intermediate: int  # moe_intermediate_size
+    shared_intermediate: int  # shared_expert_intermediate_size
+    vocab: int
+    shard_bytes: int
+
+
+# Qwen3-Next-80B-A3B: hidden 2048, 48 layers, 16/2 heads of 256, linear 16/32 heads of 128, 512
+# experts (top 10) of 512, shared 512.  Scaled to ~1.6 GB: half the width, 8 layers (the 3+1 pattern
+# twice), 128 experts of 128 (3072 expert tensors), same head sizes, same vocabulary.
+NEXT_FULL = NextShape(hidden=1024, intermediate=2560, layers=8, heads=8, kv_heads=2, head_dim=256, lin_k_heads=8,
+                      lin_v_heads=16, lin_k_dim=128, lin_v_dim=128, conv_kernel=4, experts=128, top_k=8,
+                      moe_intermediate=128, shared_intermediate=512, vocab=VOCAB, shard_bytes=1_000_000_000)
+NEXT_SMALL = NextShape(hidden=128, intermediate=320, layers=4, heads=2, kv_heads=1, head_dim=64, lin_k_heads=2,
+                       lin_v_heads=4, lin_k_dim=32, lin_v_dim=32, conv_kernel=4, experts=8, top_k=2,
+                       moe_intermediate=64, shared_intermediate=128, vocab=VOCAB, shard_bytes=30_000_000)
+
+
 def is_onebit(model: str) -> bool:
     """onebit-3b and onebit-3b-tq: 1bitLLM's BitnetForCausalLM layout, config and tokenizer."""
     return model.startswith("onebit-3b")
@@ -121,7 +161,12 @@ MODEL_DEFS: dict[str, ModelDef] = {
                             BITNET_FULL, BITNET_SMALL, ("i2_s", "tl2", "tq2_0"),
                             ("i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f32", "f16", "bf16", "q8_0"), ("bitconv",),
                             "bitnet-b1.58-2B-4T-synthetic"),
+    "qwen3-next": ModelDef("qwen3-next", "synthetic Qwen3-Next shape (Qwen3NextForCausalLM, scaled down)",
+                           NEXT_FULL, NEXT_SMALL, QUANTS, ("f32", "f16", "bf16", "q8_0"), ("llamacpp", "bitconv"),
+                           "Qwen3-Next-synthetic"),
 }
+#: extra arguments for llama.cpp's converter: a Qwen3-Next checkpoint without mtp.* tensors needs --no-mtp
+LLAMACPP_ARGS: dict[str, tuple[str, ...]] = {"qwen3-next": ("--no-mtp",)}
 
 # The issue's reference figure for bitnet.cpp's own flow on a 2B-4T checkpoint (2-core machine):
 # convert-helper-bitnet.py = HF -> f32 GGUF (temporary file), then llama-quantize to i2_s.
@@ -294,6 +339,123 @@ def bitnet25_config(s: Shape, form: str = "master") -> dict[str, Any]:
     }
 
 
+def next_layer_type(i: int) -> str:
+    """Qwen3NextConfig's default layer_types: every 4th layer full attention, the rest linear."""
+    return "full_attention" if (i + 1) % 4 == 0 else "linear_attention"
+
+
+def next_tensor_specs(s: NextShape) -> list[tuple[str, tuple[int, ...], str]]:
+    """(name, shape, init) exactly as transformers 5.24's Qwen3NextForCausalLM.save_pretrained writes
+    them (names and shapes checked against its state_dict; each layer's tensors in the name order of
+    its safetensors header). Norm weights are zero-centred in the model (scale 1 + w): "znorm"."""
+    h, e = s.hidden, s.experts
+    key, val = s.lin_k_heads * s.lin_k_dim, s.lin_v_heads * s.lin_v_dim
+    specs: list[tuple[str, tuple[int, ...], str]] = [("model.embed_tokens.weight", (s.vocab, h), "embed")]
+    for i in range(s.layers):
+        p = f"model.layers.{i}."
+        layer = [(p + "input_layernorm.weight", (h,), "znorm"), (p + "post_attention_layernorm.weight", (h,), "znorm")]
+        if next_layer_type(i) == "linear_attention":
+            la = p + "linear_attn."
+            layer += [
+                (la + "A_log", (s.lin_v_heads,), "norm"),
+                (la + "conv1d.weight", (2 * key + val, 1, s.conv_kernel), "fanin"),
+                (la + "dt_bias", (s.lin_v_heads,), "bias"),
+                (la + "in_proj_ba.weight", (2 * s.lin_v_heads, h), "fanin"),
+                (la + "in_proj_qkvz.weight", (2 * key + 2 * val, h), "fanin"),
+                (la + "norm.weight", (s.lin_v_dim,), "norm"),
+                (la + "out_proj.weight", (h, val), "fanin"),
+            ]
+        else:
+            sa = p + "self_attn."
+            layer += [
+                (sa + "k_norm.weight", (s.head_dim,), "znorm"),
+                (sa + "k_proj.weight", (s.kv_heads * s.head_dim, h), "fanin"),
+                (sa + "o_proj.weight", (h, s.heads * s.head_dim), "fanin"),
+                (sa + "q_norm.weight", (s.head_dim,), "znorm"),
+                (sa + "q_proj.weight", (2 * s.heads * s.head_dim, h), "fanin"),
+                (sa + "v_proj.weight", (s.kv_heads * s.head_dim, h), "fanin"),
+            ]
+        m = p + "mlp."
+        for x in range(e):
+            layer += [(m + f"experts.{x}.down_proj.weight", (h, s.moe_intermediate), "fanin"),
+                      (m + f"experts.{x}.gate_proj.weight", (s.moe_intermediate, h), "fanin"),
+                      (m + f"experts.{x}.up_proj.weight", (s.moe_intermediate, h), "fanin")]
+        layer += [
+            (m + "gate.weight", (e, h), "fanin"),
+            (m + "shared_expert.down_proj.weight", (h, s.shared_intermediate), "fanin"),
+            (m + "shared_expert.gate_proj.weight", (s.shared_intermediate, h), "fanin"),
+            (m + "shared_expert.up_proj.weight", (s.shared_intermediate, h), "fanin"),
+            (m + "shared_expert_gate.weight", (1, h), "fanin"),
+        ]
+        specs += sorted(layer)
+    specs += [("model.norm.weight", (h,), "znorm"), ("lm_head.weight", (s.vocab, h), "embed")]
+    return specs
+
+
+def next_config(s: NextShape) -> dict[str, Any]:
+    """config.json as transformers 5.24 saves Qwen3NextConfig, with Qwen3-Next-80B-A3B's values where
+    the shape does not set them (rope_theta 1e7, partial rotary 0.25, 262144 positions)."""
+    return {
+        "architectures": ["Qwen3NextForCausalLM"],
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "bos_token_id": 151643,
+        "decoder_sparse_step": 1,
+        "dtype": "bfloat16",
+        "eos_token_id": 151645,
+        "head_dim": s.head_dim,
+        "hidden_act": "silu",
+        "hidden_size": s.hidden,
+        "initializer_range": 0.02,
+        "intermediate_size": s.intermediate,
+        "layer_types": [next_layer_type(i) for i in range(s.layers)],
+        "linear_conv_kernel_dim": s.conv_kernel,
+        "linear_key_head_dim": s.lin_k_dim,
+        "linear_num_key_heads": s.lin_k_heads,
+        "linear_num_value_heads": s.lin_v_heads,
+        "linear_value_head_dim": s.lin_v_dim,
+        "max_position_embeddings": 262144,
+        "mlp_only_layers": [],
+        "model_type": "qwen3_next",
+        "moe_intermediate_size": s.moe_intermediate,
+        "norm_topk_prob": True,
+        "num_attention_heads": s.heads,
+        "num_experts": s.experts,
+        "num_experts_per_tok": s.top_k,
+        "num_hidden_layers": s.layers,
+        "num_key_value_heads": s.kv_heads,
+        "output_router_logits": False,
+        "pad_token_id": None,
+        "rms_norm_eps": 1e-06,
+        "rope_parameters": {"partial_rotary_factor": 0.25, "rope_theta": 10000000.0, "rope_type": "default"},
+        "router_aux_loss_coef": 0.001,
+        "shared_expert_intermediate_size": s.shared_intermediate,
+        "tie_word_embeddings": False,
+        "transformers_version": "5.24.0",
+        "use_cache": True,
+        "vocab_size": s.vocab,
+    }
+
+
+def generate_next_checkpoint(out: Path, s: NextShape, seed: int = 0) -> Path:
+    """qwen3-next: config, Qwen tokenizer and sharded bf16 safetensors (+ index) in ``out``; reuse if complete."""
+    want = json.dumps({"model": "qwen3-next", **s._asdict()}, sort_keys=True)
+    if reuse_or_clear(out, want):
+        return out
+    import fixtures  # tests/fixtures.py: the real Qwen tokenizer, built offline
+
+    write_weights(out, next_tensor_specs(s), s.shard_bytes, seed, single_file=False)
+    (out / "config.json").write_text(json.dumps(next_config(s), indent=2) + "\n")
+    (out / "generation_config.json").write_text(json.dumps(
+        {"bos_token_id": 151643, "do_sample": True, "eos_token_id": [151645, 151643], "pad_token_id": 151643,
+         "temperature": 0.7, "top_k": 20, "top_p": 0.8, "transformers_version": "5.24.0"}, indent=2) + "\n")
+    for f in fixtures.qwen_tokenizer_files().iterdir():
+        if f.is_file():
+            shutil.copyfile(f, out / f.name)
+    mark_complete(out, want)
+    return out
+
+
 _DTYPES = {"packed": ("U8", 1), "wscale": ("F32", 4)}  # every other init is bf16
 
 
@@ -311,7 +473,7 @@ def _bf16_chunks(rng: np.random.Generator, n: int, init: str, chunk: int = 1 << 
     if init == "fanin":
         scale = 1.0 / float(np.sqrt(fan_in))
     else:
-        scale = {"embed": 0.02, "matrix": 0.02, "bias": 0.1, "norm": 0.1}[init]
+        scale = {"embed": 0.02, "matrix": 0.02, "bias": 0.1, "norm": 0.1, "znorm": 0.1}[init]
     done = 0
     while done < n:
         m = min(chunk, n - done)
@@ -473,6 +635,8 @@ def generate_bitnet_checkpoint(out: Path, model: str, s: Shape, form: str = "mas
 
 
 def model_specs(model: str, s: Shape, form: str) -> list[tuple[str, tuple[int, ...], str]]:
+    if model == "qwen3-next":
+        return next_tensor_specs(s)
     return tensor_specs(s) if model == "qwen2.5-1.5b" else bitnet_tensor_specs(s, model, form)
 
 
@@ -628,6 +792,8 @@ def main(argv: list[str] | None = None) -> int:
             cleanup.append(model_dir.parent)
         if args.model == "qwen2.5-1.5b":
             generate_checkpoint(model_dir, shape)
+        elif args.model == "qwen3-next":
+            generate_next_checkpoint(model_dir, shape)
         else:
             generate_bitnet_checkpoint(model_dir, args.model, shape, args.form)
         ckpt_bytes = sum(f.stat().st_size for f in model_dir.glob("model*.safetensors"))
@@ -648,7 +814,8 @@ def main(argv: list[str] | None = None) -> int:
                     if tool == "llamacpp":
                         import llamacpp_oracle as oracle
 
-                        cmd, env = oracle.reference_converter_command(model_dir, quant, out)
+                        cmd, env = oracle.reference_converter_command(model_dir, quant, out,
+                                                                      LLAMACPP_ARGS.get(args.model, ()))
                     else:
                         cmd, env = bitconv_command(model_dir, quant, out), None
                     remove_output(out)
@@ -731,7 +898,16 @@ def print_table(results: dict[tuple[str, str], list[Run]], quants: list[str], to
     mdef = MODEL_DEFS[model]
     name = mdef.title if not args.small else "tiny smoke shape (--small)"
     print()
-    if model == "qwen2.5-1.5b":
+    if model == "qwen3-next":
+        n_full = sum(next_layer_type(i) == "full_attention" for i in range(s.layers))
+        print(f"Checkpoint ({model}{', --small' if args.small else ''}): {name}: hidden {s.hidden}, {s.layers} layers "
+              f"({s.layers - n_full} gated-DeltaNet linear attention with {s.lin_k_heads}/{s.lin_v_heads} key/value "
+              f"heads of {s.lin_k_dim}/{s.lin_v_dim}, {n_full} gated full attention with {s.heads}/{s.kv_heads} heads "
+              f"of {s.head_dim}; 3 linear then 1 full), every layer MoE: {s.experts} routed experts (top {s.top_k}) "
+              f"of width {s.moe_intermediate} + a shared expert of {s.shared_intermediate} with its gate, "
+              f"vocab {s.vocab}, untied lm_head, no mtp.*, bf16, {len(next_tensor_specs(s))} tensors, "
+              f"{ckpt_bytes / 1e9:.2f} GB safetensors.  ")
+    elif model == "qwen2.5-1.5b":
         print(f"Checkpoint: {name}: hidden {s.hidden}, intermediate {s.intermediate}, {s.layers} layers, "
               f"{s.heads}/{s.kv_heads} heads, vocab {s.vocab}, tied embeddings, bf16, {ckpt_bytes / 1e9:.2f} GB safetensors.  ")
     else:
