@@ -31,3 +31,11 @@ def checkpoint_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[...
 @pytest.fixture(scope="session")
 def qwen2_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
     return checkpoint_factory("qwen2", "bf16", 1, "hub")
+
+
+@pytest.fixture(scope="session")
+def bitnet_packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny packed (bitlinear) BitNetForCausalLM checkpoint, shared by the validate tests (read only)."""
+    import fixtures_bitnet
+
+    return fixtures_bitnet.make_bitnet_checkpoint(tmp_path_factory.mktemp("bitnet-packed") / "bitnet", form="packed")

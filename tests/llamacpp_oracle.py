@@ -132,9 +132,9 @@ _FETCH_ERROR: ReferenceUnavailable | None = None
 
 
 def pip_download_command(dest: Path) -> list[str]:
-    """pip fetching only the sdist. --no-binary names llama-cpp-python alone: ":all:" would apply to
-    its build dependencies too, and pip would bootstrap CMake from source (~30 min on 2 cores) just to
-    read the sdist's metadata."""
+    """pip fetching only the sdist. --no-binary names llama-cpp-python alone: the all-packages value
+    would apply to its build dependencies too, and pip would bootstrap CMake from source (~30 min on
+    2 cores) just to read the sdist's metadata."""
     return [
         sys.executable, "-m", "pip", "download", "--no-binary", "llama-cpp-python", "--no-deps",
         "--disable-pip-version-check", f"llama-cpp-python=={LLAMA_CPP_PYTHON_VERSION}", "-d", str(dest),

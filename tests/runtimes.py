@@ -9,10 +9,9 @@ import numpy as np
 def _llama(path: Path, **kw: object):
     import llama_cpp
 
-    from bitconv.validate.runtimes import plain_cpu_buffers
-
-    with plain_cpu_buffers():  # ggml's AMX kernels crash on some machines (as validate --runtime loads)
-        return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=2, verbose=False, **kw)
+    # as users load it, extra CPU buffer types (repacked weights) included; the Makefile's portable
+    # build has no AMX kernels (tests/test_references.py checks it under CI)
+    return llama_cpp.Llama(model_path=str(path), n_ctx=128, n_batch=128, n_threads=2, verbose=False, **kw)
 
 
 def llama_last_logits(path: Path, tokens: list[int]) -> np.ndarray:

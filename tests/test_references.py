@@ -71,7 +71,7 @@ def test_failed_fetch_is_tried_once_per_run(monkeypatch: pytest.MonkeyPatch, tmp
 
 
 def test_sdist_download_does_not_build_build_tools_from_source(tmp_path) -> None:
-    """`--no-binary :all:` reaches the sdist's build dependencies: pip then compiles CMake."""
+    """A source-only fetch of every package reaches the sdist's build dependencies: pip then compiles CMake."""
     import llamacpp_oracle as oracle
 
     cmd = oracle.pip_download_command(tmp_path)

@@ -21,8 +21,8 @@ BITNET_TYPES = ["i2_s", "tl1", "tl2", "tq1_0", "tq2_0", "f16"]
 
 
 @pytest.fixture(scope="module")
-def bitnet(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fb.make_bitnet_checkpoint(tmp_path_factory.mktemp("val") / "bitnet", form="packed")
+def bitnet(bitnet_packed: Path) -> Path:
+    return bitnet_packed
 
 
 @pytest.fixture(scope="module")

@@ -18,7 +18,6 @@ import pytest
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-import fixtures_bitnet as fb  # noqa: E402
 from cli_helpers import run_cli, validate_fails  # noqa: E402
 
 import bitconv  # noqa: E402
@@ -27,13 +26,13 @@ from bitconv.validate import ONNX_MIN_COS, validate_onnx  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def qwen(checkpoint_factory) -> Path:
-    return checkpoint_factory("qwen2", "bf16", 1, "hub")
+def qwen(qwen2_checkpoint: Path) -> Path:
+    return qwen2_checkpoint
 
 
 @pytest.fixture(scope="module")
-def bitnet(tmp_path_factory) -> Path:
-    return fb.make_bitnet_checkpoint(tmp_path_factory.mktemp("vonnx") / "bitnet", form="packed")
+def bitnet(bitnet_packed: Path) -> Path:
+    return bitnet_packed
 
 
 @pytest.fixture(scope="module")

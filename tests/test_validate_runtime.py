@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 
 import bitconv
-import fixtures_bitnet as fb
 from cli_helpers import error_line, json_result, run_cli
 from fixtures_onebit import make_onebit_checkpoint
 
@@ -26,13 +25,13 @@ pytest.importorskip("llama_cpp")
 
 
 @pytest.fixture(scope="module")
-def qwen(checkpoint_factory) -> Path:
-    return checkpoint_factory("qwen2", "bf16", 1, "hub")
+def qwen(qwen2_checkpoint: Path) -> Path:
+    return qwen2_checkpoint
 
 
 @pytest.fixture(scope="module")
-def bitnet(tmp_path_factory) -> Path:
-    return fb.make_bitnet_checkpoint(tmp_path_factory.mktemp("vrt") / "bitnet", form="packed")
+def bitnet(bitnet_packed: Path) -> Path:
+    return bitnet_packed
 
 
 @pytest.fixture(scope="module")

@@ -18,6 +18,31 @@ def _progress_bar(disable: bool) -> Progress:
                     TimeRemainingColumn(), console=err, transient=True, disable=disable or not err.is_terminal)
 
 
+class _ConversionProgress:
+    """The bar and the two callbacks every converter takes: `on_start(plan)` once the plan is known,
+    `on_tensor(tensor or name, nbytes)` as each tensor is written."""
+
+    def __init__(self, label: str, disable: bool, total: Callable[[Any], int]) -> None:
+        self.bar = _progress_bar(disable)
+        self.label, self.total = label, total
+        self.task: Any = None
+
+    def on_start(self, plan: Any) -> None:
+        self.task = self.bar.add_task(self.label, total=self.total(plan))
+
+    def on_tensor(self, tensor: Any, nbytes: int) -> None:
+        if self.task is not None:
+            self.bar.update(self.task, advance=nbytes, description=getattr(tensor, "name", tensor))
+
+
+def _result(result: Any, dry_run: bool, render: Callable[[Any], None]) -> tuple[dict[str, Any], Callable[[], None]]:
+    """The JSON result (the per-tensor table only for a dry run) and the human rendering."""
+    data = result.to_dict()
+    if not dry_run:
+        data.pop("tensors")
+    return data, lambda: render(result)
+
+
 THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes are the same for any count; "
                 "memory grows by about 256 MiB per thread.")
 
@@ -53,25 +78,14 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
             allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
-    progress = _progress_bar(disable=quiet or dry_run)
-    task: list[Any] = []
-
-    def on_start(plan: Any) -> None:
-        task.append(progress.add_task("converting", total=plan.data_nbytes))
-
-    def on_tensor(pt: Any, nbytes: int) -> None:
-        progress.update(task[0], advance=nbytes, description=pt.name)
-
-    with progress:
+    progress = _ConversionProgress("converting", quiet or dry_run, lambda plan: plan.data_nbytes)
+    with progress.bar:
         result = api.convert(source, "gguf", quant, output, target=target, lut=lut, smallest=smallest,
                              force=force, dry_run=dry_run, threads=threads,
                              allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
-                             pre=pre, manifest=not no_manifest, progress=on_tensor, on_start=on_start,
-                             force_ternarize=force_ternarize, kernel_config=kernel_config)
-    data = result.to_dict()
-    if not dry_run:
-        data.pop("tensors")
-    return data, lambda: _render_conversion(result)
+                             pre=pre, manifest=not no_manifest, progress=progress.on_tensor,
+                             on_start=progress.on_start, force_ternarize=force_ternarize, kernel_config=kernel_config)
+    return _result(result, dry_run, _render_conversion)
 
 
 @cli.command("hf2onnx")
@@ -100,25 +114,13 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
             dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
             no_manifest: bool, threads: int, allow_nonfinite: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
-    progress = _progress_bar(disable=quiet or dry_run)
-    task: list[Any] = []
-
-    def on_start(plan: Any) -> None:
-        task.append(progress.add_task("exporting", total=plan.data_nbytes))
-
-    def on_tensor(name: str, nbytes: int) -> None:
-        if task:
-            progress.update(task[0], advance=nbytes, description=name)
-
-    with progress:
+    progress = _ConversionProgress("exporting", quiet or dry_run, lambda plan: plan.data_nbytes)
+    with progress.bar:
         result = api.convert_onnx(source, quant, output, target=target, block_size=block_size, force=force,
                                   dry_run=dry_run, force_ternarize=force_ternarize, allow_pickle=allow_pickle,
-                                  revision=revision, manifest=not no_manifest, progress=on_tensor,
-                                  on_start=on_start, threads=threads, allow_nonfinite=allow_nonfinite)
-    data = result.to_dict()
-    if not dry_run:
-        data.pop("tensors")
-    return data, lambda: _render_onnx(result)
+                                  revision=revision, manifest=not no_manifest, progress=progress.on_tensor,
+                                  on_start=progress.on_start, threads=threads, allow_nonfinite=allow_nonfinite)
+    return _result(result, dry_run, _render_onnx)
 
 
 @cli.command("hf2st")
@@ -150,25 +152,13 @@ def hf2st(source: str, fmt: str, quant: str | None, block_size: int | None, max_
           linear_class: str, output: str | None, dry_run: bool, force: bool, revision: str | None,
           allow_pickle: bool, threads: int, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Write the checkpoint SOURCE (a directory, or a hub repo id) as a Hugging Face safetensors checkpoint."""
-    progress = _progress_bar(disable=quiet or dry_run)
-    task: list[Any] = []
-
-    def on_start(tensors: Any) -> None:
-        task.append(progress.add_task("writing", total=sum(t.nbytes for t in tensors)))
-
-    def on_tensor(name: str, nbytes: int) -> None:
-        if task:
-            progress.update(task[0], advance=nbytes, description=name)
-
-    with progress:
+    progress = _ConversionProgress("writing", quiet or dry_run, lambda tensors: sum(t.nbytes for t in tensors))
+    with progress.bar:
         result = api.convert_safetensors(source, fmt, output, quant=quant, block_size=block_size,
                                          max_shard_size=max_shard_size, linear_class=linear_class.lower(),
                                          force=force, dry_run=dry_run, allow_pickle=allow_pickle, revision=revision,
-                                         progress=on_tensor, on_start=on_start, threads=threads)
-    data = result.to_dict()
-    if not dry_run:
-        data.pop("tensors")
-    return data, lambda: _render_st(result)
+                                         progress=progress.on_tensor, on_start=progress.on_start, threads=threads)
+    return _result(result, dry_run, _render_st)
 
 
 def _render_st(r: Any) -> None:

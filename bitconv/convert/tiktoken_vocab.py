@@ -18,8 +18,6 @@ import hashlib
 from dataclasses import dataclass
 from pathlib import Path
 
-import gguf
-
 from ..errors import TokenizerError
 
 
@@ -169,11 +167,12 @@ def bpe_vocab_and_merges(ranks: dict[bytes, int], path: Path) -> tuple[dict[str,
 
 @dataclass
 class TiktokenVocab:
-    """A rank file's GGUF vocabulary: tokens and types padded to vocab_size, merges, the id of the
-    spec's default special token, and the split regex."""
+    """A rank file's GGUF vocabulary before padding: id → token (its spelled ranks and the spec's
+    special tokens), the special ones, the merges, the id of the spec's default special token, and
+    the split regex."""
 
-    tokens: list[str]
-    token_types: list[int]
+    by_id: dict[int, str]
+    special: frozenset[str]
     merges: list[str]
     default_special: int
     pattern: str
@@ -189,15 +188,5 @@ def tiktoken_vocab(path: Path, vocab_size: int) -> TiktokenVocab:
         raise TokenizerError(f"{path.name} has ids up to {max(top, last_special)} (its special tokens included) "
                              f"but config.json vocab_size is {vocab_size}")
     added = spec.added
-    reverse = {i: t for t, i in {**vocab, **added}.items()}
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(vocab_size):
-        token = reverse.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(int(gguf.TokenType.UNUSED))
-        else:
-            tokens.append(token)
-            types.append(int(gguf.TokenType.CONTROL if token in added else gguf.TokenType.NORMAL))
-    return TiktokenVocab(tokens, types, list(merges), added[spec.default_special], spec.pattern)
+    by_id = {i: t for t, i in {**vocab, **added}.items()}
+    return TiktokenVocab(by_id, frozenset(added), list(merges), added[spec.default_special], spec.pattern)

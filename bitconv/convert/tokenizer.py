@@ -15,7 +15,7 @@ import logging
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gguf
 import numpy as np
@@ -140,6 +140,20 @@ def load_tokenizer_json(root: Path) -> dict[str, Any]:
     return data
 
 
+def padded_tokens(by_id: dict[int, str], vocab_size: int,
+                  kind: Callable[[int, str], tuple[str, int]]) -> tuple[list[str], list[int]]:
+    """Tokens and types for ids 0 … vocab_size − 1 as llama.cpp's converter pads them: an id no token
+    holds is `[PAD{id}]`, UNUSED; `kind(id, token)` gives the others' spelling and type."""
+    tokens: list[str] = []
+    types: list[int] = []
+    for i in range(vocab_size):
+        token = by_id.get(i)
+        token, t = (f"[PAD{i}]", gguf.TokenType.UNUSED) if token is None else kind(i, token)
+        tokens.append(token)
+        types.append(int(t))
+    return tokens, types
+
+
 def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVocab:
     """The GGUF vocabulary of the tokenizer in `root`, padded to the model's `vocab_size`."""
     data = load_tokenizer_json(root)
@@ -164,23 +178,14 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
         reverse[tok["id"]] = tok["content"]
     if reverse and max(reverse) >= vocab_size:
         raise TokenizerError(f"tokenizer has id {max(reverse)} but config.json vocab_size is {vocab_size}")
-    tokens: list[str] = []
-    types: list[int] = []
-    for i in range(vocab_size):
-        token = reverse.get(i)
-        if token is None:
-            tokens.append(f"[PAD{i}]")
-            types.append(gguf.TokenType.UNUSED)
-        elif i in added:
-            if added[i].get("special") or _looks_special(token):
-                types.append(gguf.TokenType.CONTROL)
-            else:
-                token = token.replace("\u2581", " ")
-                types.append(gguf.TokenType.USER_DEFINED)
-            tokens.append(token)
-        else:
-            tokens.append(token)
-            types.append(gguf.TokenType.NORMAL)
+    def kind(i: int, token: str) -> tuple[str, int]:
+        if i not in added:
+            return token, gguf.TokenType.NORMAL
+        if added[i].get("special") or _looks_special(token):
+            return token, gguf.TokenType.CONTROL
+        return token.replace("\u2581", " "), gguf.TokenType.USER_DEFINED
+
+    tokens, types = padded_tokens(reverse, vocab_size, kind)
     pre_name = pre or detect_pre_tokenizer(data)
     special = _special_vocab(root, vocab_size, load_merges=True)
     post = data.get("post_processor")
@@ -194,7 +199,7 @@ def build_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GGUFVoca
     _add_flags_from_tokenizer_config(root, special)
     if not special.merges:
         raise TokenizerError("tokenizer.json has no BPE merges")
-    return GGUFVocab("gpt2", pre_name, tokens, [int(t) for t in types], special)
+    return GGUFVocab("gpt2", pre_name, tokens, types, special)
 
 
 # --- SentencePiece (tokenizer.model), read without the sentencepiece package ------------------------
@@ -335,11 +340,9 @@ def build_tiktoken_vocab(root: Path, vocab_size: int, pre: str | None = None) ->
         special._set_special_token("bos", tv.default_special)
         special._set_special_token("eos", tv.default_special)
     special._set_special_token("unk", tv.default_special)
-    return GGUFVocab("gpt2", pre or PRE_TOKENIZER_REGEXES[tv.pattern], tv.tokens, tv.token_types, special)
-
-
-def _build_tiktoken(root: Path, vocab_size: int, pre: str | None) -> GGUFVocab:
-    return build_tiktoken_vocab(root, vocab_size, pre=pre)
+    tokens, types = padded_tokens(tv.by_id, vocab_size, lambda i, token: (
+        token, gguf.TokenType.CONTROL if token in tv.special else gguf.TokenType.NORMAL))
+    return GGUFVocab("gpt2", pre or PRE_TOKENIZER_REGEXES[tv.pattern], tokens, types, special)
 
 
 def _has_tiktoken(root: Path) -> bool:
@@ -352,7 +355,7 @@ def _has_tiktoken(root: Path) -> bool:
 TOKENIZER_KINDS: dict[str, tuple[Any, str, Any]] = {
     "bpe": (lambda root: (root / "tokenizer.json").is_file(), "tokenizer.json", _build_bpe),
     "sentencepiece": (lambda root: (root / "tokenizer.model").is_file(), "tokenizer.model", _build_sentencepiece),
-    "tiktoken": (_has_tiktoken, "qwen.tiktoken", _build_tiktoken),
+    "tiktoken": (_has_tiktoken, "qwen.tiktoken", build_tiktoken_vocab),
 }
 
 

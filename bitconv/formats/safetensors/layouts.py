@@ -91,24 +91,39 @@ def _quantized_linear(lt: LazyTensor, fmt: str) -> bool:
 
 
 # --- compressed-tensors pack-quantized (numerics: quant/compressed.py) ----------------------------
-def _ct_producers(lt: LazyTensor, bits: int, group: int) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
-    """(weight_packed bytes, weight_scale bytes) of one linear; one computation serves both, in
-    either order (a shard boundary may fall between them), row chunk by row chunk."""
+def _row_chunked_pair(lt: LazyTensor, what: str, encode: Callable[[np.ndarray], tuple[bytes, bytes]], *,
+                      unit: Callable[[int], int] = lambda k: 1, check: Callable[[np.ndarray], None] | None = None,
+                      ) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
+    """The two stored tensors of one quantized linear (codes and their scales / statistics): one
+    computation serves both, in either order (a shard boundary may fall between them). The weight
+    is refused when not finite (or by `check`), then encoded a row chunk at a time (about
+    _CHUNK_F32_BYTES of float32; chunks a multiple of `unit(K)` rows)."""
     def compute() -> tuple[bytes, bytes]:
         w = lt.load()
         if not np.isfinite(w).all():
-            raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to int{bits}")
+            raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to {what}")
+        if check is not None:
+            check(w)
         rows, k = w.shape
-        step = max(1, _CHUNK_F32_BYTES // (4 * k))
-        packed, scales = [], []
+        step, rows_unit = max(1, _CHUNK_F32_BYTES // (4 * k)), unit(k)
+        step = max(rows_unit, step // rows_unit * rows_unit)
+        firsts, seconds = [], []
         for r in range(0, rows, step):
-            q, s = ct_quantize(w[r:r + step], bits, group, lt.dtype)
-            packed.append(ct_pack(q, bits).astype("<i4").tobytes())
-            scales.append(_store(s, lt.dtype))
-        return b"".join(packed), b"".join(scales)
+            a, b = encode(w[r:r + step])
+            firsts.append(a)
+            seconds.append(b)
+        return b"".join(firsts), b"".join(seconds)
 
-    weight, scale = paired(compute)
-    return weight, scale
+    return paired(compute)
+
+
+def _ct_producers(lt: LazyTensor, bits: int, group: int) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
+    """(weight_packed bytes, weight_scale bytes) of one linear."""
+    def encode(chunk: np.ndarray) -> tuple[bytes, bytes]:
+        q, s = ct_quantize(chunk, bits, group, lt.dtype)
+        return ct_pack(q, bits).astype("<i4").tobytes(), _store(s, lt.dtype)
+
+    return _row_chunked_pair(lt, f"int{bits}", encode)
 
 
 def plan_compressed_tensors(checkpoint: Checkpoint, quant: str, block_size: int) -> list[OutTensor]:
@@ -229,32 +244,22 @@ _ST_DTYPE_RANK = {d: i for i, d in enumerate(("BOOL", "U8", "I8", "I16", "U16", 
 
 
 def _bnb_producers(lt: LazyTensor, kind: str) -> list[Callable[[], bytes]]:
-    """(weight, absmax) for nf4, (weight, SCB) for int8: one computation serves both, in either
-    order (they sort apart and a shard boundary may fall between them), row chunk by row chunk
-    (nf4 chunks hold whole 64-blocks, so blocks and nibble pairs fall as in the whole tensor)."""
-    def compute() -> tuple[bytes, bytes]:
-        w = lt.load()
-        if not np.isfinite(w).all():
-            raise QuantizationError(f"{lt.name}: non-finite weights; cannot quantize to {kind}")
-        rows, k = w.shape
-        step = max(1, _CHUNK_F32_BYTES // (4 * k))
-        if kind == "nf4":
-            unit = BNB_BLOCK // math.gcd(k, BNB_BLOCK)
-            step = max(unit, step // unit * unit)
-        else:
-            big = float(np.abs(w).max()) if w.size else 0.0
-            if big >= 65520.0:  # → inf in float16: bitsandbytes would write garbage codes
-                raise QuantizationError(f"{lt.name}: |w| up to {big:g}; bnb-int8 quantizes through float16 "
-                                        f"(as bitsandbytes does), which holds at most {_F16_MAX:g}")
-        codes, stats = [], []
-        for r in range(0, rows, step):
-            chunk = np.asarray(w[r:r + step], dtype=np.float32)
-            q, s = nf4_quantize(chunk) if kind == "nf4" else int8_quantize(chunk)
-            codes.append(np.ascontiguousarray(q).tobytes())
-            stats.append(s.astype("<f4").tobytes())
-        return b"".join(codes), b"".join(stats)
+    """(weight, absmax) for nf4, (weight, SCB) for int8 (nf4 chunks hold whole 64-blocks, so blocks
+    and nibble pairs fall as in the whole tensor)."""
+    def encode(chunk: np.ndarray) -> tuple[bytes, bytes]:
+        q, s = nf4_quantize(np.asarray(chunk, dtype=np.float32)) if kind == "nf4" else \
+            int8_quantize(np.asarray(chunk, dtype=np.float32))
+        return np.ascontiguousarray(q).tobytes(), s.astype("<f4").tobytes()
 
-    return list(paired(compute))
+    def fits_float16(w: np.ndarray) -> None:
+        big = float(np.abs(w).max()) if w.size else 0.0
+        if big >= 65520.0:  # → inf in float16: bitsandbytes would write garbage codes
+            raise QuantizationError(f"{lt.name}: |w| up to {big:g}; bnb-int8 quantizes through float16 "
+                                    f"(as bitsandbytes does), which holds at most {_F16_MAX:g}")
+
+    if kind == "nf4":
+        return list(_row_chunked_pair(lt, kind, encode, unit=lambda k: BNB_BLOCK // math.gcd(k, BNB_BLOCK)))
+    return list(_row_chunked_pair(lt, kind, encode, check=fits_float16))
 
 
 def bnb_quant_state(shape: tuple[int, ...], dtype: str) -> bytes:
