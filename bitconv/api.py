@@ -173,8 +173,9 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, checkpoint.name)}
     try:
         with atomic_output(out_path, force=force) as tmp, staged_texts(sidecars) as commit_sidecars:
-            digest = gguf_writer.write_gguf(tmp, plan, checkpoint, vocab, threads=threads,
-                                        allow_nonfinite=allow_nonfinite, progress=progress)
+            digest = gguf_writer.write_gguf(tmp, plan, gguf_writer.hf_metadata(plan, checkpoint, vocab),
+                                            arch=plan.mapping.arch_name, ggml_shapes=plan.quant.llama_ftype is not None,
+                                            threads=threads, allow_nonfinite=allow_nonfinite, progress=progress)
             commit_sidecars()  # the GGUF is renamed right after: a usable file always has its config
     except BaseException:
         if hasher:

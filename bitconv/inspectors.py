@@ -281,6 +281,6 @@ def inspect_safetensors(path: Path) -> SafetensorsSummary:
 
 @register_inspector("gguf", lambda p: p.is_file())
 def inspect_gguf(path: Path) -> Any:
-    from .formats.gguf_reader import read_gguf_summary
+    from .convert.gguf_header import read_gguf_summary
 
     return read_gguf_summary(path)

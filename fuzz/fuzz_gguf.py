@@ -16,7 +16,7 @@ with instrumented(__name__ == "__main__"):
     import bitconv
     from bitconv.cli.inspect import _inspect_gguf
     from bitconv.errors import BitconvError
-    from bitconv.formats.gguf_reader import read_gguf_summary
+    from bitconv.convert.gguf_header import read_gguf_summary
 
 NAME = "gguf"
 MAX_LEN = 65536  # the seeds' headers and their (small) tensor data

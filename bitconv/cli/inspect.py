@@ -22,7 +22,7 @@ def inspect_cmd(path: str, all_metadata: bool, as_json: bool) -> tuple[dict[str,
     metadata and tensor table; a safetensors file or checkpoint folder's format, quantization_config,
     shards and tensor table; an ONNX export's graph inputs/outputs, opsets, MatMulNBits nodes and
     initializer table."""
-    from ..formats.gguf_reader import GGUFSummary
+    from ..convert.gguf_header import GGUFSummary
     from ..inspectors import OnnxSummary, SafetensorsSummary
 
     s = api.inspect(path)

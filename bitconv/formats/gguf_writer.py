@@ -45,6 +45,8 @@ _HAS_FADVISE = hasattr(os, "posix_fadvise")
 HEADER_ALLOWANCE = 16 * 1024 * 1024
 
 ProgressFn = Callable[[PlannedTensor, int], None]
+#: adds the file's metadata (everything but the tensor infos) to a writer
+MetadataFn = Callable[[gguf.GGUFWriter], None]
 
 
 class FastGGUFWriter(gguf.GGUFWriter):
@@ -276,6 +278,9 @@ def peak_work_bytes(plan: TensorPlan, threads: int = 0) -> int:
 
 def _whole_item(i: int, pt: PlannedTensor, allow_nonfinite: bool) -> _WorkItem:
     src, q = pt.source, pt.quant
+    if src.raw is not None:  # already in its planned type (a GGUF source): copied as it is
+        raw = src.raw
+        return _WorkItem(i, True, True, 2 * pt.nbytes, lambda: np.asarray(raw()).reshape(-1).view(np.uint8))
     if src.codes is not None and src.known_scale is not None and hasattr(q, "quantize_codes"):
         # a packed ternary linear into a ternary type: its codes are packed as they are, with the
         # checkpoint's scale (the bytes quantize() gives for codes / inv), no float32 round trip
@@ -386,30 +391,38 @@ def _pad(n: int, align: int) -> int:
     return -(-n // align) * align - n
 
 
-def write_gguf(path: Path, plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab, *,
+def hf_metadata(plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab) -> MetadataFn:
+    """The metadata of a conversion from a HF checkpoint: general.*, the mapping's hyper-parameters,
+    the vocabulary; for llama-quantize's file types in the order llama-quantize leaves them."""
+    def add(w: gguf.GGUFWriter) -> None:
+        mapping = plan.mapping
+        add_general_metadata(w, checkpoint)
+        if plan.quant.llama_ftype is None:
+            mapping.add_metadata(w, plan.quant.file_type)
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            vocab.add_to(w)
+        else:
+            # llama-quantize re-sets these two keys last (ggml's gguf_set_val moves a key to the end)
+            mapping.add_metadata(w, None)
+            vocab.add_to(w)
+            w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+            w.add_file_type(int(plan.quant.llama_ftype))
+    return add
+
+
+def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str, ggml_shapes: bool = False,
                threads: int = 0, allow_nonfinite: bool = False, progress: ProgressFn | None = None) -> str:
     """Write the plan's tensors to `path` (a temp path: the caller renames it into place) and
-    return the file's sha256, computed while writing."""
-    mapping = plan.mapping
-    w = FastGGUFWriter(path, mapping.arch_name)
-    llama_quantize = plan.quant.llama_ftype is not None
+    return the file's sha256, computed while writing. `ggml_shapes`: write each shape as ggml sees
+    it (trailing dimensions of 1 dropped), as llama-quantize does."""
+    w = FastGGUFWriter(path, arch)
     for pt in plan:
         shape = pt.shape
-        if llama_quantize:  # llama-quantize writes ggml_n_dims: trailing ggml dims of 1 dropped
+        if ggml_shapes:  # llama-quantize writes ggml_n_dims: trailing ggml dims of 1 dropped
             while len(shape) > 1 and shape[0] == 1:
                 shape = shape[1:]
         w.add_tensor_info(pt.name, shape, np.dtype(np.float32), pt.nbytes, raw_dtype=ggml_type(pt.quant.ggml_type))
-    add_general_metadata(w, checkpoint)
-    if plan.quant.llama_ftype is None:
-        mapping.add_metadata(w, plan.quant.file_type)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        vocab.add_to(w)
-    else:
-        # llama-quantize re-sets these two keys last (ggml's gguf_set_val moves a key to the end)
-        mapping.add_metadata(w, None)
-        vocab.add_to(w)
-        w.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        w.add_file_type(int(plan.quant.llama_ftype))
+    metadata(w)
 
     n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None

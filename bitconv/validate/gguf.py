@@ -20,7 +20,7 @@ import numpy as np
 from ..convert.plan import plan_checkpoint
 from ..errors import ArtifactError, BitconvError
 from ..forward import SUPPORTED_ARCHS, Hparams, TernaryWeight
-from ..formats.gguf_reader import GGUFSummary, GGUFTensorInfo, read_gguf_summary
+from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo, read_gguf_summary
 from .checks import float_threshold, set_stats, ternary_check
 from .logits import compare_forward
 from .runtime_check import RuntimeJudge, forward_fallback

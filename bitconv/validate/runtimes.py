@@ -162,7 +162,7 @@ class LlamaCpp(Runtime):
 
     def refusal(self, path: Path) -> str | None:
         from ..errors import ArtifactError
-        from ..formats.gguf_reader import read_gguf_summary
+        from ..convert.gguf_header import read_gguf_summary
 
         try:
             summary = read_gguf_summary(path)

@@ -24,7 +24,7 @@ from ..convert.checkpoint import Checkpoint, LazyTensor
 from ..convert.quantization_config import st_format
 from ..errors import ArtifactError
 from ..forward import TERNARY_LINEARS, TernaryWeight, WeightSource
-from ..formats.gguf_reader import GGUFSummary, GGUFTensorInfo
+from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo
 from ..quant.ternary import scale_for, ternarize
 
 _QUANT_BY_FILE_TYPE: dict[int, str] = {}

@@ -89,6 +89,9 @@ class SourceTensor:
     #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
     #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
     codes: Callable[[], np.ndarray] | None = None
+    #: the tensor's bytes already in the planned type (a GGUF source's tensor llama-quantize would
+    #: copy as it is): written unchanged, never decoded
+    raw: Callable[[], np.ndarray] | None = None
 
     @classmethod
     def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":
@@ -110,7 +113,7 @@ class SourceTensor:
     def plain(self) -> LazyTensor | None:
         """The one checkpoint tensor this is, as stored (not a stack of experts, a permutation or a
         decoded packed form): such a tensor can be read a slab of rows at a time."""
-        if self.decode is None and self.combine is None and len(self.sources) == 1:
+        if self.decode is None and self.combine is None and self.raw is None and len(self.sources) == 1:
             return self.sources[0]
         return None
 

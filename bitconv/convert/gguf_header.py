@@ -1,4 +1,5 @@
-"""GGUF reading for inspect / validate: header, metadata and tensor table, every length checked
+"""GGUF headers for inspect, validate and GGUF sources: header, metadata (with each value's GGUF
+type, so a source's keys can be written back as they were) and tensor table, every length checked
 against the file's size before anything is read (a lying count fails, it never allocates).
 """
 from __future__ import annotations
@@ -6,7 +7,7 @@ from __future__ import annotations
 import math
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -34,6 +35,8 @@ class GGUFSummary:
     alignment: int
     metadata: dict[str, Any]
     tensors: list[GGUFTensorInfo]
+    #: key → (GGUF value type, item type for arrays else None), in the file's key order
+    value_types: dict[str, tuple[int, int | None]] = field(default_factory=dict)
 
     @property
     def data_nbytes(self) -> int:
@@ -178,9 +181,13 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
         raise ArtifactError(f"{path}: implausible counts ({n_tensors} tensors, {n_kv} metadata keys) "
                             f"for a {len(buf)}-byte file")
     meta: dict[str, Any] = {}
+    types: dict[str, tuple[int, int | None]] = {}
     for _ in range(n_kv):
         key = c.string()
-        meta[key] = c.value(c.scalar("<I"), full_arrays)
+        vtype = c.scalar("<I")
+        sub = int.from_bytes(c.buf[c.pos:c.pos + 4], "little") if vtype == 9 and c.pos + 4 <= len(buf) else None
+        meta[key] = c.value(vtype, full_arrays)
+        types[key] = (vtype, sub)
     infos = []
     for _ in range(n_tensors):
         name = c.string()
@@ -201,4 +208,4 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
         if data_start + offset + nbytes > len(buf):
             raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
         tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes, type_id, data_start + offset))
-    return GGUFSummary(path, version, alignment, meta, tensors)
+    return GGUFSummary(path, version, alignment, meta, tensors, types)
