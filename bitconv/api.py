@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -14,9 +14,11 @@ from .convert.plan import PlannedTensor, TensorPlan, plan_checkpoint
 from .convert.tokenizer import export_vocab
 from .errors import CheckpointError, UsageError
 from .formats import gguf_writer
+from .formats.gguf_writer import kernel_files_for
 from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
+from .results import ConversionResult, TensorRecord
 from .quant.tl import KernelConfig, LutQuantizer
 from .targets import get_target
 from .threads import thread_count, using_threads
@@ -24,45 +26,6 @@ from .threads import thread_count, using_threads
 DEFAULT_GGUF_QUANT = "f16"
 #: resident memory the process needs besides tensor data (interpreter, numpy, gguf-py, vocab)
 BASE_MEMORY = 200 * 1024 * 1024
-
-
-@dataclass
-class TensorRecord:
-    name: str
-    shape: list[int]
-    type: str
-    bytes: int
-    source_dtype: str
-    note: str = ""
-
-
-@dataclass
-class ConversionResult:
-    """What a conversion did (or, with dry_run, would do)."""
-
-    source: str
-    architecture: str
-    format: str
-    quant: str
-    output: str
-    dry_run: bool
-    n_tensors: int
-    n_params: int
-    output_bytes: int
-    type_counts: dict[str, int]
-    memory_estimate_bytes: int
-    largest_tensor_f32_bytes: int
-    seconds: float = 0.0
-    sha256: str | None = None
-    manifest: str | None = None
-    #: tl1/tl2: the tilings used ({m, k, bm, bk, bmm} per shape) and the files written for bitnet.cpp
-    tilings: list[dict[str, int]] = field(default_factory=list)
-    kernel_config: str | None = None
-    codegen: str | None = None
-    tensors: list[TensorRecord] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[str] | None, suffix: str = ".gguf") -> Path:
@@ -88,13 +51,6 @@ def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, targe
         quant = get_target(target).quant_for(mapping_for(checkpoint), lut=lut, smallest=smallest) if target \
             else DEFAULT_GGUF_QUANT
     return plan_checkpoint(checkpoint, quant, force_ternarize=force_ternarize, kernel_config=kernel_config)
-
-
-def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
-    """`<stem>.kernel_config.ini` and `<stem>.codegen.txt` beside a tl1/tl2 GGUF: one pair per
-    output, so two outputs in one folder never overwrite each other's."""
-    stem = out_path.name[:-len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
-    return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
 
 
 def memory_estimate(plan: TensorPlan, threads: int = 0) -> int:
@@ -139,6 +95,15 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         raise UsageError("format, block_size and max_shard_size apply to to=\"safetensors\"")
     if fmt != "gguf":
         raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx, safetensors")
+    from .convert.gguf_source import is_gguf_source
+
+    if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
+        from .requantize import quantize
+
+        return quantize(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), threads, target=target,
+                        force_ternarize=force_ternarize, kernel_config=kernel_config, force=force,
+                        dry_run=dry_run, manifest=manifest, allow_nonfinite=allow_nonfinite,
+                        progress=progress, on_start=on_start)
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)

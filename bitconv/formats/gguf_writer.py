@@ -106,6 +106,13 @@ def ggml_type(type_id: int | None) -> Any:
         return int(type_id)
 
 
+def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
+    """`<stem>.kernel_config.ini` and `<stem>.codegen.txt` beside a tl1/tl2 GGUF: one pair per
+    output, so two outputs in one folder never overwrite each other's."""
+    stem = out_path.name[:-len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
+    return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
+
+
 def estimated_file_size(plan: TensorPlan) -> int:
     align = gguf.GGUF_DEFAULT_ALIGNMENT
     return sum(-(-t.nbytes // align) * align for t in plan) + HEADER_ALLOWANCE

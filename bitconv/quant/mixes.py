@@ -41,6 +41,10 @@ DEFAULT_TYPE = {
 }
 
 
+#: file types whose tensors are not block-quantized: no mix, no fallback
+UNQUANTIZED_TYPE = {FT.ALL_F32: T.F32, FT.MOSTLY_F16: T.F16, FT.MOSTLY_BF16: T.BF16}
+
+
 def llama_order_key(name: str) -> tuple[int, str]:
     """llama.cpp's weight order (llama_model_loader's weight_name_comparer): tensors outside the
     blocks first, then block by block, names compared bytewise within a block."""
@@ -121,13 +125,22 @@ class LlamaQuantizeRules:
     """Per-tensor types of one llama-quantize run. Call `types` once with every tensor of the file
     in llama order: the layer counters advance as llama.cpp's do."""
 
-    def __init__(self, ftype: int, facts: ModelFacts, *, pure: bool = False) -> None:
+    def __init__(self, ftype: int, facts: ModelFacts, *, pure: bool = False, output_tensor_type: T | None = None,
+                 token_embedding_type: T | None = None, quantize_output: bool = True) -> None:
+        """The options are llama-quantize's --pure, --output-tensor-type, --token-embedding-type and
+        (quantize_output=False) --leave-output-tensor."""
         self.ftype = FT(ftype)
-        if self.ftype not in DEFAULT_TYPE:
+        if self.ftype in UNQUANTIZED_TYPE:
+            self.default = UNQUANTIZED_TYPE[self.ftype]
+        elif self.ftype in DEFAULT_TYPE:
+            self.default = DEFAULT_TYPE[self.ftype]
+        else:
             raise ValueError(f"llama-quantize file type {self.ftype.name} is not supported")
-        self.default = DEFAULT_TYPE[self.ftype]
         self.facts = facts
         self.pure = pure
+        self.output_tensor_type = output_tensor_type
+        self.token_embedding_type = token_embedding_type
+        self.quantize_output = quantize_output
 
     def types(self, tensors: Sequence[tuple[str, tuple[int, ...]]]) -> list[T | None]:
         """The type of each (name, numpy shape), or None for tensors kept as they are."""
@@ -137,12 +150,24 @@ class LlamaQuantizeRules:
         self.i_attention_wv = self.i_ffn_down = 0
         out: list[T | None] = []
         for name, shape in tensors:
-            if not allows_quantization(name, shape):
+            if not allows_quantization(name, shape) or (name == "output.weight" and not self.quantize_output):
                 out.append(None)
                 continue
-            t = self.default if self.pure else self._mix(name, tuple(shape))
-            out.append(fallback_type(t, shape[-1]))
+            out.append(self._type(name, tuple(shape)))
         return out
+
+    def _type(self, name: str, shape: tuple[int, ...]) -> T:
+        """llama_tensor_get_type: the explicit embedding/output types first (no fallback for them),
+        then the mix and the block-size fallback for quantized file types."""
+        cat = _category(name)
+        if self.token_embedding_type is not None and cat == "token_embd":
+            return self.token_embedding_type
+        if self.output_tensor_type is not None and cat == "output":
+            return self.output_tensor_type
+        if self.ftype in UNQUANTIZED_TYPE:
+            return self.default
+        t = self.default if self.pure else self._mix(name, shape)
+        return fallback_type(t, shape[-1])
 
     def _layer(self, counter: int, name: str) -> int:
         if self.facts.n_expert > 1:
@@ -157,6 +182,8 @@ class LlamaQuantizeRules:
         ft, f, new = self.ftype, self.facts, self.default
         cat = _category(name)
         if cat == "output" or (self.tied and cat == "token_embd"):
+            if self.output_tensor_type is not None:
+                return self.output_tensor_type
             if shape[-1] % GGML_QUANT_SIZES[new][0]:
                 return T.Q8_0
             return new if new == T.Q8_0 else T.Q6_K
