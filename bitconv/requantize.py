@@ -47,6 +47,8 @@ _TERNARY_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ff
 _UNQUANTIZED = (T.F32, T.F16, T.BF16)
 _OVERRIDE_TYPES = {"int": V.UINT32, "float": V.FLOAT32, "bool": V.BOOL, "str": V.STRING}
 BASE_MEMORY = 200 * 1024 * 1024
+#: llama-quantize's names for its default k-quant mixes (bitconv's q3_k/q4_k/q5_k are the pure types)
+LLAMA_QUANTIZE_ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
 
 
 @dataclass(frozen=True)
@@ -236,7 +238,7 @@ def plan_quantize(src: GGUFSource, quant: str, *, pure: bool = False, output_ten
     """Every output tensor's type and whether it is copied, recoded from ternary codes or encoded."""
     from .quant.tl import KernelConfig
 
-    q = get_quantizer(quant)
+    q = get_quantizer(LLAMA_QUANTIZE_ALIASES.get(quant.lower(), quant))
     if kernel_config is not None:
         if not isinstance(q, LutQuantizer):
             raise UsageError(f"--kernel-config applies to the LUT layouts tl1/tl2, not {q.name}")
@@ -277,6 +279,18 @@ def _metadata(src: GGUFSource, plan: TensorPlan, overrides: Sequence[KVOverride]
             vtype, sub = types[key]
             w.add_key_value(key, value, V(vtype), V(sub) if sub is not None else None)
     return add
+
+
+def _notes(plan: TensorPlan) -> list[str]:
+    copied = sum(t.source.raw is not None for t in plan)
+    recoded = sum(t.source.codes is not None for t in plan)
+    notes = [f"{copied} tensor(s) copied unchanged, {recoded} repacked from their ternary codes, "
+             f"{len(plan) - copied - recoded} encoded"]
+    widened = [t.name for t in plan if "widened" in t.note]
+    if widened:
+        notes.append(f"{len(widened)} ternary tensor(s) take the f16 block scale of the input widened to f32: "
+                     "their scale was rounded through f16 once (the codes are exact)")
+    return notes
 
 
 def default_quantize_output(src: GGUFSource, quant: str, out: str | os.PathLike[str] | None) -> Path:
@@ -331,6 +345,7 @@ def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str] | None 
         largest_tensor_f32_bytes=plan.largest_f32_nbytes,
         tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes,
                               src.tensors[t.name].type_name, t.note) for t in plan])
+    result.notes = _notes(plan)
     lut = q if isinstance(q, LutQuantizer) else None
     if lut is not None:
         result.tilings = [asdict(t) for t in lut.used_config().tilings]

@@ -40,6 +40,8 @@ class ConversionResult:
     kernel_config: str | None = None
     codegen: str | None = None
     tensors: list[TensorRecord] = field(default_factory=list)
+    #: what a user should know about the output (e.g. a scale rounded through f16)
+    notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

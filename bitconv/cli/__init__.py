@@ -45,6 +45,6 @@ def main() -> None:
 
 
 # the command modules: importing them registers their commands on `cli`
-from . import batch, convert, inspect, validate  # noqa: E402,F401
+from . import batch, convert, inspect, quantize, validate  # noqa: E402,F401
 
 __all__ = ["cli", "command", "err", "main", "out"]

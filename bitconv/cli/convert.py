@@ -77,7 +77,8 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
             revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
             allow_pickle: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Convert the checkpoint SOURCE (a directory, or a hub repo id) to GGUF."""
+    """Convert the checkpoint SOURCE (a directory, or a hub repo id; or a GGUF file, requantized as
+    `bitconv quantize` does) to GGUF."""
     progress = _ConversionProgress("converting", quiet or dry_run, lambda plan: plan.data_nbytes)
     with progress.bar:
         result = api.convert(source, "gguf", quant, output, target=target, lut=lut, smallest=smallest,
@@ -230,3 +231,5 @@ def _render_conversion(r: api.ConversionResult) -> None:
         out.print(f"bitnet.cpp kernels: {r.kernel_config} (tilings), {r.codegen} (codegen command)")
     if r.manifest:
         out.print(f"manifest: {r.manifest}")
+    for note in r.notes:
+        out.print(f"note: {note}")
