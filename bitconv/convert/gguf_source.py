@@ -20,7 +20,7 @@ import gguf
 import numpy as np
 
 from ..errors import ArtifactError, CheckpointError
-from .checkpoint import LazyTensor
+from .checkpoint import LazyTensor, to_compute_dtype
 from .gguf_header import GGUFSummary, GGUFTensorInfo, read_gguf_summary
 
 #: llama.cpp's split file names (gguf-split, convert_hf_to_gguf.py --split-max-*)
@@ -31,6 +31,11 @@ _FLOAT_DTYPES = {"F32": "F32", "F16": "F16", "BF16": "BF16"}
 _RAW_DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"), "BF16": np.dtype("<u2")}
 TERNARY_TYPES = ("I2_S", "TL1", "TL2", "TQ1_0", "TQ2_0")
 _BLOCK_INDEX = re.compile(r"^blk\.\d+\.")
+
+
+def trailer_scale(raw: np.ndarray) -> np.float32:
+    """The per-tensor f32 scale of an I2_S / TL1 / TL2 tensor: first in the 32-byte slot after the codes."""
+    return raw[len(raw) - 32:][:4].copy().view(np.float32)[0]
 
 
 def split_paths(path: Path) -> list[Path]:
@@ -115,8 +120,9 @@ class GGUFTensor:
         tail = _pread(self.path, self.info.offset + self._payload_nbytes, 4)
         return tail.view(np.float32)[0]
 
-    def dequantize_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) as float32 (stored floats as their numpy dtype, bf16 as raw bits)."""
+    def stored_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) as a checkpoint stores them: f32/f16 as they are, bf16 as raw bits, every
+        other type dequantized to float32."""
         k = self.shape[-1] if self.shape else 1
         if self.type_name in _RAW_DTYPES:
             return self.raw_rows(lo, hi).view(_RAW_DTYPES[self.type_name]).reshape(hi - lo, k)
@@ -126,7 +132,7 @@ class GGUFTensor:
             codes = unpack_i2s(self.raw_rows(lo, hi).reshape(-1), hi - lo, k)
             return codes.astype(np.float32) * self._i2s_scale()
         if not self.row_local:
-            return self.dequantize().reshape(-1, k)[lo:hi]
+            return self.stored().reshape(-1, k)[lo:hi]
         try:
             qtype = gguf.GGMLQuantizationType[self.type_name]
         except KeyError:
@@ -134,12 +140,20 @@ class GGUFTensor:
         out = gguf.quants.dequantize(self.raw_rows(lo, hi), qtype)
         return np.asarray(out, dtype=np.float32).reshape(hi - lo, k)
 
-    def dequantize(self) -> np.ndarray:
-        """The whole tensor as float32 (stored floats as their numpy dtype), shaped."""
+    def stored(self) -> np.ndarray:
+        """The whole tensor as `stored_rows` gives it, shaped."""
         if self.type_name in ("TL1", "TL2"):
             codes, scale = self.codes_and_scale()
             return (codes.astype(np.float32) * scale).reshape(self.shape)
-        return self.dequantize_rows(0, self.n_rows).reshape(self.shape)
+        return self.stored_rows(0, self.n_rows).reshape(self.shape)
+
+    def dequantize_rows(self, lo: int, hi: int) -> np.ndarray:
+        """Rows [lo, hi) as floats (f16 kept, bf16 widened to f32)."""
+        return to_compute_dtype(self.stored_rows(lo, hi), _FLOAT_DTYPES.get(self.type_name, "F32"))
+
+    def dequantize(self) -> np.ndarray:
+        """The whole tensor as floats (f16 kept, bf16 widened to f32), shaped."""
+        return to_compute_dtype(self.stored(), _FLOAT_DTYPES.get(self.type_name, "F32"))
 
     def codes_and_scale(self) -> tuple[np.ndarray, np.float32]:
         """Ternary codes (int8 [M, K] in {-1, 0, 1}) and the per-tensor scale. For TQ1_0/TQ2_0 the
@@ -151,7 +165,7 @@ class GGUFTensor:
             from ..accel.ternary import unpack_i2s
 
             raw = self.raw()
-            return unpack_i2s(raw[:m * k // 4], m, k), raw[m * k // 4:m * k // 4 + 4].view(np.float32)[0]
+            return unpack_i2s(raw[:m * k // 4], m, k), trailer_scale(raw)
         if self.type_name in ("TL1", "TL2"):
             from ..quant.tl import unpack_tl1, unpack_tl2
 
@@ -162,7 +176,7 @@ class GGUFTensor:
                     f"{self.path.name} (or --kernel-config) has no section for m={m}, k={k}")
             raw = self.raw()
             codes = (unpack_tl2 if self.type_name == "TL2" else unpack_tl1)(raw, tiling)
-            return codes, raw[self.info.nbytes - 32:][:4].view(np.float32)[0]
+            return codes, trailer_scale(raw)
         qtype = gguf.GGMLQuantizationType[self.type_name]
         block, size = gguf.GGML_QUANT_SIZES[qtype]
         blocks = self.raw().reshape(-1, size)
@@ -182,10 +196,10 @@ class GGUFTensor:
         k = self.shape[-1] if self.shape else 1
 
         def read() -> np.ndarray:
-            return self.dequantize()
+            return self.stored()
 
         def rows(lo: int, hi: int) -> np.ndarray:
-            return self.dequantize_rows(lo, hi).reshape(hi - lo, k)
+            return self.stored_rows(lo, hi).reshape(hi - lo, k)
 
         return LazyTensor(self.name, dtype, self.shape, self.info.nbytes, self.path, read,
                           rows if self.row_local else None)

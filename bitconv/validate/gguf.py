@@ -21,6 +21,7 @@ from ..convert.plan import plan_checkpoint
 from ..errors import ArtifactError, BitconvError
 from ..forward import SUPPORTED_ARCHS, Hparams, TernaryWeight
 from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo, read_gguf_summary
+from ..convert.gguf_source import trailer_scale
 from .checks import float_threshold, set_stats, ternary_check
 from .logits import compare_forward
 from .runtime_check import RuntimeJudge, forward_fallback
@@ -76,7 +77,7 @@ def _tensor_values_problem(t: GGUFTensorInfo, art: GgufWeights) -> str:
                 or np.any((payload & 0xC0) == 0xC0):
             return "2-bit code 3 (not a ternary value)"
     if t.type_name in ("I2_S", "TL1", "TL2"):
-        s = art._trailer_scale(t, raw)
+        s = trailer_scale(raw)
         if not np.isfinite(s) or s < 0:
             return f"scale {s} is not a finite non-negative number"
         return ""

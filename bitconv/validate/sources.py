@@ -22,9 +22,10 @@ import numpy as np
 
 from ..convert.checkpoint import Checkpoint, LazyTensor
 from ..convert.quantization_config import st_format
-from ..errors import ArtifactError
+from ..errors import ArtifactError, CheckpointError
 from ..forward import TERNARY_LINEARS, TernaryWeight, WeightSource
 from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo
+from ..convert.gguf_source import TERNARY_TYPES, GGUFTensor
 from ..quant.ternary import scale_for, ternarize
 
 _QUANT_BY_FILE_TYPE: dict[int, str] = {}
@@ -66,46 +67,28 @@ class GgufWeights(WeightSource):
     def raw(self, t: GGUFTensorInfo) -> np.ndarray:
         return self._buf[t.offset:t.offset + t.nbytes]
 
+    def _tensor(self, t: GGUFTensorInfo) -> GGUFTensor:
+        return GGUFTensor(t, self.path, self.kernel_config)
+
     def ternary_of(self, t: GGUFTensorInfo) -> TernaryWeight | None:
-        """Codes and scale of a tensor in a ternary type (None for other types)."""
-        from ..accel.ternary import unpack_i2s
-
-        if len(t.shape) != 2:
+        """Codes and scale of a tensor in a ternary type (None for other types). TQ1_0/TQ2_0 carry a
+        scale per block: sign and max |w| here, so a file llama-quantize made still validates."""
+        if len(t.shape) != 2 or t.type_name not in TERNARY_TYPES:
             return None
-        m, k = t.shape
-        raw = self.raw(t)
-        if t.type_name == "I2_S":
-            return TernaryWeight(unpack_i2s(raw[:m * k // 4], m, k), raw[m * k // 4:][:4].view(np.float32)[0])
-        if t.type_name in ("TL1", "TL2"):
-            from ..quant.tl import unpack_tl1, unpack_tl2
-
-            tiling = self.kernel_config.get(m, k) if self.kernel_config is not None else None
-            if tiling is None:
-                raise ArtifactError(f"{t.name}: {t.type_name} needs its tiling: the kernel_config.ini written next to "
-                                    f"the file (or --kernel-config) has no section for m={m}, k={k}")
-            codes = (unpack_tl2 if t.type_name == "TL2" else unpack_tl1)(raw, tiling)
-            return TernaryWeight(codes, self._trailer_scale(t, raw))
         if t.type_name in ("TQ1_0", "TQ2_0"):
             w = self.dense(t)
             scale = np.float32(np.abs(w).max()) if w.any() else np.float32(0)
             return TernaryWeight(np.sign(w).astype(np.int8), scale)
-        return None
-
-    def _trailer_scale(self, t: GGUFTensorInfo, raw: np.ndarray) -> np.float32:
-        return raw[t.nbytes - 32:][:4].view(np.float32)[0]
+        try:
+            return TernaryWeight(*self._tensor(t).codes_and_scale())
+        except CheckpointError as e:
+            raise ArtifactError(str(e)) from e
 
     def dense(self, t: GGUFTensorInfo) -> np.ndarray:
-        tw = self.ternary_of(t) if t.type_name in ("I2_S", "TL1", "TL2") else None
-        if tw is not None:
-            return tw.dense()
         try:
-            qtype = gguf.GGMLQuantizationType[t.type_name]
-        except KeyError:
-            raise ArtifactError(f"{t.name}: cannot decode tensor type {t.type_name}") from None
-        raw = self.raw(t)
-        rows = math.prod(t.shape[:-1]) if len(t.shape) > 1 else 1
-        out = gguf.quants.dequantize(raw.reshape(rows, -1), qtype)
-        return np.asarray(out, dtype=np.float32).reshape(t.shape)
+            return self._tensor(t).dequantize().astype(np.float32, copy=False)
+        except CheckpointError as e:
+            raise ArtifactError(str(e)) from e
 
     def get(self, name: str) -> Any:
         t = self.by_name.get(name)
