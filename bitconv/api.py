@@ -13,9 +13,9 @@ from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, plan_checkpoint
 from .convert.tokenizer import export_vocab
 from .errors import CheckpointError, UsageError
-from .formats import gguf_writer
+from .formats import gguf_split, gguf_writer
 from .formats.gguf_writer import kernel_files_for
-from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
+from .formats.atomic import check_free_space, check_output_path, staged_texts
 from .formats.manifest import BackgroundHasher, write_manifest
 from .quant.registry import get_quantizer
 from .results import ConversionResult, TensorRecord
@@ -67,16 +67,21 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
             kernel_config: str | os.PathLike[str] | KernelConfig | None = None,
             format: str | None = None, block_size: int | None = None,
             max_shard_size: str | int | None = None, linear_class: str = "bitlinear",
+            split_max_size: str | int | None = None, split_max_tensors: int = 0, no_tensor_first_split: bool = False,
             progress: Callable[[PlannedTensor, int], None] | None = None,
             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
     """Convert a HF checkpoint (local directory or hub repo id) into an artifact. `target` names a
     preset (`bitconv targets`) that implies the format and, unless `quant` is given, the quant type.
     to="safetensors": `format` is the checkpoint layout (bitnet-packed, compressed-tensors), `quant`
     its weight type (compressed-tensors: int4 / int8), `block_size` the group size,
-    `max_shard_size` ("2GB", "1.5GiB", bytes) splits the weights into shards."""
+    `max_shard_size` ("2GB", "1.5GiB", bytes) splits the weights into shards.
+    GGUF: `split_max_size` ("45G", bytes) / `split_max_tensors` write a split set as llama.cpp's
+    converter does (`<stem>-00001-of-0000N.gguf` …; formats/gguf_split.py), one manifest for it."""
     fmt = to or (get_target(target).format if target else "gguf")
     if target and get_target(target).format != fmt:
         raise UsageError(f"target {target} writes {get_target(target).format}, not {fmt}")
+    if fmt != "gguf" and (split_max_size or split_max_tensors or no_tensor_first_split):
+        raise UsageError("split_max_size, split_max_tensors and no_tensor_first_split apply to GGUF output")
     if fmt == "onnx":
         return convert_onnx(source, quant, out, target=target, block_size=block_size,  # type: ignore[return-value]
                             force=force, dry_run=dry_run,
@@ -98,6 +103,9 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     from .convert.gguf_source import is_gguf_source
 
     if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
+        if split_max_size or split_max_tensors or no_tensor_first_split:
+            raise UsageError("split_max_size, split_max_tensors and no_tensor_first_split apply to a HF checkpoint "
+                             "source, not yet to a GGUF one")
         from .requantize import quantize
 
         return quantize(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), threads, target=target,
@@ -108,23 +116,27 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)
     quant = plan.quant.name
+    splits = gguf_split.plan_for(plan, max_size=split_max_size, max_tensors=split_max_tensors,
+                                 no_tensor_first_split=no_tensor_first_split)
     vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
     out_path = default_output(checkpoint, quant, out)
     result = ConversionResult(
         source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,
-        output=str(out_path), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
+        output=str(splits.paths(out_path)[0]), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
         output_bytes=gguf_writer.estimated_file_size(plan), type_counts=plan.type_counts(),
         memory_estimate_bytes=memory_estimate(plan, threads), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
         tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
-                 for t in plan])
+                 for t in plan], outputs=splits.describe(plan, out_path))
     lut = plan.quant if isinstance(plan.quant, LutQuantizer) else None
     if lut is not None:
         result.tilings = [asdict(t) for t in lut.used_config().tilings]
     if dry_run:
         return result
-    check_output_path(out_path, force)
+    for p in splits.paths(out_path):
+        check_output_path(p, force)
+    result_path = Path(result.output)  # a split set's first file: readers look for sidecars beside it
     if lut is not None:
-        for p in kernel_files_for(out_path):
+        for p in kernel_files_for(result_path):
             check_output_path(p, force)
     check_free_space(out_path.parent, result.output_bytes)
     start = time.perf_counter()
@@ -134,29 +146,36 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     sidecars: dict[Path, str] = {}
     if lut is not None:
         used = lut.used_config()
-        ini, codegen = kernel_files_for(out_path)
+        ini, codegen = kernel_files_for(result_path)
         sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, checkpoint.name)}
     try:
-        with atomic_output(out_path, force=force) as tmp, staged_texts(sidecars) as commit_sidecars:
-            digest = gguf_writer.write_gguf(tmp, plan, gguf_writer.hf_metadata(plan, checkpoint, vocab),
-                                            arch=plan.mapping.arch_name, ggml_shapes=plan.quant.llama_ftype is not None,
-                                            threads=threads, allow_nonfinite=allow_nonfinite, progress=progress)
-            commit_sidecars()  # the GGUF is renamed right after: a usable file always has its config
+        with staged_texts(sidecars) as commit_sidecars:
+            # the GGUF files are renamed right after the sidecars: a usable file always has its config
+            records = gguf_split.write_split_set(
+                out_path, plan, gguf_writer.hf_metadata(plan, checkpoint, vocab), splits, force=force,
+                before_commit=commit_sidecars, arch=plan.mapping.arch_name,
+                ggml_shapes=plan.quant.llama_ftype is not None, threads=threads, allow_nonfinite=allow_nonfinite,
+                progress=progress)
     except BaseException:
         if hasher:
             hasher.cancel()
         raise
     if sidecars:
         result.kernel_config, result.codegen = (str(p) for p in sidecars)
-    result.output_bytes = out_path.stat().st_size
-    result.sha256 = digest
-    out_records = [{"path": out_path.name, "bytes": result.output_bytes, "sha256": digest}]
+    result.output_bytes = sum(r["bytes"] for r in records)
+    result.sha256 = records[0]["sha256"]
+    for planned, written in zip(result.outputs, records):
+        planned.update(bytes=written["bytes"], sha256=written["sha256"])
+    out_records = list(records)
     out_records += [{"path": p.name, "bytes": len(t.encode()), "sha256": hashlib.sha256(t.encode()).hexdigest()}
                     for p, t in sidecars.items()]
     if hasher:
         options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre, "tilings": result.tilings,
                    "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision,
                    "threads": thread_count(threads)}
+        if splits.count > 1:
+            options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                           no_tensor_first_split=no_tensor_first_split)
         result.manifest = str(write_manifest(out_path, inputs=_input_records(hasher, out_path), outputs=out_records,
                                              options=options, source=str(source)))
     result.seconds = time.perf_counter() - start

@@ -42,6 +42,9 @@ class ConversionResult:
     tensors: list[TensorRecord] = field(default_factory=list)
     #: what a user should know about the output (e.g. a scale rounded through f16)
     notes: list[str] = field(default_factory=list)
+    #: GGUF: every file written, in order ({path, n_tensors, data_bytes} planned; bytes, sha256 once
+    #: written): one, or a split set (`output` is then its first file, the one runtimes are given)
+    outputs: list[dict[str, Any]] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -69,13 +69,21 @@ THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes a
 @click.option("--force-ternarize", is_flag=True,
               help="Allow a ternary type for a model not trained ternary (destroys accuracy; for runtime tests).")
 @click.option("--allow-pickle", is_flag=True, help="Read .bin pickles (torch.load weights_only=True).")
+@click.option("--split-max-size", default=None, metavar="SIZE",
+              help="Write a split set <stem>-00001-of-0000N.gguf … (as llama.cpp's converter and gguf-split do; "
+                   "llama.cpp loads it from the first file) of at most SIZE tensor bytes per file: 45G, 500M "
+                   "(K M G: powers of 1000, as llama.cpp reads them; KiB MiB GiB: powers of 1024).")
+@click.option("--split-max-tensors", type=click.IntRange(0), default=0, metavar="N",
+              help="Write a split set of at most N tensors per file.")
+@click.option("--no-tensor-first-split", is_flag=True,
+              help="With a split set: the first file holds only the metadata (as llama.cpp's option).")
 @click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2gguf")
 def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, smallest: bool,
             kernel_config: str | None, output: str | None, dry_run: bool, force: bool, threads: int,
             revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
-            allow_pickle: bool,
+            allow_pickle: bool, split_max_size: str | None, split_max_tensors: int, no_tensor_first_split: bool,
             no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id; or a GGUF file, requantized as
     `bitconv quantize` does) to GGUF."""
@@ -85,7 +93,9 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
                              force=force, dry_run=dry_run, threads=threads,
                              allow_nonfinite=allow_nonfinite, allow_pickle=allow_pickle, revision=revision,
                              pre=pre, manifest=not no_manifest, progress=progress.on_tensor,
-                             on_start=progress.on_start, force_ternarize=force_ternarize, kernel_config=kernel_config)
+                             on_start=progress.on_start, force_ternarize=force_ternarize, kernel_config=kernel_config,
+                             split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                             no_tensor_first_split=no_tensor_first_split)
     return _result(result, dry_run, _render_conversion)
 
 
@@ -223,13 +233,25 @@ def _render_conversion(r: api.ConversionResult) -> None:
             table.add_row(t.name, "×".join(map(str, t.shape)), t.type, f"{t.bytes:,}", t.source_dtype, t.note)
         out.print(table)
         out.print(f"architecture {r.architecture}; {r.n_tensors} tensors ({types}); {r.n_params:,} parameters")
+        _render_splits(r)
         out.print(f"output ≈ {_fmt_bytes(r.output_bytes)}; peak memory ≈ {_fmt_bytes(r.memory_estimate_bytes)} "
                   f"(largest tensor {_fmt_bytes(r.largest_tensor_f32_bytes)} as f32); nothing written (dry run)")
         return
-    out.print(f"wrote {r.output} ({_fmt_bytes(r.output_bytes)}, {r.n_tensors} tensors: {types}) in {r.seconds:.1f} s")
+    files = f"{len(r.outputs)} files, " if len(r.outputs) > 1 else ""
+    out.print(f"wrote {r.output} ({files}{_fmt_bytes(r.output_bytes)}, {r.n_tensors} tensors: {types}) "
+              f"in {r.seconds:.1f} s")
+    _render_splits(r)
     if r.kernel_config:
         out.print(f"bitnet.cpp kernels: {r.kernel_config} (tilings), {r.codegen} (codegen command)")
     if r.manifest:
         out.print(f"manifest: {r.manifest}")
     for note in r.notes:
         out.print(f"note: {note}")
+
+
+def _render_splits(r: api.ConversionResult) -> None:
+    """A split set's files, one line each."""
+    if len(r.outputs) > 1:
+        for o in r.outputs:
+            size = _fmt_bytes(o["bytes"]) if "bytes" in o else f"≈ {_fmt_bytes(o['data_bytes'])} of tensors"
+            out.print(f"  {o['path']}: {o['n_tensors']} tensor{'' if o['n_tensors'] == 1 else 's'}, {size}")

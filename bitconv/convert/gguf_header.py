@@ -148,8 +148,9 @@ def _type_name_and_nbytes(type_id: int, dims: list[int], bitnet_lut: bool = Fals
         return f"TYPE_{type_id}", 0
 
 
-def read_gguf_summary(path: Path, *, full_arrays: bool = False) -> GGUFSummary:
-    """Header, metadata and tensor table of a GGUF file, parsed with every length checked first."""
+def read_gguf_summary(path: Path, *, full_arrays: bool = False, file_type: int | None = None) -> GGUFSummary:
+    """Header, metadata and tensor table of a GGUF file, parsed with every length checked first.
+    `file_type`: the set's general.file_type, for a split file after the first (which holds none)."""
     import mmap
 
     try:
@@ -160,7 +161,7 @@ def read_gguf_summary(path: Path, *, full_arrays: bool = False) -> GGUFSummary:
     except OSError as e:
         raise ArtifactError(f"{path}: cannot read ({e.strerror or e})") from e
     try:
-        return _parse(path, memoryview(mm), full_arrays)
+        return _parse(path, memoryview(mm), full_arrays, file_type)
     finally:
         try:
             mm.close()
@@ -168,7 +169,7 @@ def read_gguf_summary(path: Path, *, full_arrays: bool = False) -> GGUFSummary:
             pass
 
 
-def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
+def _parse(path: Path, buf: memoryview, full_arrays: bool, file_type: int | None = None) -> GGUFSummary:
     c = _Cursor(buf, path)
     if bytes(c.take(4)) != b"GGUF":
         raise ArtifactError(f"{path}: not a GGUF file (bad magic)")
@@ -204,7 +205,7 @@ def _parse(path: Path, buf: memoryview, full_arrays: bool) -> GGUFSummary:
     data_start = -(-c.pos // alignment) * alignment
     tensors = []
     for name, dims, type_id, offset in infos:
-        type_name, nbytes = _type_name_and_nbytes(type_id, dims, meta.get("general.file_type") == 39)
+        type_name, nbytes = _type_name_and_nbytes(type_id, dims, meta.get("general.file_type", file_type) == 39)
         if data_start + offset + nbytes > len(buf):
             raise ArtifactError(f"{path}: tensor {name} runs past the end of the file (truncated?)")
         tensors.append(GGUFTensorInfo(name, type_name, tuple(reversed(dims)), nbytes, type_id, data_start + offset))

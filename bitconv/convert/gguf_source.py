@@ -222,7 +222,8 @@ class GGUFSource:
         if not p.is_file():
             raise CheckpointError(f"{p}: no such GGUF file")
         paths = split_paths(p)
-        summaries = [_read(q) for q in paths]
+        summaries = [_read(paths[0])]  # the others have no general.file_type, which tells TL2 from MXFP4
+        summaries += [_read(q, summaries[0].metadata.get("general.file_type")) for q in paths[1:]]
         _check_split_set(paths, summaries)
         first = summaries[0]
         meta = {k: v for k, v in first.metadata.items() if k not in SPLIT_KEYS}
@@ -275,9 +276,9 @@ def is_gguf_source(source: Any) -> bool:
         return False
 
 
-def _read(path: Path) -> GGUFSummary:
+def _read(path: Path, file_type: int | None = None) -> GGUFSummary:
     try:
-        return read_gguf_summary(path, full_arrays=True)
+        return read_gguf_summary(path, full_arrays=True, file_type=file_type)
     except ArtifactError as e:
         raise CheckpointError(str(e)) from e
 

@@ -207,6 +207,42 @@ def atomic_output(path: Path, *, force: bool = False) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def atomic_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[Path]]:
+    """`atomic_output` for a set of files that only make sense together (a split GGUF): yield one
+    temp path per file; on success all are renamed into place at once (Ctrl-C held meanwhile, a
+    failed rename undoes the others), on any failure none of them appears."""
+    for p in paths:
+        check_output_path(p, force)
+    for folder in {p.parent for p in paths}:
+        remove_stale_temps(folder)
+    temps = [temp_path_for(p) for p in paths]
+    renamed: list[Path] = []
+    try:
+        yield temps
+        for tmp in temps:
+            fsync_path(tmp)
+        with sigint_deferred():
+            for tmp, p in zip(temps, paths):
+                os.replace(tmp, p)
+                renamed.append(p)
+            _COMMITTED.extend(paths)
+            renamed.clear()  # the set is in place: a failure from here on removes nothing
+            for folder in {p.parent for p in paths}:
+                fsync_path(folder)
+    except KeyboardInterrupt:
+        for tmp in temps:
+            _discard(tmp)
+        raise Interrupted(interrupted_message()) from None
+    except BaseException as e:
+        err = write_error(e, paths[0], temps) if isinstance(e, OSError) else None
+        for f in [*temps, *renamed]:
+            _discard(f)
+        if err is not None:
+            raise err from e
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = temp_path_for(path)
     try:

@@ -18,7 +18,7 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Iterator
 
 import gguf
 import numpy as np
@@ -29,6 +29,9 @@ from ..convert.tokenizer import GGUFVocab
 from ..errors import BitconvError, QuantizationError
 from ..quant.base import Quantizer
 from ..threads import thread_count
+
+if TYPE_CHECKING:
+    from .gguf_split import SplitPart
 
 #: rows encoded at a time (a cache-sized piece; bytes are identical however a tensor is split)
 _ROWS_PER_CHUNK = 512
@@ -317,11 +320,11 @@ def _slab_item(i: int, pt: PlannedTensor, lazy: LazyTensor, rows: tuple[int, int
     return _WorkItem(i, first, last, _work_cost(pt, (hi - lo) / lazy.n_rows), run)
 
 
-def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int) -> Iterator[_WorkItem]:
-    """Every tensor as work items in plan order. A tensor larger than a slab is read and encoded a
-    slab of rows at a time, after a first pass for its per-tensor statistic when it needs one, so no
+def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int, indices: range) -> Iterator[_WorkItem]:
+    """The tensors `indices` as work items in plan order. A tensor larger than a slab is read and encoded
+    a slab of rows at a time, after a first pass for its per-tensor statistic when it needs one, so no
     tensor sits in memory whole; the rest are one item each."""
-    for i, pt in enumerate(plan.tensors):
+    for i, pt in zip(indices, plan.tensors[indices.start:indices.stop]):
         slabs = _slabs(pt, slab_bytes)
         lazy = _streamable(pt)
         if slabs is None or lazy is None:
@@ -418,10 +421,12 @@ def hf_metadata(plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab) -> M
 
 
 def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str, ggml_shapes: bool = False,
-               threads: int = 0, allow_nonfinite: bool = False, progress: ProgressFn | None = None) -> str:
+               threads: int = 0, allow_nonfinite: bool = False, progress: ProgressFn | None = None,
+               split: SplitPart | None = None) -> str:
     """Write the plan's tensors to `path` (a temp path: the caller renames it into place) and
     return the file's sha256, computed while writing. `ggml_shapes`: write each shape as ggml sees
-    it (trailing dimensions of 1 dropped), as llama-quantize does."""
+    it (trailing dimensions of 1 dropped), as llama-quantize does. `split`: write only that file of
+    a split set (its tensors and KV pairs, gguf_split.py); the bytes do not depend on the others."""
     w = FastGGUFWriter(path, arch)
     for pt in plan:
         shape = pt.shape
@@ -429,7 +434,10 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
             while len(shape) > 1 and shape[0] == 1:
                 shape = shape[1:]
         w.add_tensor_info(pt.name, shape, np.dtype(np.float32), pt.nbytes, raw_dtype=ggml_type(pt.quant.ggml_type))
-    metadata(w)
+    if split is None or split.index == 0:
+        metadata(w)  # every tensor declared: general.size_label counts the whole model
+    if split is not None:
+        split.restrict(w)
 
     n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
@@ -440,6 +448,7 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
         w.write_ti_data_to_file()
         fout = w.fout[0] if w.fout else None
         assert fout is not None
+        w.write_padding(fout, fout.tell())  # the data's alignment (a split of no tensors ends with it)
         fout.flush()
         pos = fout.tell()
         with open(path, "rb") as f:
@@ -447,7 +456,7 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
         align = w.data_alignment
         written_back = 0
         tensor_bytes = 0
-        items = _work_items(plan, allow_nonfinite, SLAB_BYTES)
+        items = _work_items(plan, allow_nonfinite, SLAB_BYTES, split.tensors if split else range(len(plan.tensors)))
         for item, data in _run_in_order(pool, items, n_threads * INFLIGHT_PER_THREAD):
             pt = plan.tensors[item.index]
             if item.first:

@@ -44,28 +44,35 @@ def quant_of_file(meta: dict[str, Any]) -> str | None:
 
 
 class GgufWeights(WeightSource):
-    """A GGUF file's tensors, decoded on demand from a read-only mapping."""
+    """A GGUF file's (or split set's) tensors, decoded on demand from read-only mappings.
+    `files`: for a split set, the file each tensor is in (else every tensor is in `path`)."""
 
-    def __init__(self, path: Path, summary: GGUFSummary, kernel_config: Any = None, ternary: bool = False) -> None:
+    def __init__(self, path: Path, summary: GGUFSummary, kernel_config: Any = None, ternary: bool = False,
+                 files: dict[str, Path] | None = None) -> None:
         self.path = path
         self.summary = summary
         self.by_name = {t.name: t for t in summary.tensors}
         self.kernel_config = kernel_config
         self.ternary = ternary
-        self._file = open(path, "rb")
-        self._mm = mmap.mmap(self._file.fileno(), 0, access=mmap.ACCESS_READ)
-        self._buf = np.frombuffer(self._mm, dtype=np.uint8)
+        self._files = files or {}
+        self._maps: dict[Path, tuple[Any, mmap.mmap, np.ndarray]] = {}
+        for f in dict.fromkeys([path, *self._files.values()]):
+            fh = open(f, "rb")
+            mm = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+            self._maps[f] = (fh, mm, np.frombuffer(mm, dtype=np.uint8))
 
     def close(self) -> None:
-        del self._buf
-        try:
-            self._mm.close()
-        except BufferError:
-            pass
-        self._file.close()
+        maps, self._maps = self._maps, {}
+        for fh, mm, buf in maps.values():
+            del buf
+            try:
+                mm.close()
+            except BufferError:
+                pass
+            fh.close()
 
     def raw(self, t: GGUFTensorInfo) -> np.ndarray:
-        return self._buf[t.offset:t.offset + t.nbytes]
+        return self._maps[self._files.get(t.name, self.path)][2][t.offset:t.offset + t.nbytes]
 
     def _tensor(self, t: GGUFTensorInfo) -> GGUFTensor:
         return GGUFTensor(t, self.path, self.kernel_config)
