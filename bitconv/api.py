@@ -1,10 +1,7 @@
 """The Python API. The CLI is a thin layer over these functions; nothing here prints or exits."""
 from __future__ import annotations
 
-import hashlib
 import os
-import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
 
@@ -12,31 +9,17 @@ from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
 from .convert.plan import PlannedTensor, TensorPlan, plan_checkpoint
 from .convert.tokenizer import export_vocab
-from .errors import CheckpointError, UsageError
+from .errors import UsageError
 from .formats import gguf_split, gguf_writer
-from .formats.gguf_writer import kernel_files_for
-from .formats.atomic import check_free_space, check_output_path, staged_texts
+from .formats.atomic import check_free_space
 from .formats.manifest import BackgroundHasher, write_manifest
-from .quant.registry import get_quantizer
-from .results import ConversionResult, TensorRecord
-from .quant.tl import KernelConfig, LutQuantizer
+from .gguf_output import GGUFOutput, default_name, input_records
+from .results import ConversionResult
+from .quant.tl import KernelConfig
 from .targets import get_target
 from .threads import thread_count, using_threads
 
 DEFAULT_GGUF_QUANT = "f16"
-#: resident memory the process needs besides tensor data (interpreter, numpy, gguf-py, vocab)
-BASE_MEMORY = 200 * 1024 * 1024
-
-
-def default_output(checkpoint: Checkpoint, quant: str, out: str | os.PathLike[str] | None, suffix: str = ".gguf") -> Path:
-    """No -o: ./<name>-<quant>.gguf; -o DIR (existing, or ending in /): DIR/<name>-<quant>.gguf."""
-    filename = f"{checkpoint.name}-{quant}{suffix}"
-    if out is None:
-        return Path.cwd() / filename
-    p = Path(out).expanduser()
-    if p.is_dir() or str(out).endswith(("/", os.sep)):
-        return p / filename
-    return p
 
 
 def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, target: str | None = None,
@@ -51,12 +34,6 @@ def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, targe
         quant = get_target(target).quant_for(mapping_for(checkpoint), lut=lut, smallest=smallest) if target \
             else DEFAULT_GGUF_QUANT
     return plan_checkpoint(checkpoint, quant, force_ternarize=force_ternarize, kernel_config=kernel_config)
-
-
-def memory_estimate(plan: TensorPlan, threads: int = 0) -> int:
-    """Peak resident bytes: the interpreter and libraries, plus the work in flight (a budget per
-    thread; large tensors are read a slab of rows at a time, so it does not grow with the model)."""
-    return BASE_MEMORY + gguf_writer.peak_work_bytes(plan, threads)
 
 
 def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | None = None,
@@ -103,13 +80,12 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     from .convert.gguf_source import is_gguf_source
 
     if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
-        if split_max_size or split_max_tensors or no_tensor_first_split:
-            raise UsageError("split_max_size, split_max_tensors and no_tensor_first_split apply to a HF checkpoint "
-                             "source, not yet to a GGUF one")
         from .requantize import quantize
 
         return quantize(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), threads, target=target,
                         force_ternarize=force_ternarize, kernel_config=kernel_config, force=force,
+                        split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                        no_tensor_first_split=no_tensor_first_split,
                         dry_run=dry_run, manifest=manifest, allow_nonfinite=allow_nonfinite,
                         progress=progress, on_start=on_start)
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
@@ -119,67 +95,20 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     splits = gguf_split.plan_for(plan, max_size=split_max_size, max_tensors=split_max_tensors,
                                  no_tensor_first_split=no_tensor_first_split)
     vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
-    out_path = default_output(checkpoint, quant, out)
-    result = ConversionResult(
-        source=str(source), architecture=checkpoint.architecture, format="gguf", quant=quant,
-        output=str(splits.paths(out_path)[0]), dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
-        output_bytes=gguf_writer.estimated_file_size(plan), type_counts=plan.type_counts(),
-        memory_estimate_bytes=memory_estimate(plan, threads), largest_tensor_f32_bytes=plan.largest_f32_nbytes,
-        tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes, t.source.source_dtype, t.note)
-                 for t in plan], outputs=splits.describe(plan, out_path))
-    lut = plan.quant if isinstance(plan.quant, LutQuantizer) else None
-    if lut is not None:
-        result.tilings = [asdict(t) for t in lut.used_config().tilings]
+    options: dict[str, Any] = {"target": target, "pre": vocab.pre, "force_ternarize": force_ternarize,
+                               "revision": revision}
+    if splits.count > 1:
+        options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                       no_tensor_first_split=no_tensor_first_split)
+    job = GGUFOutput(str(source), checkpoint.name, checkpoint.architecture, plan,
+                     gguf_writer.hf_metadata(plan, checkpoint, vocab), plan.mapping.arch_name,
+                     plan.quant.llama_ftype is not None, default_name(checkpoint.name, quant, out), splits,
+                     checkpoint.input_files(), checkpoint.root, options)
+    result = job.result(dry_run=dry_run, threads=threads, source_dtype=lambda t: t.source.source_dtype)
     if dry_run:
         return result
-    for p in splits.paths(out_path):
-        check_output_path(p, force)
-    result_path = Path(result.output)  # a split set's first file: readers look for sidecars beside it
-    if lut is not None:
-        for p in kernel_files_for(result_path):
-            check_output_path(p, force)
-    check_free_space(out_path.parent, result.output_bytes)
-    start = time.perf_counter()
-    if on_start:
-        on_start(plan)
-    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if manifest else None
-    sidecars: dict[Path, str] = {}
-    if lut is not None:
-        used = lut.used_config()
-        ini, codegen = kernel_files_for(result_path)
-        sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, checkpoint.name)}
-    try:
-        with staged_texts(sidecars) as commit_sidecars:
-            # the GGUF files are renamed right after the sidecars: a usable file always has its config
-            records = gguf_split.write_split_set(
-                out_path, plan, gguf_writer.hf_metadata(plan, checkpoint, vocab), splits, force=force,
-                before_commit=commit_sidecars, arch=plan.mapping.arch_name,
-                ggml_shapes=plan.quant.llama_ftype is not None, threads=threads, allow_nonfinite=allow_nonfinite,
-                progress=progress)
-    except BaseException:
-        if hasher:
-            hasher.cancel()
-        raise
-    if sidecars:
-        result.kernel_config, result.codegen = (str(p) for p in sidecars)
-    result.output_bytes = sum(r["bytes"] for r in records)
-    result.sha256 = records[0]["sha256"]
-    for planned, written in zip(result.outputs, records):
-        planned.update(bytes=written["bytes"], sha256=written["sha256"])
-    out_records = list(records)
-    out_records += [{"path": p.name, "bytes": len(t.encode()), "sha256": hashlib.sha256(t.encode()).hexdigest()}
-                    for p, t in sidecars.items()]
-    if hasher:
-        options = {"format": "gguf", "quant": quant, "target": target, "pre": vocab.pre, "tilings": result.tilings,
-                   "allow_nonfinite": allow_nonfinite, "force_ternarize": force_ternarize, "revision": revision,
-                   "threads": thread_count(threads)}
-        if splits.count > 1:
-            options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-                           no_tensor_first_split=no_tensor_first_split)
-        result.manifest = str(write_manifest(out_path, inputs=_input_records(hasher, out_path), outputs=out_records,
-                                             options=options, source=str(source)))
-    result.seconds = time.perf_counter() - start
-    return result
+    return job.write(result, force=force, manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite,
+                     progress=progress, on_start=on_start)
 
 
 DEFAULT_ONNX_QUANT = "f32"
@@ -224,15 +153,6 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
                    "allow_nonfinite": allow_nonfinite})
 
 
-def _input_records(hasher: BackgroundHasher, artifact: Path) -> list[dict[str, Any]]:
-    """The inputs' hashes for the manifest; an input that vanished meanwhile is a one-line error."""
-    try:
-        return hasher.result()
-    except OSError as e:
-        raise CheckpointError(f"{e.filename}: {e.strerror or e} while hashing the inputs; {artifact} was "
-                              "written, its manifest was not") from e
-
-
 def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: bool, threads: int,
                    run: Callable[[], Any], options: Callable[[Any], dict[str, Any]]) -> Any:
     """Run a folder export on `threads` workers while the inputs hash in the background, then write
@@ -249,7 +169,7 @@ def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: 
         from .formats.manifest import file_record
 
         outputs = [file_record(folder / name, folder) for name in result.files]
-        result.manifest = str(write_manifest(folder, inputs=_input_records(hasher, folder), outputs=outputs,
+        result.manifest = str(write_manifest(folder, inputs=input_records(hasher, folder), outputs=outputs,
                                              options={**options(result), "threads": thread_count(threads)},
                                              source=str(source)))
     return result

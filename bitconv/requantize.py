@@ -16,9 +16,7 @@ Two kinds of output, chosen by the type:
 from __future__ import annotations
 
 import os
-import time
-from dataclasses import asdict, dataclass
-from pathlib import Path
+from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Callable, Sequence
 
@@ -29,15 +27,13 @@ from .convert.arch.base import SourceTensor
 from .convert.gguf_source import GGUFSource, GGUFTensor
 from .convert.plan import PlannedTensor, TensorPlan, choose_quant
 from .errors import UsageError
-from .formats import gguf_writer
-from .formats.atomic import atomic_output, check_free_space, check_output_path, staged_texts
-from .formats.manifest import BackgroundHasher, write_manifest
+from . import gguf_output
+from .formats import gguf_split
+from .formats.gguf_writer import MetadataFn
 from .quant.base import Quantizer
-from .quant.tl import LutQuantizer
 from .quant.registry import get_quantizer, quantizer_for_ggml_type
 from .quant.ternary import TernaryScale
-from .results import ConversionResult, TensorRecord
-from .threads import thread_count
+from .results import ConversionResult
 
 T = gguf.GGMLQuantizationType
 V = gguf.GGUFValueType
@@ -46,7 +42,6 @@ TERNARY_ARCHS = {"bitnet": "silu", "bitnet-25": "relu2", "bitnet-b1.58": "silu"}
 _TERNARY_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _UNQUANTIZED = (T.F32, T.F16, T.BF16)
 _OVERRIDE_TYPES = {"int": V.UINT32, "float": V.FLOAT32, "bool": V.BOOL, "str": V.STRING}
-BASE_MEMORY = 200 * 1024 * 1024
 #: llama-quantize's names for its default k-quant mixes (bitconv's q3_k/q4_k/q5_k are the pure types)
 LLAMA_QUANTIZE_ALIASES = {"q3_k": "q3_k_m", "q4_k": "q4_k_m", "q5_k": "q5_k_m"}
 
@@ -236,7 +231,7 @@ def plan_quantize(src: GGUFSource, quant: str, *, pure: bool = False, output_ten
                   allow_requantize: bool = False, keep_split: bool = False, force_ternarize: bool = False,
                   kernel_config: Any = None) -> TensorPlan:
     """Every output tensor's type and whether it is copied, recoded from ternary codes or encoded."""
-    from .quant.tl import KernelConfig
+    from .quant.tl import KernelConfig, LutQuantizer
 
     q = get_quantizer(LLAMA_QUANTIZE_ALIASES.get(quant.lower(), quant))
     if kernel_config is not None:
@@ -256,7 +251,7 @@ def plan_quantize(src: GGUFSource, quant: str, *, pure: bool = False, output_ten
                        allow_requantize=allow_requantize, keep_split=keep_split)
 
 
-def _metadata(src: GGUFSource, plan: TensorPlan, overrides: Sequence[KVOverride]) -> gguf_writer.MetadataFn:
+def _metadata(src: GGUFSource, plan: TensorPlan, overrides: Sequence[KVOverride]) -> MetadataFn:
     """The input's keys with their own types, in order; then llama-quantize's re-set keys (moved to
     the end, as ggml's gguf_set_val does) or, for ternary types, general.file_type in place."""
     q = plan.quant
@@ -293,30 +288,30 @@ def _notes(plan: TensorPlan) -> list[str]:
     return notes
 
 
-def default_quantize_output(src: GGUFSource, quant: str, out: str | os.PathLike[str] | None) -> Path:
-    """No OUT: <input name>-<type>.gguf beside the input; OUT a folder: inside it."""
-    name = f"{src.name}-{quant}.gguf"
-    if out is None:
-        return src.path.with_name(name)
-    p = Path(out).expanduser()
-    return p / name if p.is_dir() or str(out).endswith(("/", os.sep)) else p
-
-
 def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, quant: str | None = None,
              nthreads: int = 0, *, pure: bool = False, output_tensor_type: str | None = None,
              token_embedding_type: str | None = None, leave_output_tensor: bool = False,
              allow_requantize: bool = False, keep_split: bool = False, override_kv: Sequence[str] = (),
+             split_max_size: str | int | None = None, split_max_tensors: int = 0, no_tensor_first_split: bool = False,
              target: str | None = None, force_ternarize: bool = False, kernel_config: Any = None,
              force: bool = False, dry_run: bool = False, manifest: bool = True, allow_nonfinite: bool = False,
              progress: Callable[[PlannedTensor, int], None] | None = None,
              on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
     """Requantize a GGUF file (or split set) `source` into `out` as `quant`, with llama-quantize's
-    options. `target`: the type when `quant` is None, and a refusal of what the target's runtime
-    cannot run for this model (relu² BitNet in llama.cpp)."""
+    options. `out`: a file, or a folder for <input name>-<quant>.gguf (default: beside the input).
+    `keep_split`: split the output as the input is; `split_max_size` / `split_max_tensors`: split
+    it as hf2gguf does. `target`: the type when `quant` is None, and a refusal of what the
+    target's runtime cannot run for this model (relu² BitNet in llama.cpp)."""
     overrides = [KVOverride.parse(o) for o in override_kv]
-    if keep_split:
-        raise UsageError("--keep-split needs split output, which this build does not write yet")
+    if keep_split and (split_max_size or split_max_tensors or no_tensor_first_split):
+        raise UsageError("--keep-split keeps the input's split; it does not combine with --split-max-*")
     src = GGUFSource.open(source)
+    if kernel_config is not None and any(t.type_name in ("TL1", "TL2") and t.kernel_config is None for t in src):
+        from .quant.tl import KernelConfig
+
+        source_tilings = kernel_config if isinstance(kernel_config, KernelConfig) else KernelConfig.read(kernel_config)
+        for t in src:
+            t.kernel_config = t.kernel_config or source_tilings
     if target is not None:
         from .targets import get_target
 
@@ -334,56 +329,29 @@ def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str] | None 
                          allow_requantize=allow_requantize, keep_split=keep_split,
                          force_ternarize=force_ternarize, kernel_config=kernel_config)
     q = plan.quant
-    out_path = default_quantize_output(src, q.name, out)
-    if out_path.resolve() in {p.resolve() for p in src.paths}:
+    if keep_split:
+        per_file = [sum(t.path == p for t in src) for p in src.paths]
+        splits = gguf_split.splits_from_counts(per_file)
+    else:
+        splits = gguf_split.plan_for(plan, max_size=split_max_size, max_tensors=split_max_tensors,
+                                     no_tensor_first_split=no_tensor_first_split)
+    out_path = gguf_output.default_name(src.name, q.name, out, beside=src.path)
+    inputs = {p.resolve() for p in src.paths}
+    if any(p.resolve() in inputs for p in splits.paths(out_path)):
         raise UsageError(f"{out_path}: the output would overwrite the input")
-    result = ConversionResult(
-        source=str(source), architecture=src.architecture, format="gguf", quant=q.name, output=str(out_path),
-        dry_run=dry_run, n_tensors=len(plan), n_params=plan.n_params,
-        output_bytes=gguf_writer.estimated_file_size(plan), type_counts=plan.type_counts(),
-        memory_estimate_bytes=BASE_MEMORY + gguf_writer.peak_work_bytes(plan, nthreads),
-        largest_tensor_f32_bytes=plan.largest_f32_nbytes,
-        tensors=[TensorRecord(t.name, list(t.shape), t.quant.name, t.nbytes,
-                              src.tensors[t.name].type_name, t.note) for t in plan])
+    options = {"pure": pure, "output_tensor_type": output_tensor_type, "token_embedding_type": token_embedding_type,
+               "leave_output_tensor": leave_output_tensor, "allow_requantize": allow_requantize,
+               "keep_split": keep_split, "override_kv": list(override_kv), "target": target,
+               "force_ternarize": force_ternarize}
+    if splits.count > 1 and not keep_split:
+        options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                       no_tensor_first_split=no_tensor_first_split)
+    job = gguf_output.GGUFOutput(str(source), src.name, src.architecture, plan, _metadata(src, plan, overrides),
+                                 src.architecture, not q.ternary, out_path, splits, src.input_files(),
+                                 src.path.parent, options)
+    result = job.result(dry_run=dry_run, threads=nthreads, source_dtype=lambda t: src.tensors[t.name].type_name)
     result.notes = _notes(plan)
-    lut = q if isinstance(q, LutQuantizer) else None
-    if lut is not None:
-        result.tilings = [asdict(t) for t in lut.used_config().tilings]
     if dry_run:
         return result
-    sidecars: dict[Path, str] = {}
-    if lut is not None:
-        ini, codegen = gguf_writer.kernel_files_for(out_path)
-        sidecars = {ini: lut.used_config().to_ini(), codegen: lut.used_config().codegen_text(lut.layout, src.name)}
-    for p in (out_path, *sidecars):
-        check_output_path(p, force)
-    check_free_space(out_path.parent, result.output_bytes)
-    start = time.perf_counter()
-    if on_start:
-        on_start(plan)
-    hasher = BackgroundHasher(src.input_files(), src.path.parent) if manifest else None
-    try:
-        with atomic_output(out_path, force=force) as tmp, staged_texts(sidecars) as commit_sidecars:
-            digest = gguf_writer.write_gguf(tmp, plan, _metadata(src, plan, overrides), arch=src.architecture,
-                                            ggml_shapes=not q.ternary, threads=nthreads,
-                                            allow_nonfinite=allow_nonfinite, progress=progress)
-            commit_sidecars()
-        if sidecars:
-            result.kernel_config, result.codegen = (str(p) for p in sidecars)
-    except BaseException:
-        if hasher:
-            hasher.cancel()
-        raise
-    result.output_bytes = out_path.stat().st_size
-    result.sha256 = digest
-    if hasher:
-        options = {"format": "gguf", "quant": q.name, "pure": pure, "output_tensor_type": output_tensor_type,
-                   "token_embedding_type": token_embedding_type, "leave_output_tensor": leave_output_tensor,
-                   "allow_requantize": allow_requantize, "override_kv": list(override_kv),
-                   "threads": thread_count(nthreads)}
-        result.manifest = str(write_manifest(
-            out_path, inputs=hasher.result(), outputs=[{"path": out_path.name, "bytes": result.output_bytes,
-                                                        "sha256": digest}],
-            options=options, source=str(source)))
-    result.seconds = time.perf_counter() - start
-    return result
+    return job.write(result, force=force, manifest=manifest, threads=nthreads, allow_nonfinite=allow_nonfinite,
+                     progress=progress, on_start=on_start)

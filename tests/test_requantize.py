@@ -97,6 +97,30 @@ def test_options_identical_to_llama_quantize(sources, case: str, tmp_path: Path)
         assert next(t for t in result.tensors if t.name == "output.weight").note == "copied"
 
 
+@pytest.mark.slow
+def test_keep_split_identical_to_llama_quantize(checkpoint_factory, tmp_path: Path) -> None:
+    """A split input (hf2gguf --split-max-tensors) requantized with --keep-split: llama.cpp's files,
+    split by split; plain output of the same set: llama.cpp's single file."""
+    ckpt = checkpoint_factory("qwen3", "bf16", 1, "hub", hidden=256, layers=1, tie_word_embeddings=True)
+    src = tmp_path / "in" / "model.gguf"
+    src.parent.mkdir()
+    bitconv.convert(ckpt, "gguf", "f16", src, manifest=False, split_max_tensors=5)
+    first = src.with_name("model-00001-of-00003.gguf")
+    ours, ref = tmp_path / "ours" / "q.gguf", tmp_path / "ref" / "q.gguf"
+    ours.parent.mkdir(), ref.parent.mkdir()
+    result = quantize(first, ours, "q4_k_m", manifest=False, keep_split=True)
+    llama_quantize(first, ref.with_suffix(""), "q4_k_m", keep_split=True)  # llama.cpp adds -0000i-of-0000n.gguf
+    names = sorted(p.name for p in ref.parent.iterdir())
+    assert names == ["q-00001-of-00003.gguf", "q-00002-of-00003.gguf", "q-00003-of-00003.gguf"], names
+    assert [Path(o["path"]).name for o in result.outputs] == names
+    for name in names:
+        assert_same_file(ours.parent / name, ref.parent / name)
+    single, single_ref = tmp_path / "single.gguf", tmp_path / "single-ref.gguf"
+    quantize(first, single, "q4_k_m", manifest=False)
+    llama_quantize(first, single_ref, "q4_k_m")
+    assert_same_file(single, single_ref)
+
+
 def test_requantize_refused_without_the_option(sources, tmp_path: Path) -> None:
     out = tmp_path / "out.gguf"
     proc = run_cli("quantize", sources["qwen2-q8_0"], out, "q4_k_m")

@@ -23,6 +23,10 @@ from .convert import _ConversionProgress, _render_conversion, _result
 @click.option("--allow-requantize", is_flag=True,
               help="Requantize tensors that are already block-quantized (quality suffers).")
 @click.option("--keep-split", is_flag=True, help="Write the output split the way the input is.")
+@click.option("--split-max-size", default=None,
+              help="Split the output into files of at most this size (45G, 500M; K/M/G are powers of 1000).")
+@click.option("--split-max-tensors", type=click.IntRange(0), default=0, help="Split the output every N tensors.")
+@click.option("--no-tensor-first-split", is_flag=True, help="With --split-*: the first file holds only metadata.")
 @click.option("--override-kv", multiple=True, metavar="KEY=TYPE:VALUE",
               help="Set a metadata key (TYPE: int, float, bool, str); may be repeated.")
 @click.option("--target", default=None,
@@ -40,7 +44,8 @@ from .convert import _ConversionProgress, _render_conversion, _result
 @command("quantize")
 def quantize(input_path: str, output_path: str, quant_type: str, nthreads: int, pure: bool,
              output_tensor_type: str | None, token_embedding_type: str | None, leave_output_tensor: bool,
-             allow_requantize: bool, keep_split: bool, override_kv: tuple[str, ...], target: str | None,
+             allow_requantize: bool, keep_split: bool, split_max_size: str | None, split_max_tensors: int,
+             no_tensor_first_split: bool, override_kv: tuple[str, ...], target: str | None,
              kernel_config: str | None, force_ternarize: bool, allow_nonfinite: bool, dry_run: bool, force: bool,
              no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Requantize the GGUF file INPUT (or split set) to TYPE in OUTPUT, as llama-quantize does, or
@@ -51,6 +56,8 @@ def quantize(input_path: str, output_path: str, quant_type: str, nthreads: int, 
                               pure=pure, output_tensor_type=output_tensor_type,
                               token_embedding_type=token_embedding_type, leave_output_tensor=leave_output_tensor,
                               allow_requantize=allow_requantize, keep_split=keep_split, override_kv=override_kv,
+                              split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                              no_tensor_first_split=no_tensor_first_split,
                               target=target, force_ternarize=force_ternarize, kernel_config=kernel_config,
                               force=force, dry_run=dry_run, manifest=not no_manifest,
                               allow_nonfinite=allow_nonfinite, progress=progress.on_tensor,
