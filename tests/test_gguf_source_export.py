@@ -2,9 +2,9 @@
 -q int2`): the checkpoint view rebuilt from the GGUF (config, HF tensor names, tokenizer files) and
 what the exports hold against the exports of the checkpoint the GGUF was converted from.
 
-Measured on the tiny fixtures: Qwen2 / Qwen3 f16 GGUF → ONNX f32 / int4 logits equal the
-checkpoint's export to ~2e-6 (the f16 GGUF rounds the few bf16 weights below float16's normal
-range); a Qwen2 q8_0 GGUF → ONNX f32 cos 0.99989 against the checkpoint's f32 export, where the
+Measured on the tiny fixtures: Qwen2 / Qwen3 / Qwen2-MoE / Qwen3-MoE f16 GGUF → ONNX logits equal
+the checkpoint's export to ~2e-6 (the f16 GGUF rounds the few bf16 weights below float16's normal
+range; the MoE experts are read back per expert from the stacked tensors); a Qwen2 q8_0 GGUF → ONNX f32 cos 0.99989 against the checkpoint's f32 export, where the
 checkpoint's own ONNX int8 export (the same 8-bit, 32-wide blocks) measures cos ~0.9998 — the test
 holds q8_0 to twice that int8 error. BitNet i2_s → ONNX int2: model.onnx and model.onnx.data are
 byte-identical to the checkpoint's int2 export (the GGUF's codes and scale go through unchanged).
@@ -114,7 +114,7 @@ def test_tokenizer_llama3_bos_matches_original(ggufs, tmp_path):
 
 # --------------------------------------------------------------------------- ONNX
 
-@pytest.mark.parametrize("model,quant", [("qwen2", "f32"), ("qwen3", "int4")])
+@pytest.mark.parametrize("model,quant", [("qwen2", "f32"), ("qwen3", "int4"), ("qwen2moe", "f32"), ("qwen3moe", "f16")])
 def test_f16_gguf_onnx_equals_checkpoint_export(ggufs, onnx_export, model, quant):
     ckpt, gguf_path = ggufs(model, "f16")
     want = _logits(onnx_export(ckpt, quant), QWEN_IDS)
