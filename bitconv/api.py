@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 from .convert.arch import mapping_for
 from .convert.checkpoint import Checkpoint
@@ -121,36 +122,55 @@ def convert_onnx(source: str | os.PathLike[str], quant: str | None = None,
                  revision: str | None = None, manifest: bool = True, threads: int = 0,
                  allow_nonfinite: bool = False, progress: Callable[[str, int], None] | None = None,
                  on_start: Callable[[Any], None] | None = None) -> Any:
-    """Export a HF checkpoint as an ONNX Runtime decoder folder (model.onnx + model.onnx.data +
-    genai_config.json + tokenizer files). `quant`: f32 / f16 / int8 / int4 / int2 (ternary models),
+    """Export a HF checkpoint (or a GGUF file or split set, read as the checkpoint it came from) as an
+    ONNX Runtime decoder folder (model.onnx + model.onnx.data + genai_config.json + tokenizer files). `quant`: f32 / f16 / int8 / int4 / int2 (ternary models),
     else the target's default for this model, else f32. `out`: the folder (default
     ./<name>-<quant>-onnx). Returns an `onnx.export.OnnxExportResult`."""
     from .formats.onnx import export as onnx_export, plan as onnx_plan
 
     if target and get_target(target).format != "onnx":
         raise UsageError(f"target {target} writes {get_target(target).format}, not onnx")
-    checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
-    mapping = mapping_for(checkpoint)
-    if quant is None:
-        quant = get_target(target).quant_for(mapping) if target else DEFAULT_ONNX_QUANT
-    oq = onnx_plan.get_onnx_quant(quant)
-    plan = onnx_plan.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size, force_ternarize=force_ternarize,
-                                    accuracy_level=accuracy_level)
-    plan.allow_nonfinite = allow_nonfinite
-    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{oq.name}-onnx"
-    if not dry_run:
-        onnx_export.require_onnx()
-        onnx_export.check_output_folder(folder, onnx_export.output_files(plan), force)
-        check_free_space(folder if folder.is_dir() else folder.parent, plan.data_nbytes)
-        if on_start:
-            on_start(plan)
-    return _export_folder(
-        checkpoint, folder, source, manifest and not dry_run, threads,
-        lambda: onnx_export.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
-                                   progress=progress),
-        lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
-                   "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision,
-                   "allow_nonfinite": allow_nonfinite})
+    with _opened_source(source, revision, allow_pickle) as checkpoint:
+        mapping = mapping_for(checkpoint)
+        if quant is None:
+            quant = get_target(target).quant_for(mapping) if target else DEFAULT_ONNX_QUANT
+        oq = onnx_plan.get_onnx_quant(quant)
+        plan = onnx_plan.make_onnx_plan(checkpoint, mapping, oq, block_size=block_size,
+                                        force_ternarize=force_ternarize, accuracy_level=accuracy_level)
+        plan.allow_nonfinite = allow_nonfinite
+        folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{oq.name}-onnx"
+        if not dry_run:
+            onnx_export.require_onnx()
+            onnx_export.check_output_folder(folder, onnx_export.output_files(plan), force)
+            check_free_space(folder if folder.is_dir() else folder.parent, plan.data_nbytes)
+            if on_start:
+                on_start(plan)
+        return _export_folder(
+            checkpoint, folder, source, manifest and not dry_run, threads,
+            lambda: onnx_export.export(checkpoint, plan, folder, source=str(source), dry_run=dry_run, force=force,
+                                       progress=progress),
+            lambda r: {"format": "onnx", "quant": oq.name, "block_size": r.block_size, "target": target,
+                       "accuracy_level": accuracy_level, "force_ternarize": force_ternarize, "revision": revision,
+                       "allow_nonfinite": allow_nonfinite})
+
+
+@contextmanager
+def _opened_source(source: str | os.PathLike[str], revision: str | None,
+                   allow_pickle: bool) -> Iterator[Checkpoint]:
+    """The checkpoint an exporter reads: a folder or hub repo id, or a GGUF file (or split set) read
+    as the checkpoint it came from (config and tokenizer files rebuilt in a staging folder that
+    lasts as long as the `with` block)."""
+    from .convert.gguf_source import is_gguf_source
+
+    if not is_gguf_source(source):
+        yield Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
+        return
+    if revision is not None:
+        raise UsageError("--revision applies to a hub repo id, not to a GGUF file")
+    from .convert.gguf_checkpoint import open_gguf_checkpoint
+
+    with open_gguf_checkpoint(source) as checkpoint:
+        yield checkpoint
 
 
 def _export_folder(checkpoint: Checkpoint, folder: Path, source: Any, manifest: bool, threads: int,
@@ -183,7 +203,7 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
                         threads: int = 0, progress: Callable[[str, int], None] | None = None,
                         on_start: Callable[[Any], None] | None = None) -> Any:
     """Write a Hugging Face safetensors checkpoint folder (model.safetensors, or shards + index,
-    config.json, tokenizer files). `format`: "bitnet-packed" (transformers' packed BitNet layout,
+    config.json, tokenizer files) from a HF checkpoint or a GGUF file (or split set). `format`: "bitnet-packed" (transformers' packed BitNet layout,
     from a BitNetForCausalLM with master or packed weights; `linear_class`: "bitlinear" (weight_scale
     = 1/s) or "autobitlinear" (weight_scale = s)), "compressed-tensors" (pack-quantized, `quant`
     int4 (default) / int8, group size `block_size`, default 128), "bnb-nf4" / "bnb-int8"
@@ -197,16 +217,16 @@ def convert_safetensors(source: str | os.PathLike[str], format: str = "bitnet-pa
     st_out.parse_shard_size(max_shard_size)  # a bad size fails before the checkpoint is read
     if block_size is not None and fmt == "compressed-tensors":
         st_out.check_block_size(block_size)
-    checkpoint = Checkpoint.open(source, revision=revision, allow_pickle=allow_pickle)
-    suffix = f"-{(quant or st_out.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
-    folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
-    return _export_folder(
-        checkpoint, folder, source, manifest and not dry_run, threads,
-        lambda: st_out.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
-                              block_size=block_size, max_shard_size=max_shard_size, source=str(source),
-                              force=force, dry_run=dry_run, progress=progress, on_start=on_start),
-        lambda r: {"format": fmt, "quant": r.quant, "block_size": r.block_size, "linear_class": r.linear_class,
-                   "max_shard_size": max_shard_size, "revision": revision})
+    with _opened_source(source, revision, allow_pickle) as checkpoint:
+        suffix = f"-{(quant or st_out.CT_DEFAULT_QUANT).lower()}" if fmt == "compressed-tensors" else ""
+        folder = Path(out).expanduser() if out is not None else Path.cwd() / f"{checkpoint.name}-{fmt}{suffix}"
+        return _export_folder(
+            checkpoint, folder, source, manifest and not dry_run, threads,
+            lambda: st_out.export(checkpoint, folder, fmt, linear_class=linear_class, quant=quant,
+                                  block_size=block_size, max_shard_size=max_shard_size, source=str(source),
+                                  force=force, dry_run=dry_run, progress=progress, on_start=on_start),
+            lambda r: {"format": fmt, "quant": r.quant, "block_size": r.block_size, "linear_class": r.linear_class,
+                       "max_shard_size": max_shard_size, "revision": revision})
 
 
 def inspect(path: str | os.PathLike[str]) -> Any:

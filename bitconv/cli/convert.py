@@ -124,7 +124,8 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
 def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int | None, output: str | None,
             dry_run: bool, force: bool, revision: str | None, force_ternarize: bool, allow_pickle: bool,
             no_manifest: bool, threads: int, allow_nonfinite: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Export the checkpoint SOURCE (a directory, or a hub repo id) as an ONNX Runtime decoder folder."""
+    """Export the checkpoint SOURCE (a directory, a hub repo id, or a GGUF file: its config and tokenizer are
+    rebuilt from the GGUF, ternary weights keep their codes) as an ONNX Runtime decoder folder."""
     progress = _ConversionProgress("exporting", quiet or dry_run, lambda plan: plan.data_nbytes)
     with progress.bar:
         result = api.convert_onnx(source, quant, output, target=target, block_size=block_size, force=force,
@@ -162,7 +163,8 @@ def hf2onnx(source: str, quant: str | None, target: str | None, block_size: int 
 def hf2st(source: str, fmt: str, quant: str | None, block_size: int | None, max_shard_size: str | None,
           linear_class: str, output: str | None, dry_run: bool, force: bool, revision: str | None,
           allow_pickle: bool, threads: int, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
-    """Write the checkpoint SOURCE (a directory, or a hub repo id) as a Hugging Face safetensors checkpoint."""
+    """Write the checkpoint SOURCE (a directory, a hub repo id, or a GGUF file: its config and tokenizer are
+    rebuilt from the GGUF, ternary weights keep their codes) as a Hugging Face safetensors checkpoint."""
     progress = _ConversionProgress("writing", quiet or dry_run, lambda tensors: sum(t.nbytes for t in tensors))
     with progress.bar:
         result = api.convert_safetensors(source, fmt, output, quant=quant, block_size=block_size,

@@ -137,7 +137,11 @@ class GGUFTensor:
             qtype = gguf.GGMLQuantizationType[self.type_name]
         except KeyError:
             raise CheckpointError(f"{self.path.name}: {self.name}: cannot decode tensor type {self.type_name}") from None
-        out = gguf.quants.dequantize(self.raw_rows(lo, hi), qtype)
+        try:
+            out = gguf.quants.dequantize(self.raw_rows(lo, hi), qtype)
+        except NotImplementedError:
+            raise CheckpointError(f"{self.path.name}: {self.name}: gguf-py cannot decode tensor type "
+                                  f"{self.type_name}") from None
         return np.asarray(out, dtype=np.float32).reshape(hi - lo, k)
 
     def stored(self) -> np.ndarray:
