@@ -75,7 +75,7 @@ class GgufWeights(WeightSource):
         return self._maps[self._files.get(t.name, self.path)][2][t.offset:t.offset + t.nbytes]
 
     def _tensor(self, t: GGUFTensorInfo) -> GGUFTensor:
-        return GGUFTensor(t, self.path, self.kernel_config)
+        return GGUFTensor(t, self._files.get(t.name, self.path), self.kernel_config)
 
     def ternary_of(self, t: GGUFTensorInfo) -> TernaryWeight | None:
         """Codes and scale of a tensor in a ternary type (None for other types). TQ1_0/TQ2_0 carry a
