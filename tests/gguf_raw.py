@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 MAGIC = b"GGUF"
 DEFAULT_ALIGNMENT = 32
 
@@ -52,11 +54,19 @@ class KV:
     vtype: int                 # VALUE_TYPES id
     raw: bytes                 # the value's bytes as they lie in the file (after the type id)
     item_type: int | None = None
-    value: Any = None          # decoded: scalar, str, or list
+
+    @property
+    def value(self) -> Any:
+        """The decoded value: a scalar, a str, or a list (numeric arrays as numpy arrays)."""
+        if self.vtype == 9 and self.item_type in _SCALAR:
+            fmt = _SCALAR[self.item_type]
+            dtype = "<?" if fmt == "<?" else np.dtype(fmt)
+            return np.frombuffer(self.raw, dtype=dtype, offset=12)
+        return _Reader(self.raw).value(self.vtype, self.item_type)
 
     @property
     def count(self) -> int | None:
-        return len(self.value) if self.vtype == 9 else None
+        return struct.unpack_from("<Q", self.raw, 4)[0] if self.vtype == 9 else None
 
 
 @dataclass
@@ -123,21 +133,58 @@ class _Reader:
     def string(self) -> str:
         return self.take(self.unpack("<Q")).decode("utf-8")
 
-    def value(self, vtype: int) -> Any:
+    def value(self, vtype: int, item_type: int | None = None) -> Any:
         if vtype == 8:
             return self.string()
         if vtype == 9:
             item = self.unpack("<I")
             count = self.unpack("<Q")
-            return item, [self.value(item) for _ in range(count)]
+            return [self.value(item) for _ in range(count)]
         return self.unpack(_SCALAR[vtype])
 
+    def skip(self, vtype: int) -> int | None:
+        """Step over a value without decoding it; the item type of an array."""
+        if vtype == 8:
+            self.take(self.unpack("<Q"))
+            return None
+        if vtype != 9:
+            self.take(struct.calcsize(_SCALAR[vtype]))
+            return None
+        item = self.unpack("<I")
+        count = self.unpack("<Q")
+        if item in _SCALAR:
+            self.take(count * struct.calcsize(_SCALAR[item]))
+        elif item == 8:
+            buf, pos, end = self.buf, self.pos, len(self.buf)
+            for _ in range(count):
+                if pos + 8 > end:
+                    raise ValueError("GGUF header ends early")
+                pos += 8 + int.from_bytes(buf[pos:pos + 8], "little")
+            if pos > end:
+                raise ValueError("GGUF header ends early")
+            self.pos = pos
+        else:
+            for _ in range(count):
+                self.skip(item)
+        return item
 
-def read(path: str | Path, header_bytes: int = 64 << 20) -> GGUFFile:
-    """Parse the header of a GGUF file (the first `header_bytes` must hold it)."""
+
+def read(path: str | Path) -> GGUFFile:
+    """Parse the header of a GGUF file."""
     path = Path(path)
-    with open(path, "rb") as f:
-        buf = f.read(header_bytes)
+    size = 1 << 20
+    while True:
+        with open(path, "rb") as f:
+            buf = f.read(size)
+        try:
+            return _parse(path, buf)
+        except ValueError as e:
+            if "ends early" not in str(e) or len(buf) < size:
+                raise
+            size *= 4
+
+
+def _parse(path: Path, buf: bytes) -> GGUFFile:
     r = _Reader(buf)
     if r.take(4) != MAGIC:
         raise ValueError(f"{path}: not a GGUF file")
@@ -148,12 +195,8 @@ def read(path: str | Path, header_bytes: int = 64 << 20) -> GGUFFile:
         key = r.string()
         vtype = r.unpack("<I")
         start = r.pos
-        v = r.value(vtype)
-        raw = buf[start:r.pos]
-        if vtype == 9:
-            kvs.append(KV(key, vtype, raw, v[0], v[1]))
-        else:
-            kvs.append(KV(key, vtype, raw, None, v))
+        item = r.skip(vtype)
+        kvs.append(KV(key, vtype, buf[start:r.pos], item))
     tensors = []
     for _ in range(n_tensors):
         name = r.string()

@@ -141,9 +141,9 @@ def kv_record(kv: gguf_raw.KV) -> dict:
         rec["value"] = kv.value
         return rec
     rec["item_type"] = gguf_raw.VALUE_TYPES[kv.item_type]
-    rec["count"] = len(kv.value)
-    if len(kv.value) <= INLINE_ARRAY_MAX:
-        rec["value"] = kv.value
+    rec["count"] = kv.count
+    if kv.count <= INLINE_ARRAY_MAX:
+        rec["value"] = [v.item() if hasattr(v, "item") else v for v in kv.value]
     else:
         rec["sha256"] = gguf_raw.sha256(kv.raw)  # item type id, count, items as they lie in the file
     return rec
