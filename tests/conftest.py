@@ -39,3 +39,12 @@ def bitnet_packed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import fixtures_bitnet
 
     return fixtures_bitnet.make_bitnet_checkpoint(tmp_path_factory.mktemp("bitnet-packed") / "bitnet", form="packed")
+
+
+@pytest.fixture(scope="session")
+def bitnet_cpp_golden(tmp_path_factory: pytest.TempPathFactory):
+    """bitnet.cpp's own I2_S GGUF of a tiny BitNet checkpoint, rebuilt from tests/golden/bitnet_cpp_i2s.json,
+    with the checkpoint and bitconv's i2_s GGUF of it (tests/bitnet_cpp_golden.py)."""
+    import bitnet_cpp_golden
+
+    return bitnet_cpp_golden.build(tmp_path_factory.mktemp("bitnet-cpp-golden"))
