@@ -146,11 +146,7 @@ def test_bitnet_cpp_i2s_through_lut_and_back_is_the_file_itself(bitnet_cpp_golde
 # --------------------------------------------------------------------------- from bitconv's own I2_S file
 
 @pytest.mark.parametrize("target", [
-    "tq2_0", "tq1_0", "i2_s",
-    pytest.param("tl1", marks=pytest.mark.xfail(strict=True, reason="i2_s's scale is a float64-sum absmean, "
-                                                 "tl1/tl2's torch's float32 mean: 6 of 14 differ by an ulp")),
-    pytest.param("tl2", marks=pytest.mark.xfail(strict=True, reason="as tl1")),
-])
+    "tq2_0", "tq1_0", "i2_s", "tl1", "tl2"])
 def test_our_i2s_repacks_to_the_direct_file(bitnet_cpp_golden, direct, repacked, target):
     """bitconv's own i2_s → TYPE is the direct conversion's whole file: their metadata differ only
     in general.file_type, and the scale is the one the checkpoint gives every ternary type."""

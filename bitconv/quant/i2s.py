@@ -4,6 +4,11 @@ K (the input dimension) must be a multiple of 128. Values are taken in row-major
 of 128; a group becomes 32 bytes where byte j holds values j, 32+j, 64+j, 96+j in bit pairs 7–6,
 5–4, 3–2, 1–0, code = value + 1. After the N·K/4 packed bytes: the per-tensor float32 scale and 28
 zero bytes. (A naive sequential 4-per-byte packing loads in bitnet.cpp and produces garbage.)
+
+The scale of master weights is bitnet.cpp's own: its flow ternarizes in torch (float32 mean in
+torch's summation order, one intra-op thread) before llama-quantize packs, so bitconv takes
+`converter_scale`, as tl1/tl2 do; a float64 mean differs from it in the last bit for about half of
+the tensors (tests/test_gguf_ternary_source.py checks every scale against a bitnet.cpp file).
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import numpy as np
 from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .registry import register_quantizer
-from .ternary import TernaryScale, scale_for, ternarize
+from .ternary import TernaryScale, converter_scale, ternarize
 
 I2S_TYPE_ID = 36
 I2S_FILE_TYPE = 40  # general.file_type bitnet.cpp writes for an I2_S model
@@ -50,7 +55,7 @@ class I2S(Quantizer):
 
     def prepare(self, chunks: Iterable[np.ndarray], stored_dtype: str | None = None,
                 known_scale: Any = None) -> TernaryScale:
-        return scale_for(chunks, known_scale)
+        return known_scale if known_scale is not None else converter_scale(chunks, 1)
 
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         if not isinstance(state, TernaryScale):
