@@ -718,6 +718,32 @@ def remove_output(out: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+_LLAMA_QUANTIZE = r"""
+import ctypes, sys
+import llama_cpp
+p = llama_cpp.llama_model_quantize_default_params()
+p.ftype = int(sys.argv[3])
+p.nthread = 0
+sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
+"""
+
+
+def llama_quantize_command() -> list[str]:
+    """`… SRC DST FTYPE`: llama.cpp's llama_model_quantize (llama-cpp-python) on all cores."""
+    return [sys.executable, "-c", _LLAMA_QUANTIZE]
+
+
+def quantize_arguments(doc: str | None) -> Any:
+    """The options every llama-quantize comparison takes (--small, --rounds, --timeout)."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--small", action="store_true", help="tiny shape for a smoke run")
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--timeout", type=float, default=3600)
+    return ap
+
+
 def bitconv_command(model: Path, quant: str, out: Path) -> list[str]:
     script = Path(sys.executable).parent / "bitconv"
     base = [str(script)] if script.is_file() else [sys.executable, "-m", "bitconv"]

@@ -15,7 +15,6 @@ its disk use. Ratios are bitconv / two-step from the same invocation.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -25,23 +24,10 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert as bench  # noqa: E402  (benchmarks/convert.py: checkpoint generator and measuring)
 
-_QUANTIZE = r"""
-import ctypes, sys
-import llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = int(sys.argv[3])
-p.nthread = 0
-sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
-"""
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench.quantize_arguments(__doc__)
     ap.add_argument("--keep", type=Path, help="generate the checkpoint here (or reuse it)")
-    ap.add_argument("--small", action="store_true", help="tiny shape for a smoke run")
     ap.add_argument("--quant", default="q4_k_m", help="bitconv mix name (default q4_k_m)")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
 
     import llamacpp_oracle as oracle
@@ -70,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             ours.unlink()
             cmd, env = oracle.reference_converter_command(model, "f16", f16)
             s1 = bench.measure(cmd, env, work / f"convert-{r}.log", args.timeout)
-            s2 = bench.measure([sys.executable, "-c", _QUANTIZE, str(f16), str(ref), str(q.llama_ftype)], None,
+            s2 = bench.measure([*bench.llama_quantize_command(), str(f16), str(ref), str(q.llama_ftype)], None,
                                work / f"quantize-{r}.log", args.timeout)
             if s1.rc or s2.rc:
                 print(bench.tail(s1.log), bench.tail(s2.log), file=sys.stderr)

@@ -13,7 +13,6 @@ time and peak RSS of each process are measured in a fresh wrapper (benchmarks/co
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 from pathlib import Path
@@ -21,23 +20,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import convert as bench  # noqa: E402  (benchmarks/convert.py: checkpoint generator and measuring)
 
-_QUANTIZE = r"""
-import ctypes, sys
-import llama_cpp
-p = llama_cpp.llama_model_quantize_default_params()
-p.ftype = int(sys.argv[3])
-p.nthread = 0
-sys.exit(llama_cpp.llama_model_quantize(sys.argv[1].encode(), sys.argv[2].encode(), ctypes.byref(p)))
-"""
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = bench.quantize_arguments(__doc__)
     ap.add_argument("--keep", type=Path, help="generate the checkpoint and its f16 GGUF here (or reuse them)")
-    ap.add_argument("--small", action="store_true", help="tiny shape for a smoke run")
     ap.add_argument("--quant", default="q4_k_m")
-    ap.add_argument("--rounds", type=int, default=2)
-    ap.add_argument("--timeout", type=float, default=3600)
     args = ap.parse_args(argv)
 
     from bitconv.quant.registry import get_quantizer
@@ -60,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(args.rounds):
             a = bench.measure([sys.executable, "-m", "bitconv", "quantize", str(f16), str(ours), args.quant,
                                "--no-manifest", "--quiet", "--force"], None, work / f"bitconv-{r}.log", args.timeout)
-            b = bench.measure([sys.executable, "-c", _QUANTIZE, str(f16), str(ref), str(ftype)], None,
+            b = bench.measure([*bench.llama_quantize_command(), str(f16), str(ref), str(ftype)], None,
                               work / f"llama-{r}.log", args.timeout)
             if a.rc or b.rc:
                 print(bench.tail(a.log), bench.tail(b.log), file=sys.stderr)
