@@ -3,7 +3,8 @@
 F16C when the CPU has it, chosen at run time), Q8_0 (ggml's quantize_row_q8_0_ref) and the
 k-quants (quantize_row_q{2,3,4,5,6}_K_ref).
 They release the GIL so the writer's thread pool runs them on every core."""
-from libc.stdint cimport uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdlib cimport free, malloc
 
 cdef extern from *:
     """
@@ -415,8 +416,75 @@ cdef extern from *:
         bc_kblock_fn f = bc_kblock[bits]; int sz = bc_kblock_size[bits];
         for (size_t b = 0; b < nblocks; b++) f(x + BC_QK_K * b, out + (size_t)sz * b);
     }
+
+    /* torch's CPU float32 cascade_sum of n values (one intra-op thread), in torch's order: rows of
+       4 x `lanes` floats accumulated in a 4-level cascade of blocks of 2^power rows, left-over
+       vectors into the first accumulator, the 4 accumulators in order, then the left-over scalars
+       and the lanes in order (bitconv/quant/torch_sum.py explains and checks it). The values are
+       read through a cursor over the parts of a flat sequence; `absolute` sums |x|. */
+    typedef struct { const float* const* ptrs; const int64_t* lens; int64_t nparts, part, off; int absolute; } bc_cursor;
+
+    static void bc_read(bc_cursor* c, float* dst, int64_t count) {
+        while (count > 0) {
+            int64_t avail = c->lens[c->part] - c->off;
+            if (avail <= 0) { c->part++; c->off = 0; continue; }
+            int64_t k = count < avail ? count : avail;
+            const float* src = c->ptrs[c->part] + c->off;
+            if (c->absolute) { for (int64_t t = 0; t < k; t++) dst[t] = fabsf(src[t]); }
+            else memcpy(dst, src, (size_t)k * sizeof(float));
+            dst += k; count -= k; c->off += k;
+        }
+    }
+
+    static float bc_torch_serial_sum(bc_cursor* c, int64_t n) {
+        const int lanes = n >= 8 ? 8 : 1, width = 4 * lanes;
+        const int64_t n_vec = n / lanes, rows = n_vec / 4;
+        int64_t power = 4;
+        if (rows > 1) {
+            int64_t ceil_log2 = 64 - __builtin_clzll((unsigned long long)(rows - 1));
+            if (ceil_log2 / 4 > power) power = ceil_log2 / 4;
+        }
+        const int64_t step = (int64_t)1 << power, mask = step - 1;
+        float acc[4][32], row[32];
+        memset(acc, 0, sizeof(acc));
+        int64_t i = 0;
+        while (i + step <= rows) {
+            for (int64_t j = 0; j < step; j++, i++) {
+                bc_read(c, row, width);
+                for (int k = 0; k < width; k++) acc[0][k] += row[k];
+            }
+            for (int lv = 1; lv < 4; lv++) {
+                for (int k = 0; k < width; k++) { acc[lv][k] += acc[lv - 1][k]; acc[lv - 1][k] = 0.0f; }
+                if ((i & (mask << (lv * power))) != 0) break;
+            }
+        }
+        for (; i < rows; i++) {
+            bc_read(c, row, width);
+            for (int k = 0; k < width; k++) acc[0][k] += row[k];
+        }
+        for (int lv = 1; lv < 4; lv++)
+            for (int k = 0; k < width; k++) acc[0][k] += acc[lv][k];
+        for (int64_t v = rows * 4; v < n_vec; v++) {
+            bc_read(c, row, lanes);
+            for (int l = 0; l < lanes; l++) acc[0][l] += row[l];
+        }
+        for (int k = 1; k < 4; k++)
+            for (int l = 0; l < lanes; l++) acc[0][l] += acc[0][k * lanes + l];
+        float total = 0.0f;
+        int64_t rem = n - n_vec * lanes;
+        bc_read(c, row, rem);
+        for (int64_t r = 0; r < rem; r++) total += row[r];
+        for (int l = 0; l < lanes; l++) total += acc[0][l];
+        return total;
+    }
     """
     int bc_have_f16c() nogil
+    ctypedef struct bc_cursor:
+        const float* const* ptrs
+        const int64_t* lens
+        int64_t nparts, part, off
+        int absolute
+    float bc_torch_serial_sum(bc_cursor* c, int64_t n) nogil
     void bc_f32_to_f16(const float* src, uint16_t* dst, size_t n, int simd) nogil
     void bc_quantize_q8_0(const float* x, uint8_t* out, size_t nblocks) nogil
     void bc_quantize_k(int bits, const float* x, uint8_t* out, size_t nblocks) nogil
@@ -456,3 +524,44 @@ def quantize_k(int bits, const float[::1] src, uint8_t[::1] dst) -> None:
         return
     with nogil:
         bc_quantize_k(bits, &src[0], &dst[0], nblocks)
+
+
+def torch_serial_sum(list parts, long long lo, long long n, bint absolute=False) -> float:
+    """torch's one-thread float32 sum (|x| with `absolute`) of n values from flat offset `lo` of the
+    contiguous float32 arrays `parts` taken as one sequence."""
+    cdef Py_ssize_t nparts = len(parts), k
+    cdef const float[::1] view
+    cdef const float** ptrs = <const float**>malloc(max(nparts, 1) * sizeof(float*))
+    cdef int64_t* lens = <int64_t*>malloc(max(nparts, 1) * sizeof(int64_t))
+    cdef bc_cursor cur
+    cdef float total
+    cdef long long total_len = 0
+    if ptrs == NULL or lens == NULL:
+        free(ptrs)
+        free(lens)
+        raise MemoryError()
+    try:
+        for k in range(nparts):
+            view = parts[k]
+            ptrs[k] = &view[0] if view.shape[0] else NULL
+            lens[k] = view.shape[0]
+            total_len += view.shape[0]
+        if lo < 0 or n < 0 or lo + n > total_len:
+            raise ValueError("torch_serial_sum: range outside the parts")
+        cur.ptrs = ptrs
+        cur.lens = lens
+        cur.nparts = nparts
+        cur.part = 0
+        cur.off = 0
+        cur.absolute = 1 if absolute else 0
+        while cur.part < nparts and lo >= lens[cur.part] - cur.off:  # seek to lo
+            lo -= lens[cur.part] - cur.off
+            cur.part += 1
+            cur.off = 0
+        cur.off += lo
+        with nogil:
+            total = bc_torch_serial_sum(&cur, n)
+        return total
+    finally:
+        free(ptrs)
+        free(lens)

@@ -60,3 +60,7 @@ def quantize_k(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray | None:
     out = np.empty(src.size // 256 * size, dtype=np.uint8)
     _ext.quantize_k(bits, src, out)
     return out.reshape(-1, x.shape[-1] // 256 * size)
+
+
+#: torch's one-thread float32 sum over the parts of a flat sequence (quant/torch_sum.py), or None
+torch_serial_sum = _ext.torch_serial_sum if _ext is not None else None

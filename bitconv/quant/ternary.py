@@ -27,7 +27,7 @@ from typing import Iterable
 import numpy as np
 
 from ..errors import QuantizationError
-from .torch_sum import FlatParts, torch_sum_of
+from .torch_sum import torch_sum_of_parts
 
 EPS = np.float32(1e-5)
 LINEAR_CLASSES = ("bitlinear", "autobitlinear")
@@ -71,13 +71,14 @@ def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1) -> TernarySc
 
     f16 checkpoints: the converter keeps them f16, its scale comes out float16 and it stops at its own
     `assert i2_scale.dtype == np.float32`; bitconv stores this float32 scale for them too."""
-    flat = FlatParts(np.abs(np.asarray(c, dtype=np.float32)) for c in chunks)
-    if flat.size == 0:
+    parts = [np.ascontiguousarray(c, dtype=np.float32).reshape(-1) for c in chunks]
+    size = sum(p.size for p in parts)
+    if size == 0:
         raise QuantizationError("cannot ternarize an empty tensor")
-    total = torch_sum_of(flat.take, flat.size, threads)
-    mean = np.float32(total / np.float32(flat.size))
+    total = torch_sum_of_parts(parts, threads, absolute=True)
+    mean = np.float32(total / np.float32(size))
     inv = np.float32(np.float32(1.0) / np.maximum(mean, EPS))
-    peak = max(np.float32(p.max()) for p in flat.parts if p.size)
+    peak = max(max(np.float32(p.max()), -np.float32(p.min())) for p in parts if p.size)
     # rint(w·inv) is nonzero iff |w·inv| > 0.5 (0.5 rounds to even, 0), and w·inv grows with |w|
     # (written so that NaN weights keep a NaN scale, as the converter's max does)
     all_zero = bool(np.float32(peak * inv) <= np.float32(0.5))

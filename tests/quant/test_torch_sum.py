@@ -83,3 +83,22 @@ def test_flat_parts_read_like_one_array():
 def test_threads_must_be_positive():
     with pytest.raises(ValueError):
         torch_sum(np.ones(4, np.float32), 0)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 5])
+def test_c_pass_over_parts_equals_torch(threads, torch_threads):
+    """The extension's one pass (|x| summed while read, the parts never joined) gives torch's bits,
+    as the numpy emulation does; a tensor's row chunks may end anywhere in a 32-float row."""
+    from bitconv.accel.kernels import torch_serial_sum
+    from bitconv.quant.torch_sum import torch_sum_of_parts
+
+    if torch_serial_sum is None:
+        pytest.skip("the C extension is not built")
+    torch_threads(threads)
+    rng = np.random.default_rng(threads)
+    for n in SIZES:
+        x = rng.standard_normal(n, dtype=np.float32)
+        parts = np.split(x, sorted(rng.integers(0, n + 1, size=3)))
+        want = np.float32(torch.from_numpy(np.abs(x)).sum().item())
+        assert torch_sum_of_parts(parts, threads, absolute=True) == want, n
+        assert torch_sum_of_parts([np.abs(x)], threads) == want, n
