@@ -268,11 +268,15 @@ def _metadata(src: GGUFSource, plan: TensorPlan, overrides: Sequence[KVOverride]
         values.pop(o.key, None), types.pop(o.key, None)
         values[o.key], types[o.key] = o.value, (int(o.vtype), None)
 
+    alignment = values.get("general.alignment")
+
     def add(w: gguf.GGUFWriter) -> None:
         w.kv_data[0].clear()  # the writer's own general.architecture: the input's keys come in its order
         for key, value in values.items():
             vtype, sub = types[key]
             w.add_key_value(key, value, V(vtype), V(sub) if sub is not None else None)
+        if isinstance(alignment, int) and not isinstance(alignment, bool) and alignment > 0:
+            w.data_alignment = alignment  # the copied general.alignment must describe the data
     return add
 
 
