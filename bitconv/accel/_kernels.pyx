@@ -231,6 +231,216 @@ cdef extern from *:
         return scale;
     }
 
+    /* ---- The k-quant scale searches, 8 sub-blocks at a time (one AVX2 lane each). Every lane does
+       the float32 operations of the scalar routine above in the same order (no FMA: -ffp-contract=off),
+       branches become masks, so the bytes are the scalar path's; picked at run time where the CPU
+       has AVX2 (bc_simd), and tests run both paths against ggml. ---- */
+    #if (defined(__x86_64__) || defined(__i386__)) && defined(__GNUC__)
+    #define BC_HAVE_SIMD_K 1
+    typedef float bc_v8f __attribute__((vector_size(32)));
+    typedef int32_t bc_v8i __attribute__((vector_size(32)));
+    #define BC_V8 __attribute__((target("avx2"))) static inline
+    #define BC_V8F __attribute__((target("avx2"))) static
+
+    BC_V8 bc_v8f bc_vsel(bc_v8i m, bc_v8f a, bc_v8f b) { return (bc_v8f)(((bc_v8i)a & m) | ((bc_v8i)b & ~m)); }
+    BC_V8 bc_v8i bc_vseli(bc_v8i m, bc_v8i a, bc_v8i b) { return (a & m) | (b & ~m); }
+    BC_V8 bc_v8i bc_vnearest(bc_v8f v) { bc_v8f t = v + 12582912.f; bc_v8i i = (bc_v8i)t; return (i & 0x007fffff) - 0x00400000; }
+    BC_V8 bc_v8i bc_vclamp(bc_v8i l, int lo, int hi) {
+        bc_v8i vlo = (bc_v8i){lo, lo, lo, lo, lo, lo, lo, lo}, vhi = (bc_v8i){hi, hi, hi, hi, hi, hi, hi, hi};
+        l = bc_vseli(l < vlo, vlo, l);
+        return bc_vseli(l > vhi, vhi, l);
+    }
+    BC_V8 bc_v8f bc_vabs(bc_v8f v) { return (bc_v8f)((bc_v8i)v & 0x7fffffff); }
+    BC_V8 bc_v8f bc_vf(bc_v8i l) { return __builtin_convertvector(l, bc_v8f); }
+    BC_V8 bc_v8f bc_vset(float f) { return (bc_v8f){f, f, f, f, f, f, f, f}; }
+
+    /* make_qkx2_quants for lanes j = 0..7: values X[i][j] (i < n), weights W[i][j]; codes to L[i][j] */
+    BC_V8F void bc_v8_make_qkx2(int n, int nmax, const bc_v8f* X, const bc_v8f* W, bc_v8i* L, bc_v8f* scale_out,
+                                bc_v8f* min_out, float rmin, float rdelta, int nstep, int use_mad) {
+        bc_v8i Laux[32];
+        bc_v8f zero = bc_vset(0.f), min = X[0], max = X[0], sum_w = W[0], sum_x = sum_w * X[0];
+        for (int i = 1; i < n; ++i) {
+            min = bc_vsel(X[i] < min, X[i], min);
+            max = bc_vsel(X[i] > max, X[i], max);
+            sum_w += W[i]; sum_x += W[i] * X[i];
+        }
+        min = bc_vsel(min > zero, zero, min);
+        bc_v8i flat = max == min;
+        bc_v8f start_min = min;
+        bc_v8f iscale = bc_vset((float)nmax) / (max - min), scale = bc_vset(1.f) / iscale, best_error = zero;
+        for (int i = 0; i < n; ++i) {
+            L[i] = bc_vclamp(bc_vnearest(iscale * (X[i] - min)), 0, nmax);
+            bc_v8f diff = scale * bc_vf(L[i]) + min - X[i];
+            diff = use_mad ? bc_vabs(diff) : diff * diff;
+            best_error += W[i] * diff;
+        }
+        for (int is = 0; is <= nstep; ++is) {
+            iscale = bc_vset(rmin + rdelta * is + nmax) / (max - min);
+            bc_v8f sum_l = zero, sum_l2 = zero, sum_xl = zero;
+            for (int i = 0; i < n; ++i) {
+                Laux[i] = bc_vclamp(bc_vnearest(iscale * (X[i] - min)), 0, nmax);
+                bc_v8f l = bc_vf(Laux[i]);
+                sum_l += W[i] * l; sum_l2 += W[i] * l * l; sum_xl += W[i] * l * X[i];
+            }
+            bc_v8f D = sum_w * sum_l2 - sum_l * sum_l;
+            bc_v8i pos = D > zero;
+            if (!(pos[0] | pos[1] | pos[2] | pos[3] | pos[4] | pos[5] | pos[6] | pos[7])) continue;
+            bc_v8f this_scale = (sum_w * sum_xl - sum_x * sum_l) / D;
+            bc_v8f this_min = (sum_l2 * sum_x - sum_l * sum_xl) / D;
+            bc_v8i above = this_min > zero;
+            this_min = bc_vsel(above, zero, this_min);
+            this_scale = bc_vsel(above, sum_xl / sum_l2, this_scale);
+            bc_v8f cur_error = zero;
+            for (int i = 0; i < n; ++i) {
+                bc_v8f diff = this_scale * bc_vf(Laux[i]) + this_min - X[i];
+                diff = use_mad ? bc_vabs(diff) : diff * diff;
+                cur_error += W[i] * diff;
+            }
+            bc_v8i better = pos & (cur_error < best_error);
+            for (int i = 0; i < n; ++i) L[i] = bc_vseli(better, Laux[i], L[i]);
+            best_error = bc_vsel(better, cur_error, best_error);
+            scale = bc_vsel(better, this_scale, scale);
+            min = bc_vsel(better, this_min, min);
+        }
+        for (int i = 0; i < n; ++i) L[i] = bc_vseli(flat, (bc_v8i){0}, L[i]);
+        *min_out = -bc_vsel(flat, start_min, min);
+        *scale_out = bc_vsel(flat, zero, scale);
+    }
+
+    /* qx_start + make_qx_quants (rmse_type 1) for 8 lanes; codes + nmax to L, 0 for all-zero lanes */
+    BC_V8F bc_v8f bc_v8_make_qx(int n, int nmax, const bc_v8f* X, bc_v8i* L) {
+        bc_v8f zero = bc_vset(0.f), max = zero, amax = zero, sumlx = zero, suml2 = zero;
+        for (int i = 0; i < n; ++i) {
+            bc_v8f ax = bc_vabs(X[i]);
+            bc_v8i m = ax > amax;
+            amax = bc_vsel(m, ax, amax); max = bc_vsel(m, X[i], max);
+        }
+        bc_v8i tiny = amax < bc_vset(BC_GROUP_MAX_EPS);
+        bc_v8f iscale = bc_vset((float)-nmax) / max;
+        for (int i = 0; i < n; ++i) {
+            bc_v8i l = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
+            L[i] = l + nmax;
+            bc_v8f w = X[i] * X[i], lf = bc_vf(l);
+            sumlx += w * X[i] * lf; suml2 += w * lf * lf;
+        }
+        bc_v8f scale = bc_vsel(suml2 != zero, sumlx / suml2, zero), best = scale * sumlx;
+        for (int is = -9; is <= 9; ++is) {
+            if (is == 0) continue;
+            iscale = bc_vset(-(nmax + 0.1f * is)) / max;
+            bc_v8i Lt[16];
+            sumlx = suml2 = zero;
+            for (int i = 0; i < n; ++i) {
+                bc_v8i l = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
+                Lt[i] = l;
+                bc_v8f w = X[i] * X[i], lf = bc_vf(l);
+                sumlx += w * X[i] * lf; suml2 += w * lf * lf;
+            }
+            bc_v8i better = (suml2 > zero) & (sumlx * sumlx > best * suml2);
+            for (int i = 0; i < n; ++i) L[i] = bc_vseli(better, Lt[i] + nmax, L[i]);
+            bc_v8f s = sumlx / suml2;
+            scale = bc_vsel(better, s, scale);
+            best = bc_vsel(better, s * sumlx, best);
+        }
+        for (int i = 0; i < n; ++i) L[i] = bc_vseli(tiny, (bc_v8i){0}, L[i]);
+        return bc_vsel(tiny, zero, scale);
+    }
+
+    /* qx_start + make_q3_quants (do_rmse) for 8 lanes; codes + nmax to L, 0 for all-zero lanes */
+    BC_V8F bc_v8f bc_v8_make_q3(int n, int nmax, const bc_v8f* X, bc_v8i* L) {
+        bc_v8f zero = bc_vset(0.f), max = zero, amax = zero, sumlx = zero, suml2 = zero;
+        for (int i = 0; i < n; ++i) {
+            bc_v8f ax = bc_vabs(X[i]);
+            bc_v8i m = ax > amax;
+            amax = bc_vsel(m, ax, amax); max = bc_vsel(m, X[i], max);
+        }
+        bc_v8i tiny = amax < bc_vset(BC_GROUP_MAX_EPS);
+        bc_v8f iscale = bc_vset((float)-nmax) / max;
+        for (int i = 0; i < n; ++i) {
+            L[i] = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
+            bc_v8f w = X[i] * X[i], lf = bc_vf(L[i]);
+            sumlx += w * X[i] * lf; suml2 += w * lf * lf;
+        }
+        for (int itry = 0; itry < 5; ++itry) {
+            bc_v8i changed = (bc_v8i){0};
+            for (int i = 0; i < n; ++i) {
+                bc_v8f w = X[i] * X[i], li = bc_vf(L[i]);
+                bc_v8f slx = sumlx - w * X[i] * li;
+                bc_v8i go = slx > zero;
+                bc_v8f sl2 = suml2 - w * li * li;
+                bc_v8i nl = bc_vclamp(bc_vnearest(X[i] * sl2 / slx), -nmax, nmax - 1);
+                go &= nl != L[i];
+                bc_v8f nf = bc_vf(nl);
+                slx += w * X[i] * nf; sl2 += w * nf * nf;
+                go &= (sl2 > zero) & (slx * slx * suml2 > sumlx * sumlx * sl2);
+                L[i] = bc_vseli(go, nl, L[i]);
+                sumlx = bc_vsel(go, slx, sumlx); suml2 = bc_vsel(go, sl2, suml2);
+                changed |= go;
+            }
+            if (!(changed[0] | changed[1] | changed[2] | changed[3] | changed[4] | changed[5] | changed[6] | changed[7])) break;
+        }
+        for (int i = 0; i < n; ++i) L[i] = bc_vseli(tiny, (bc_v8i){0}, L[i] + nmax);
+        return bc_vsel(tiny | ~(suml2 > zero), zero, sumlx / suml2);
+    }
+
+    /* 8 sub-blocks of n values starting at x (sub-block j at x + stride*j) → lane-major vectors */
+    BC_V8 void bc_v8_load(const float* x, int n, int stride, bc_v8f* X) {
+        for (int i = 0; i < n; ++i)
+            X[i] = (bc_v8f){x[i], x[stride + i], x[2 * stride + i], x[3 * stride + i], x[4 * stride + i],
+                            x[5 * stride + i], x[6 * stride + i], x[7 * stride + i]};
+    }
+    #else
+    #define BC_HAVE_SIMD_K 0
+    #endif
+
+    #if BC_HAVE_SIMD_K
+    /* the search phases of the block encoders below, 8 sub-blocks per call, scalar in/out */
+    BC_V8F void bc_v8_q45_search(const float* x, int nmax, float rmin, int nstep, float* scales, float* mins, uint8_t* L) {
+        bc_v8f X[32], W[32], S, M, sum_x2 = bc_vset(0.f); bc_v8i Lv[32];
+        bc_v8_load(x, 32, 32, X);
+        for (int i = 0; i < 32; ++i) sum_x2 += X[i] * X[i];
+        float av[8];
+        for (int j = 0; j < 8; ++j) av[j] = sqrtf(sum_x2[j] / 32);
+        bc_v8f A = (bc_v8f){av[0], av[1], av[2], av[3], av[4], av[5], av[6], av[7]};
+        for (int i = 0; i < 32; ++i) W[i] = A + bc_vabs(X[i]);
+        bc_v8_make_qkx2(32, nmax, X, W, Lv, &S, &M, rmin, 0.1f, nstep, 0);
+        for (int j = 0; j < 8; ++j) {
+            scales[j] = S[j]; mins[j] = M[j];
+            for (int i = 0; i < 32; ++i) L[32 * j + i] = (uint8_t)Lv[i][j];
+        }
+    }
+    BC_V8F void bc_v8_q2_search(const float* x, float* scales, float* mins, uint8_t* L) {
+        for (int g = 0; g < 2; ++g) {
+            bc_v8f X[16], W[16], S, M; bc_v8i Lv[16];
+            bc_v8_load(x + 128 * g, 16, 16, X);
+            for (int i = 0; i < 16; ++i) W[i] = bc_vabs(X[i]);
+            bc_v8_make_qkx2(16, 3, X, W, Lv, &S, &M, -0.5f, 0.1f, 15, 1);
+            for (int j = 0; j < 8; ++j) {
+                scales[8 * g + j] = S[j]; mins[8 * g + j] = M[j];
+                for (int i = 0; i < 16; ++i) L[128 * g + 16 * j + i] = (uint8_t)Lv[i][j];
+            }
+        }
+    }
+    BC_V8F void bc_v8_q36_search(const float* x, int q3, float* scales, int8_t* L) {
+        for (int g = 0; g < 2; ++g) {
+            bc_v8f X[16], S; bc_v8i Lv[16];
+            bc_v8_load(x + 128 * g, 16, 16, X);
+            S = q3 ? bc_v8_make_q3(16, 4, X, Lv) : bc_v8_make_qx(16, 32, X, Lv);
+            for (int j = 0; j < 8; ++j) {
+                scales[8 * g + j] = S[j];
+                for (int i = 0; i < 16; ++i) L[128 * g + 16 * j + i] = (int8_t)Lv[i][j];
+            }
+        }
+    }
+    static int bc_simd_k_supported(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    #else
+    static void bc_v8_q45_search(const float* x, int nmax, float rmin, int nstep, float* s, float* m, uint8_t* L) {}
+    static void bc_v8_q2_search(const float* x, float* scales, float* mins, uint8_t* L) {}
+    static void bc_v8_q36_search(const float* x, int q3, float* scales, int8_t* L) {}
+    static int bc_simd_k_supported(void) { return 0; }
+    #endif
+    /* 1: the block encoders search 8 sub-blocks at a time (set from Python; AVX2 machines only) */
+    static int bc_simd_k = 0;
+
     static void bc_pack_quads(const uint8_t* L, uint8_t* qs) {  /* 2-bit codes of q2_K / q3_K */
         for (int j = 0; j < BC_QK_K; j += 128)
             for (int l = 0; l < 32; ++l)
@@ -239,9 +449,12 @@ cdef extern from *:
 
     static void bc_q2_k_block(const float* x, uint8_t* o) {  /* scales[16] qs[64] d dmin */
         uint8_t L[BC_QK_K], Laux[16]; float w[16], mins[16], scales[16], max_scale = 0, max_min = 0;
+        if (bc_simd_k) bc_v8_q2_search(x, scales, mins, L);
         for (int j = 0; j < 16; ++j) {
-            for (int l = 0; l < 16; ++l) w[l] = fabsf(x[16 * j + l]);
-            scales[j] = bc_make_qkx2_quants(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+            if (!bc_simd_k) {
+                for (int l = 0; l < 16; ++l) w[l] = fabsf(x[16 * j + l]);
+                scales[j] = bc_make_qkx2_quants(16, 3, x + 16 * j, w, L + 16 * j, &mins[j], Laux, -0.5f, 0.1f, 15, 1);
+            }
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -271,8 +484,9 @@ cdef extern from *:
 
     static void bc_q3_k_block(const float* x, uint8_t* o) {  /* hmask[32] qs[64] scales[12] d */
         int8_t L[BC_QK_K]; float scales[16], max_scale = 0, amax = 0;
+        if (bc_simd_k) bc_v8_q36_search(x, 1, scales, L);
         for (int j = 0; j < 16; ++j) {
-            scales[j] = bc_make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
+            if (!bc_simd_k) scales[j] = bc_make_q3_quants(16, 4, x + 16 * j, L + 16 * j);
             float s = fabsf(scales[j]);
             if (s > amax) { amax = s; max_scale = scales[j]; }
         }
@@ -315,12 +529,15 @@ cdef extern from *:
     /* q4_K / q5_K share the scale search: fills d, dmin, scales[12] at o and L[256] */
     static void bc_q45_k_head(const float* x, uint8_t* o, uint8_t* L, int nmax, float rmin, int nstep) {
         uint8_t Laux[32]; float w[32], mins[8], scales[8], max_scale = 0, max_min = 0;
+        if (bc_simd_k) bc_v8_q45_search(x, nmax, rmin, nstep, scales, mins, L);
         for (int j = 0; j < 8; ++j) {
-            float sum_x2 = 0;
-            for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
-            float av_x = sqrtf(sum_x2 / 32);
-            for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[32 * j + l]);
-            scales[j] = bc_make_qkx2_quants(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+            if (!bc_simd_k) {
+                float sum_x2 = 0;
+                for (int l = 0; l < 32; ++l) sum_x2 += x[32 * j + l] * x[32 * j + l];
+                float av_x = sqrtf(sum_x2 / 32);
+                for (int l = 0; l < 32; ++l) w[l] = av_x + fabsf(x[32 * j + l]);
+                scales[j] = bc_make_qkx2_quants(32, nmax, x + 32 * j, w, L + 32 * j, &mins[j], Laux, rmin, 0.1f, nstep, 0);
+            }
             if (scales[j] > max_scale) max_scale = scales[j];
             if (mins[j] > max_min) max_min = mins[j];
         }
@@ -377,8 +594,9 @@ cdef extern from *:
 
     static void bc_q6_k_block(const float* x, uint8_t* o) {  /* ql[128] qh[64] scales[16] d */
         int8_t L[BC_QK_K]; float scales[16], max_scale = 0, max_abs = 0;
+        if (bc_simd_k) bc_v8_q36_search(x, 0, scales, L);
         for (int ib = 0; ib < 16; ++ib) {
-            float s = bc_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
+            float s = bc_simd_k ? scales[ib] : bc_make_qx_quants(16, 32, x + 16 * ib, L + 16 * ib);
             scales[ib] = s;
             if (fabsf(s) > max_abs) { max_abs = fabsf(s); max_scale = s; }
         }
@@ -488,8 +706,22 @@ cdef extern from *:
     void bc_f32_to_f16(const float* src, uint16_t* dst, size_t n, int simd) nogil
     void bc_quantize_q8_0(const float* x, uint8_t* out, size_t nblocks) nogil
     void bc_quantize_k(int bits, const float* x, uint8_t* out, size_t nblocks) nogil
+    int bc_simd_k
+    int bc_simd_k_supported()
 
 HAVE_F16C = bool(bc_have_f16c())
+#: the k-quant scale searches run 8 sub-blocks per AVX2 instruction (same bytes as the scalar path)
+HAVE_SIMD_K = bool(bc_simd_k_supported())
+bc_simd_k = 1 if HAVE_SIMD_K else 0
+
+
+def set_simd_k(bint on) -> bool:
+    """Use the AVX2 k-quant searches (where the CPU has AVX2) or the scalar ones; returns the
+    previous setting. The bytes are the same either way: tests run both."""
+    global bc_simd_k
+    cdef bint before = bc_simd_k != 0
+    bc_simd_k = 1 if (on and HAVE_SIMD_K) else 0
+    return before
 
 
 def f32_to_f16_bits(const float[::1] src, uint16_t[::1] dst, bint simd=True) -> None:

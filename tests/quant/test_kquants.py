@@ -87,18 +87,37 @@ def edge_blocks() -> np.ndarray:
     return np.stack(rows).astype(np.float32)
 
 
-def quantizer(name: str, path: str):
-    """The quantizer on one code path: "ext" (the C extension) or "numpy" (the fallback port)."""
+@pytest.fixture(autouse=True)
+def _default_simd():
+    """Each test leaves the extension's k-quant dispatch as it found it."""
     from bitconv.accel import kernels
 
-    if path == "ext" and not kernels.HAVE_EXTENSION:
+    ext = getattr(kernels, "_ext", None)
+    before = ext.set_simd_k(True) if ext is not None else None
+    if ext is not None:
+        ext.set_simd_k(before)
+    yield
+    if ext is not None:
+        ext.set_simd_k(before)
+
+
+def quantizer(name: str, path: str):
+    """The quantizer on one code path: "ext" (the C extension, with the AVX2 scale searches where the
+    CPU has them), "ext-scalar" (the extension's scalar searches) or "numpy" (the fallback port)."""
+    from bitconv.accel import kernels
+
+    if path.startswith("ext") and not kernels.HAVE_EXTENSION:
         pytest.skip("C extension not built")
+    if path == "ext" and not kernels._ext.HAVE_SIMD_K:
+        pytest.skip("no AVX2 on this CPU: the scalar searches run (path ext-scalar)")
     q = get_quantizer(name)
-    q.use_extension = path == "ext"
+    q.use_extension = path.startswith("ext")
+    if q.use_extension:
+        kernels._ext.set_simd_k(path == "ext")
     return q
 
 
-PATHS = ["ext", "numpy"]
+PATHS = ["ext", "ext-scalar", "numpy"]
 
 
 def test_nearest_int_is_ggml_rounding() -> None:
