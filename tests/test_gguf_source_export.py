@@ -313,11 +313,20 @@ def _tiny_llama(root: Path, ternary: bool) -> Path:
     return root
 
 
+def _gguf_name_of(hf_name: str) -> str:
+    """model.layers.N.self_attn.q_proj.weight → blk.N.attn_q.weight (the llama names the test uses)."""
+    parts = hf_name.split(".")
+    base = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+            "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}[parts[4]]
+    return f"blk.{parts[2]}.{base}.weight"
+
+
 def test_llama_view_undoes_the_qk_permutation(tmp_path):
     """llama GGUFs hold q/k rows permuted for llama.cpp's rotary layout: the checkpoint view gives the
     HF rows back, as floats (an f32 GGUF) and as packed ternary codes (i2_s)."""
     from bitconv.convert.checkpoint import Checkpoint
-    from bitconv.quant.ternary import absmean_scale, ternarize, unpack_hf_packed
+    from bitconv.convert.gguf_source import GGUFSource
+    from bitconv.quant.ternary import TernaryScale, ternarize, unpack_hf_packed
 
     for quant in ("f32", "i2_s"):
         src = _tiny_llama(tmp_path / quant, ternary=quant == "i2_s")
@@ -335,6 +344,9 @@ def test_llama_view_undoes_the_qk_permutation(tmp_path):
                     assert np.array_equal(got.load(), want.load().astype(got.load().dtype)), name
                     continue
                 w = want.load()
-                scale = absmean_scale([w])
+                # the GGUF's own scale (torch's float32 sum runs over the rows as written, q/k permuted)
+                gguf_name = _gguf_name_of(name)
+                stored = GGUFSource.open(gguf_path).tensors[gguf_name].codes_and_scale()[1]
+                scale = TernaryScale(inv=np.float32(1) / stored, scale=stored)
                 assert got.dtype == "U8" and np.array_equal(unpack_hf_packed(got.load_raw()), ternarize(w, scale)), name
                 assert view.tensors[name + "_scale"].load()[0] == scale.scale, name

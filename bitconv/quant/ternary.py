@@ -4,15 +4,13 @@ Weights: inv = f32(1) / max(mean|W|, 1e-5) in float32; W_t = clip(rint(W · inv)
 to even); stored scale s = f32(1 / inv); dequantized weight = s · W_t. `W / mean` and `W · inv`
 differ on near-ties: the multiply is what the references do.
 
-Two ways to take the mean:
-
-* `absmean_scale` (i2_s, tq*, ONNX, safetensors): the sum is accumulated in float64 over row
-  chunks, rounded to float32 and divided in float32, so the scale matches torch's float32 reduction
-  (within an ulp where its cascade sum rounds differently) whatever the tensor size, and no float32
-  copy of a whole tensor is needed (large tensors stream in slabs).
-* `converter_scale` (tl1/tl2): bitnet.cpp's converter's exact arithmetic, torch's float32 summation
-  order included (bitconv/quant/torch_sum.py, pure numpy: the same bytes with or without torch), so
-  the stored scale is the converter's to the bit. It holds the tensor's |W| in float32 once.
+The mean is torch's, to the bit: `converter_scale` takes torch's float32 sum in torch's own order
+(bitconv/quant/torch_sum.py; a C pass when the extension is built, numpy otherwise: the same bits
+with or without torch), as bitnet.cpp's converters, its preprocessing for i2_s, llama.cpp's
+converter and transformers' WeightQuant compute it on one intra-op thread. Every ternary output
+(i2_s, tl1/tl2, tq*, ONNX int2, bitnet-packed) and validate's references take it, so one checkpoint
+gives the same codes and scale in every format. (`absmean_scale`, a float64 mean rounded once, is
+kept to show the difference: the last bit of about half the scales.)
 
 HF packed checkpoints (transformers `quant_method: "bitnet"`) store codes (value + 1) four per
 uint8 along the output-row dimension: packed shape [ceil(N/4), K]; row r sits in packed row r mod R
@@ -57,7 +55,7 @@ def absmean_scale(chunks: Iterable[np.ndarray]) -> TernaryScale:
     return TernaryScale(inv=np.float32(inv), scale=np.float32(np.float32(1.0) / inv))
 
 
-def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1) -> TernaryScale:
+def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1, *, zero_if_all_zero: bool = True) -> TernaryScale:
     """The scale bitnet.cpp's converter stores for a tl1/tl2 tensor (utils/convert-hf-to-gguf-bitnet.py):
     `weight_quant` widens the weights to float32 (bf16 is widened before it is called, so its cast
     back is to float32), takes s = 1 / w.abs().mean().clamp(min=1e-5) in torch float32 and returns
@@ -70,7 +68,9 @@ def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1) -> TernarySc
     count is the number of cores; OMP_NUM_THREADS=1 gives the `threads=1` value, bitconv's default).
 
     f16 checkpoints: the converter keeps them f16, its scale comes out float16 and it stops at its own
-    `assert i2_scale.dtype == np.float32`; bitconv stores this float32 scale for them too."""
+    `assert i2_scale.dtype == np.float32`; bitconv stores this float32 scale for them too.
+    `zero_if_all_zero=False`: 1/inv for a tensor whose codes are all 0 (a packed checkpoint stores
+    1/s, which must stay finite)."""
     parts = [np.ascontiguousarray(c, dtype=np.float32).reshape(-1) for c in chunks]
     size = sum(p.size for p in parts)
     if size == 0:
@@ -82,13 +82,13 @@ def converter_scale(chunks: Iterable[np.ndarray], threads: int = 1) -> TernarySc
     # rint(w·inv) is nonzero iff |w·inv| > 0.5 (0.5 rounds to even, 0), and w·inv grows with |w|
     # (written so that NaN weights keep a NaN scale, as the converter's max does)
     all_zero = bool(np.float32(peak * inv) <= np.float32(0.5))
-    scale = np.float32(0.0) if all_zero else np.float32(np.float32(1.0) / inv)
+    scale = np.float32(0.0) if all_zero and zero_if_all_zero else np.float32(np.float32(1.0) / inv)
     return TernaryScale(inv=inv, scale=scale)
 
 
 def scale_for(chunks: Iterable[np.ndarray], known_scale: TernaryScale | None) -> TernaryScale:
-    """The tensor's scale: the one a packed checkpoint fixes, else the absmean of its weights."""
-    return absmean_scale(chunks) if known_scale is None else known_scale
+    """The tensor's scale: the one a packed checkpoint fixes, else torch's absmean of its weights."""
+    return converter_scale(chunks, 1, zero_if_all_zero=False) if known_scale is None else known_scale
 
 
 def ternarize(w: np.ndarray, scale: TernaryScale) -> np.ndarray:
