@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Benchmark: ``bitconv hf2gguf --quant q4_k_m`` in one pass vs llama.cpp's two steps
-(``convert_hf_to_gguf.py --outtype f16`` then ``llama_model_quantize`` to Q4_K_M).
+(``convert_hf_to_gguf.py --outtype bf16`` — or f16 with ``--outtype f16`` — then ``llama_model_quantize``
+to Q4_K_M); from a bf16 intermediate the two files must be byte-identical.
 
     python benchmarks/kquant_mix.py --keep /tmp/qwen-bench          # synthetic Qwen2.5-1.5B shape
     python benchmarks/kquant_mix.py --keep /tmp/qwen-bench --quant q5_k_m --rounds 1
@@ -28,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = bench.quantize_arguments(__doc__)
     ap.add_argument("--keep", type=Path, help="generate the checkpoint here (or reuse it)")
     ap.add_argument("--quant", default="q4_k_m", help="bitconv mix name (default q4_k_m)")
+    ap.add_argument("--outtype", default="bf16", choices=["bf16", "f16"],
+                    help="the two-step flow's intermediate (bf16: the outputs must be byte-identical; f16 rounds "
+                         "bf16 values below f16's normal range)")
     args = ap.parse_args(argv)
 
     import llamacpp_oracle as oracle
@@ -42,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(tmp)
         model = bench.generate_checkpoint(args.keep or work / "Qwen2.5-1.5B-synthetic", shape)
         largest = max(int(np.prod(s)) * 4 for _, s, _ in bench.tensor_specs(shape))
-        ours, f16, ref = work / "ours.gguf", work / "f16.gguf", work / "ref.gguf"
+        ours, f16, ref = work / "ours.gguf", work / f"{args.outtype}.gguf", work / "ref.gguf"
         rows: list[tuple[float, float, float, float]] = []  # bitconv wall, rss; two-step wall, rss
         cpu: list[tuple[float, float]] = []
         for r in range(args.rounds):
@@ -53,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(bench.tail(a.log), file=sys.stderr)
                 return 1
             ours_bytes = ours.stat().st_size
-            ours.unlink()
-            cmd, env = oracle.reference_converter_command(model, "f16", f16)
+            cmd, env = oracle.reference_converter_command(model, args.outtype, f16)
             s1 = bench.measure(cmd, env, work / f"convert-{r}.log", args.timeout)
             s2 = bench.measure([*bench.llama_quantize_command(), str(f16), str(ref), str(q.llama_ftype)], None,
                                work / f"quantize-{r}.log", args.timeout)
@@ -63,11 +66,16 @@ def main(argv: list[str] | None = None) -> int:
                 return 1
             ref_bytes = ref.stat().st_size
             f16_bytes = f16.stat().st_size
+            same = ours.read_bytes() == ref.read_bytes()
+            ours.unlink()
+            if args.outtype == "bf16" and not same:
+                print("bitconv's file differs from the two-step flow's", file=sys.stderr)
+                return 1
             f16.unlink()
             ref.unlink()
             rows.append((a.wall, a.maxrss_mib, s1.wall + s2.wall, max(s1.maxrss_mib, s2.maxrss_mib)))
             cpu.append((a.cpu, s1.cpu + s2.cpu))
-            print(f"round {r}: bitconv {a.wall:.1f} s {a.maxrss_mib:.0f} MiB | convert f16 {s1.wall:.1f} s "
+            print(f"round {r}: bitconv {a.wall:.1f} s {a.maxrss_mib:.0f} MiB | convert {args.outtype} {s1.wall:.1f} s "
                   f"{s1.maxrss_mib:.0f} MiB + quantize {s2.wall:.1f} s {s2.maxrss_mib:.0f} MiB", file=sys.stderr)
         best = min(rows, key=lambda t: t[0])
         best_ref = min(rows, key=lambda t: t[2])
@@ -75,9 +83,10 @@ def main(argv: list[str] | None = None) -> int:
         print("|---|---|---|---|---|")
         print(f"| bitconv, one pass | {' / '.join(f'{t[0]:.1f}' for t in rows)} | "
               f"{' / '.join(f'{c[0]:.1f}' for c in cpu)} | {max(t[1] for t in rows):.0f} | {ours_bytes / 1e9:.3f} GB |")
-        print(f"| convert_hf_to_gguf f16 + llama_model_quantize | {' / '.join(f'{t[2]:.1f}' for t in rows)} | "
+        print(f"| convert_hf_to_gguf {args.outtype} + llama_model_quantize | {' / '.join(f'{t[2]:.1f}' for t in rows)} | "
               f"{' / '.join(f'{c[1]:.1f}' for c in cpu)} | {max(t[3] for t in rows):.0f} | {ref_bytes / 1e9:.3f} GB "
-              f"(+ {f16_bytes / 1e9:.2f} GB f16 intermediate) |")
+              f"(+ {f16_bytes / 1e9:.2f} GB {args.outtype} intermediate) |")
+        print(f"\noutputs {'byte-identical' if same else 'not identical (f16 intermediate)'}")
         print(f"\nbest wall ratio bitconv / two-step: {best[0] / best_ref[2]:.2f}; "
               f"RSS budget 1 GiB + largest tensor (f32 {largest / 2**20:.0f} MiB) = {1024 + largest / 2**20:.0f} MiB")
     return 0
