@@ -88,11 +88,10 @@ def test_onebit_and_llama_ternary_pass(tmp_path):
 
 def test_lut_files_from_master_weights_pass(tmp_path):
     """tl1/tl2 from bf16 master weights store bitnet.cpp's converter's scale (torch's summation
-    order): validate's reference takes the mean another way, and the scale check's tolerance
-    (_SCALE_RTOL) accepts the difference; re-encoding gives the file's bytes."""
+    order), and validate's reference takes the mean the same way: every scale equals the
+    reference's exactly, and re-encoding gives the file's bytes."""
     onebit = make_onebit_checkpoint(tmp_path / "onebit")
     master = fb.make_bitnet_checkpoint(tmp_path / "master", form="master")
-    scales_differ = 0
     for ckpt, quant in ((onebit, "tl2"), (master, "tl1")):
         out = tmp_path / f"{ckpt.name}-{quant}.gguf"
         bitconv.convert(ckpt, "gguf", quant, out, manifest=False)
@@ -100,8 +99,7 @@ def test_lut_files_from_master_weights_pass(tmp_path):
         _ok(r)
         lut = [t for t in r.tensors if t.type == quant]
         assert len(lut) == 14 and all(t.codes_identical and t.bytes_identical for t in lut)
-        scales_differ += sum(t.scale != t.reference_scale for t in lut)
-    assert scales_differ
+        assert all(t.scale == t.reference_scale for t in lut), [(t.name, t.scale, t.reference_scale) for t in lut]
 
 
 def test_reference_forward_matches_transformers(bitnet):
