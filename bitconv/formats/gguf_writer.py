@@ -406,6 +406,9 @@ def hf_metadata(plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab) -> M
     the vocabulary; for llama-quantize's file types in the order llama-quantize leaves them."""
     def add(w: gguf.GGUFWriter) -> None:
         mapping = plan.mapping
+        if mapping.standalone_metadata:  # the mapping's converter writes its own key set
+            mapping.add_standalone_metadata(w, checkpoint.name, vocab, plan.quant.file_type)  # type: ignore[attr-defined]
+            return
         add_general_metadata(w, checkpoint)
         if plan.quant.llama_ftype is None:
             mapping.add_metadata(w, plan.quant.file_type)
