@@ -270,3 +270,81 @@ def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 __all__ = ["make_embedding_checkpoint", "embedding_tokenizer_files", "torch_embeddings", "torch_model", "pool",
            "tokenize", "cos_rows"]
+
+
+# --------------------------------------------------------------------------- GGUF digests (goldens)
+
+_GGUF_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d"}
+
+
+def gguf_digest(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """A GGUF file as a small JSON-able record: its sha256 and size, every metadata key in file order
+    (value type, the value for scalars and short strings, else the sha256 of its raw bytes) and every
+    tensor (type id, ggml dims, data offset, sha256 of its bytes). Files of tens of MB compare by this."""
+    import hashlib
+    import struct
+
+    blob = Path(path).read_bytes()
+    _, _, n_tensors, n_kv = struct.unpack_from("<IIQQ", blob, 0)
+    off = 24
+
+    def string(o: int) -> tuple[str, int]:
+        (n,) = struct.unpack_from("<Q", blob, o)
+        return blob[o + 8:o + 8 + n].decode("utf-8"), o + 8 + n
+
+    def skip(o: int, vt: int) -> int:
+        if vt == 8:
+            return o + 8 + struct.unpack_from("<Q", blob, o)[0]
+        if vt == 9:
+            et, count = struct.unpack_from("<IQ", blob, o)
+            o += 12
+            if et in _GGUF_SCALARS:
+                return o + count * struct.calcsize(_GGUF_SCALARS[et])
+            for _ in range(count):
+                o = skip(o, et)
+            return o
+        return o + struct.calcsize(_GGUF_SCALARS[vt])
+
+    metadata = []
+    alignment = 32
+    for _ in range(n_kv):
+        key, off = string(off)
+        (vt,) = struct.unpack_from("<I", blob, off)
+        start = off + 4
+        end = skip(start, vt)
+        raw = blob[start:end]
+        if vt in _GGUF_SCALARS:
+            value: Any = struct.unpack_from(_GGUF_SCALARS[vt], raw)[0]
+        elif vt == 8 and end - start < 200:
+            value = string(start)[0]
+        else:
+            value = {"bytes": end - start, "sha256": hashlib.sha256(raw).hexdigest()}
+        if key == "general.alignment":
+            alignment = int(value)
+        metadata.append([key, vt, value])
+        off = end
+    infos = []
+    for _ in range(n_tensors):
+        name, off = string(off)
+        (n_dims,) = struct.unpack_from("<I", blob, off)
+        dims = list(struct.unpack_from(f"<{n_dims}Q", blob, off + 4))
+        ttype, toff = struct.unpack_from("<IQ", blob, off + 4 + 8 * n_dims)
+        off += 4 + 8 * n_dims + 12
+        infos.append([name, ttype, dims, toff])
+    data_start = -(-off // alignment) * alignment
+    tensors = []
+    for i, (name, ttype, dims, toff) in enumerate(infos):
+        nxt = infos[i + 1][3] if i + 1 < len(infos) else len(blob) - data_start
+        # the data runs to the next tensor (its padding included; zeros in both writers)
+        data = blob[data_start + toff:data_start + nxt]
+        tensors.append([name, ttype, dims, toff, hashlib.sha256(data).hexdigest()])
+    return {"sha256": hashlib.sha256(blob).hexdigest(), "bytes": len(blob), "metadata": metadata, "tensors": tensors}
+
+
+def checkpoint_digest(root: str | os.PathLike[str]) -> dict[str, str]:
+    """sha256 of each file of a fixture checkpoint (a golden names the inputs it was made from)."""
+    import hashlib
+
+    root = Path(root)
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file()}
