@@ -181,6 +181,9 @@ class ArchMapping:
     embedding_model: ClassVar[bool] = False
     #: the mapping writes every GGUF key itself (`add_standalone_metadata`), not llama.cpp's general.* set
     standalone_metadata: ClassVar[bool] = False
+    #: the quant type of a plan made only to read the weights as the model computes with them (validate):
+    #: f32, unless a mapping's f32 files hold something else (BitNet embedding: the master weights)
+    reading_quant: ClassVar[str] = "f32"
     #: target name → why it cannot run this architecture (one line; `bitconv hf2gguf --target` says it)
     refused_targets: ClassVar[dict[str, str]] = {}
 

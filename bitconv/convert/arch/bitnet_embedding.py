@@ -115,6 +115,7 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
     skip_suffixes = ArchMapping.skip_suffixes + ("lm_head.weight",)
     layer_tensors = ArchMapping.layer_tensors + ("attn_q_norm.weight", "attn_k_norm.weight") + NORM_IN
     refused_targets: ClassVar[dict[str, str]] = {"llama.cpp": NO_RUNTIME}
+    reading_quant: ClassVar[str] = "i2_s"  # its f32 files hold the master weights, not the ternary model
 
     def __init__(self, config: dict[str, Any], root: Path | None = None) -> None:
         super().__init__(config)

@@ -35,7 +35,7 @@ def output_files(plan: OnnxPlan) -> list[str]:
     """The names the export writes into its folder (model, data, config, tokenizer files); an
     embedding graph has no onnxruntime-genai config (genai runs decoders)."""
     config = [] if plan.mapping.embedding_model else [GENAI_CONFIG]
-    return [MODEL_FILE, DATA_FILE, *config] + [p.name for p in plan.checkpoint.tokenizer_files()]
+    return [MODEL_FILE, DATA_FILE, *config] + [name for _, name in plan.checkpoint.companion_files()]
 
 
 def check_output_folder(folder: Path, names: list[str], force: bool) -> None:
@@ -114,8 +114,9 @@ def write_onnx(plan: OnnxPlan, folder: Path, *, force: bool = False,
             os.fsync(f.fileno())
         if GENAI_CONFIG in names:
             (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(plan), indent=4) + "\n", encoding="utf-8")
-        for p in plan.checkpoint.tokenizer_files():
-            shutil.copyfile(p, tmp / p.name)
+        for p, name in plan.checkpoint.companion_files():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, tmp / name)
     return [{"path": n, "bytes": (folder / n).stat().st_size} for n in names]
 
 
