@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BitconvError, CheckpointError
 from ..quiet import quiet_dependencies
+from .st_files import ST_FILES, sentence_transformers_files
 
 #: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -56,8 +57,6 @@ TOKENIZER_FILES = (
     "chat_template.jinja",
     "chat_template.json",
 )
-#: sentence-transformers' files of an embedding model (pooling, normalization), and each module's config
-ST_FILES = ("modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.tiktoken", "chat_template*",
                 "README.md", "LICENSE*", *ST_FILES, "*_Pooling/config.json"]
@@ -329,26 +328,13 @@ class Checkpoint:
         return [self.root / n for n in TOKENIZER_FILES if (self.root / n).is_file()]
 
     def sentence_transformers_files(self) -> list[Path]:
-        """modules.json, the other sentence-transformers configs and each listed module's config.json
-        (1_Pooling/config.json: the pooling of an embedding model); exports copy them alongside."""
-        files = [self.root / n for n in ST_FILES if (self.root / n).is_file()]
-        modules = self.root / "modules.json"
-        if modules.is_file():
-            try:
-                listed = json.loads(modules.read_text(encoding="utf-8"))
-                paths = [str(m.get("path") or "") for m in listed if isinstance(m, dict)]
-            except (ValueError, OSError, AttributeError, TypeError) as e:
-                raise CheckpointError(f"{modules}: not a sentence-transformers module list ({_one_line(e)})") from e
-            for rel in paths:
-                if rel and (cfg := _inside(self.root, f"{rel}/config.json")).is_file():
-                    files.append(cfg)
-        return files
+        return sentence_transformers_files(self.root)
 
     def companion_files(self) -> list[tuple[Path, str]]:
-        """(file, name relative to the checkpoint) of everything a folder export copies beside its
-        weights: the tokenizer files and the sentence-transformers files."""
-        return [(p, p.relative_to(self.root).as_posix())
-                for p in self.tokenizer_files() + self.sentence_transformers_files()]
+        """(file, relative name) of what a folder export copies beside its weights: tokenizer and
+        sentence-transformers files."""
+        files = self.tokenizer_files() + self.sentence_transformers_files()
+        return [(p, p.relative_to(self.root).as_posix()) for p in files]
 
     def input_files(self) -> list[Path]:
         """Every file the conversion reads, for the manifest."""
