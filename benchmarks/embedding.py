@@ -116,6 +116,8 @@ def main() -> int:
         tools: dict[str, tuple[list[str], dict[str, str] | None]] = {}
         if args.only != "upstream":
             tools["bitconv"] = (bench.bitconv_command(model, args.quant, tmp / "bitconv.gguf"), None)
+            tools["bitconv --no-manifest"] = (bench.bitconv_command(model, args.quant, tmp / "bitconv-nm.gguf")
+                                              + ["--no-manifest"], None)
         if args.only != "bitconv":
             if args.bitnet_git_dir is None:
                 ap.error("the upstream script needs --bitnet-git-dir (or pass --only bitconv)")
@@ -124,24 +126,28 @@ def main() -> int:
                                   str(tmp / "upstream.gguf")], {"PYTHONPATH": str(gguf_dir), "PATH": "/usr/bin:/bin",
                                                                 "HOME": str(tmp)})
         results: dict[str, list[Any]] = {}
-        for tool, (cmd, env) in tools.items():
-            for r in range(args.runs):
-                run = bench.measure(cmd, env, tmp / f"{tool}-{r}.log", None)
+        for r in range(args.runs):  # interleaved: a busy machine slows every tool alike
+            for tool, (cmd, env) in tools.items():
+                run = bench.measure(cmd, env, tmp / f"{tool.split()[0]}-{r}.log", None)
                 if run.rc != 0:
                     print(bench.tail(run.log), file=sys.stderr)
                     raise SystemExit(f"{tool} failed (rc {run.rc})")
                 results.setdefault(tool, []).append(run)
-                print(f"{tool} run {r + 1}: {run.wall:.1f} s, peak RSS {run.maxrss_mib:.0f} MiB", flush=True)
+                print(f"{tool} run {r + 1}: {run.wall:.1f} s ({run.cpu:.1f} s CPU), peak RSS {run.maxrss_mib:.0f} MiB",
+                      flush=True)
         same = None
-        if len(tools) == 2:
+        if "upstream" in tools and "bitconv" in tools:
             same = (tmp / "bitconv.gguf").read_bytes() == (tmp / "upstream.gguf").read_bytes()
         largest = max(int(np.prod(shape)) * 4 for _, shape, _ in specs(s))
-        print(f"\n| tool | wall (s), runs | peak RSS (MiB) |\n|---|---|---|")
+        print("\n| tool | wall (s), runs | CPU (s), runs | peak RSS (MiB) |\n|---|---|---|---|")
         for tool, runs in results.items():
-            print(f"| {tool} | {', '.join(f'{r.wall:.1f}' for r in runs)} | {max(r.maxrss_mib for r in runs):.0f} |")
-        if len(results) == 2:
-            ratio = min(r.wall for r in results["upstream"]) / min(r.wall for r in results["bitconv"])
-            print(f"\nspeed-up (best of each): {ratio:.1f}×; outputs byte-identical: {same}")
+            print(f"| {tool} | {', '.join(f'{r.wall:.1f}' for r in runs)} | {', '.join(f'{r.cpu:.1f}' for r in runs)} "
+                  f"| {max(r.maxrss_mib for r in runs):.0f} |")
+        if "upstream" in results and "bitconv" in results:
+            up = min(r.wall for r in results["upstream"])
+            for tool in ("bitconv", "bitconv --no-manifest"):
+                print(f"speed-up of {tool} (best wall of each): {up / min(r.wall for r in results[tool]):.1f}×")
+            print(f"outputs byte-identical: {same}")
         budget = 1024 + largest / 2**20
         if "bitconv" in results:
             print(f"bitconv peak RSS budget (1 GiB + largest tensor in f32 {largest / 2**20:.0f} MiB): {budget:.0f} MiB")

@@ -67,7 +67,8 @@ def build_qwen3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = N
         return token.replace("\u2581", " "), gguf.TokenType.USER_DEFINED
 
     tokens, types = padded_tokens(by_id, vocab_size, kind)
-    special = _special_vocab(root, None, load_merges=True)  # the script's has no vocabulary bound
+    special = _special_vocab(root, None)  # the script's has no vocabulary bound
+    special.merges = _merges(model)  # as SpecialVocab(load_merges=True) reads them, from the parsed file
     eos = next((i for i, t in added.items() if t["content"] == QWEN3_EOS), None)
     if eos is None:
         raise TokenizerError(f"tokenizer.json has no {QWEN3_EOS} token: a BitNet embedding (Qwen3) model pools "
@@ -78,6 +79,20 @@ def build_qwen3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = N
     with _quiet_gguf():
         pre_name = pre or detect_pre_tokenizer(data)
     return EmbeddingVocab("gpt2", pre_name, tokens, types, special)
+
+
+def _merges(model: dict) -> list[str]:
+    """tokenizer.json's merges as gguf-py's SpecialVocab lists them: "a b" strings kept, [a, b] pairs
+    joined with a space after each space inside a part becomes U+0120."""
+    merges = model.get("merges")
+    if not isinstance(merges, list) or not merges:
+        return []
+    if isinstance(merges[0], str):
+        return merges
+    try:
+        return [f"{a.replace(' ', chr(288))} {b.replace(' ', chr(288))}" for a, b in merges]
+    except (ValueError, TypeError, AttributeError):  # not [a, b] string pairs
+        raise TokenizerError("tokenizer.json: unknown merges format") from None
 
 
 TOKENIZER_KINDS["qwen3-embedding"] = (lambda root: (root / "tokenizer.json").is_file(), "tokenizer.json",

@@ -161,7 +161,10 @@ def _prepare(pt: PlannedTensor, chunks: Iterable[np.ndarray], stored_dtype: str 
     q = pt.quant
     if not q.needs_prepare:
         return None
-    known = pt.source.known_scale() if pt.source.known_scale is not None else None
+    if pt.source.scale_rule is not None:  # the rule sees the whole tensor; the quantizer then takes its scale
+        chunks = list(chunks)
+    known = pt.source.fixed_scale(lambda: np.concatenate([np.asarray(c).reshape(-1) for c in chunks])
+                                  if len(chunks) > 1 else np.asarray(chunks[0]))  # type: ignore[arg-type]
     return q.prepare(chunks, stored_dtype, known)
 
 
@@ -231,10 +234,17 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
     without a dtype, floats; each chunk is widened, NaN/Inf-checked and encoded while it is in
     cache, so no tensor-sized float32 copy exists."""
     rows = _rows_2d(arr)
-    starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
-    state = _prepare(pt, (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
-                          to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype) for lo in starts),
-                     stored_dtype)
+    chunks: Iterable[np.ndarray]
+    if pt.source.scale_rule is not None and pt.quant.needs_prepare:
+        # the rule sees the whole tensor anyway: widen it once, for the rule and the encoder
+        if stored_dtype is not None:
+            rows, stored_dtype = to_compute_dtype(rows, stored_dtype), None
+        chunks = [rows]
+    else:
+        starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
+        chunks = (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
+                  to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype) for lo in starts)
+    state = _prepare(pt, chunks, stored_dtype)
     return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool), state)
 
 

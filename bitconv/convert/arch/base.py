@@ -86,12 +86,22 @@ class SourceTensor:
     decode: Callable[[], np.ndarray] | None = None
     #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
     known_scale: Callable[[], Any] | None = None
+    #: a converter's own ternary scale rule (a TernaryScale from the tensor's values), where the
+    #: reference converter computes it otherwise than the quantizers do (BitNet embedding: numpy's mean)
+    scale_rule: Callable[[np.ndarray], Any] | None = None
     #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
     #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
     codes: Callable[[], np.ndarray] | None = None
     #: the tensor's bytes already in the planned type (a GGUF source's tensor llama-quantize would
     #: copy as it is): written unchanged, never decoded
     raw: Callable[[], np.ndarray] | None = None
+
+    def fixed_scale(self, values: Callable[[], np.ndarray]) -> Any:
+        """The scale this tensor's ternarization must use, or None for the quantizer's own: the one a
+        packed checkpoint fixes, else the mapping's rule applied to `values()` (the float values)."""
+        if self.known_scale is not None:
+            return self.known_scale()
+        return None if self.scale_rule is None else self.scale_rule(values())
 
     @classmethod
     def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":

@@ -162,7 +162,7 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
         name = self.gguf_name(lt.name)
         src = SourceTensor(name, lt.shape, [lt], hf_names=[lt.name])
         if re.sub(r"^blk\.\d+\.", "", name) in self.ternary_linears:
-            src.known_scale = lambda lt=lt: script_absmean_scale(lt.load())
+            src.scale_rule = script_absmean_scale
         yield src
 
     # --- the plan's per-quant rules --------------------------------------------------------------
