@@ -178,3 +178,21 @@ def test_names_with_a_model_prefix_and_pooling_rules(tmp_path):
     h = np.arange(12, dtype=np.float32).reshape(3, 4)
     for pooling, want in ((1, h.mean(0)), (2, h[0]), (3, h[-1])):
         assert np.allclose(pool(h, pooling), want / np.linalg.norm(want))
+
+
+def test_nonfinite_linear_is_refused(ckpt, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    bad = tmp_path / "nan"
+    bad.mkdir()
+    for p in ckpt.iterdir():
+        if p.is_file() and p.name != "model.safetensors":
+            os.link(p, bad / p.name)
+    (bad / "1_Pooling").mkdir()
+    os.link(ckpt / "1_Pooling" / "config.json", bad / "1_Pooling" / "config.json")
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    tensors["layers.1.mlp.up_proj.weight"][3, 5] = float("nan")
+    save_file(tensors, str(bad / "model.safetensors"))
+    with pytest.raises(bitconv.errors.QuantizationError, match="NaN"):
+        bitconv.convert(bad, "gguf", "i2_s", tmp_path / "x.gguf", manifest=False)
+    assert not (tmp_path / "x.gguf").exists()

@@ -245,6 +245,8 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
         chunks = (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
                   to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype) for lo in starts)
     state = _prepare(pt, chunks, stored_dtype)
+    if pt.source.scale_rule is not None and np.isfinite(getattr(state, "scale", np.nan)):
+        allow_nonfinite = True  # the rule's mean over every value is finite: so is every value
     return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool), state)
 
 

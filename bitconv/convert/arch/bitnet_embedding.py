@@ -74,7 +74,7 @@ def script_absmean_scale(w: np.ndarray) -> TernaryScale:
     if flat.size == 0:
         raise CheckpointError("cannot ternarize an empty tensor")
     mean = np.float32(np.mean(np.abs(flat)))
-    mean = mean if mean >= EPS else EPS
+    mean = EPS if mean < EPS else mean  # max(mean, 1e-5) as Python's max: a NaN mean stays NaN
     return TernaryScale(inv=np.float32(np.float32(1.0) / mean), scale=np.float32(mean))
 
 
