@@ -183,7 +183,7 @@ def _onnx_tensor_check(art: OnnxArtifact, w: OnnxWeight, plan: Any, thresholds: 
     ternary = planned.role == "ternary"
     ref_codes = ref_scale = None
     if ternary:
-        known = src.fixed_scale(lambda: want)
+        known = src.fixed_scale([want])
         ts = scale_for([want], known)
         ref_codes, ref_scale = ternarize(want, ts), ts
         want = ref_codes.astype(np.float32) / ts.inv  # s · W_t as the references compute it

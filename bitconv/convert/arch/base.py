@@ -96,12 +96,14 @@ class SourceTensor:
     #: copy as it is): written unchanged, never decoded
     raw: Callable[[], np.ndarray] | None = None
 
-    def fixed_scale(self, values: Callable[[], np.ndarray]) -> Any:
+    def fixed_scale(self, values: Sequence[np.ndarray]) -> Any:
         """The scale this tensor's ternarization must use, or None for the quantizer's own: the one a
-        packed checkpoint fixes, else the mapping's rule applied to `values()` (the float values)."""
+        packed checkpoint fixes, else the mapping's rule applied to the float values (row chunks)."""
         if self.known_scale is not None:
             return self.known_scale()
-        return None if self.scale_rule is None else self.scale_rule(values())
+        if self.scale_rule is None:
+            return None
+        return self.scale_rule(values[0] if len(values) == 1 else np.concatenate([v.reshape(-1) for v in values]))
 
     @classmethod
     def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":

@@ -30,7 +30,7 @@ def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[],
     the codes are computed, so both come from one computation."""
     def compute() -> tuple[bytes, bytes]:
         w = np.asarray(st.load(), dtype=np.float32)
-        known = st.fixed_scale(lambda: w)
+        known = st.fixed_scale([w])
         scale = scale_for([w], known)
         packed = pack_hf_packed(ternarize(w, scale))
         ws = scale.inv if linear_class == "bitlinear" else scale.scale
