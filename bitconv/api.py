@@ -34,6 +34,8 @@ def plan_gguf(source: str | os.PathLike[str], quant: str | None = None, *, targe
     if quant is None:
         quant = get_target(target).quant_for(mapping_for(checkpoint), lut=lut, smallest=smallest) if target \
             else DEFAULT_GGUF_QUANT
+    elif target:
+        get_target(target).check(mapping_for(checkpoint))
     return plan_checkpoint(checkpoint, quant, force_ternarize=force_ternarize, kernel_config=kernel_config)
 
 

@@ -4,7 +4,9 @@ checkpoint's (mapped by bitconv's arch mappings) and their hidden states can be 
 by layer.
 
 Architectures: qwen (Qwen 1: q, k, v fused in attn_qkv), qwen2, qwen3, qwen2moe, qwen3moe, llama,
-bitnet (1bitLLM: SiLU) and bitnet-25 (2B-4T: ReLU²). Ternary models run the BitLinear reference of
+bitnet (1bitLLM: SiLU) and bitnet-25 (2B-4T: ReLU²); BitNet embedding models (qwen3 with a BitLinear
+RMSNorm before each projection, `<name>_norm_in.weight`, and a pooling type: `embed` gives the pooled,
+L2-normalized sentence embedding). Ternary models run the BitLinear reference of
 DESIGN.md: before each ternary linear the activations are quantized per token to int8 (127 /
 absmax), then y = (x_q · W_t) · s / x_scale in exact integer arithmetic. Float32 throughout; weights
 are fetched per layer and dropped, so a large model is never resident as float32.
@@ -81,6 +83,8 @@ class Hparams:
     rope_dim: int
     n_expert_used: int = 0
     ternary: bool = False
+    #: gguf PoolingType of an embedding model (`{arch}.pooling_type`), None for a language model
+    pooling: int | None = None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], *, ternary: bool) -> "Hparams":
@@ -102,13 +106,36 @@ class Hparams:
                    eps=float(get("attention.layer_norm_rms_epsilon", 1e-6)),
                    rope_base=float(get("rope.freq_base", 10000.0)),
                    rope_dim=int(get("rope.dimension_count", head_dim)),
-                   n_expert_used=int(meta.get(f"{arch}.expert_used_count", 0) or 0), ternary=ternary)
+                   n_expert_used=int(meta.get(f"{arch}.expert_used_count", 0) or 0), ternary=ternary,
+                   pooling=None if meta.get(f"{arch}.pooling_type") is None else int(meta[f"{arch}.pooling_type"]))
 
 
 @dataclass
 class ForwardResult:
     hidden: list[np.ndarray]  # after each block, [T, n_embd]
-    logits: np.ndarray  # [T, vocab]
+    logits: np.ndarray | None  # [T, vocab]; None when not asked for (embedding models)
+    final: np.ndarray | None = None  # after the output norm, [T, n_embd]
+
+
+#: gguf PoolingType values (llama.cpp's LLAMA_POOLING_TYPE_*)
+POOLING_NAMES = {0: "none", 1: "mean", 2: "cls", 3: "last", 4: "rank"}
+
+
+def pool(final: np.ndarray, pooling: int, normalize: bool = True) -> np.ndarray:
+    """One sentence's embedding from its final hidden states [T, n_embd], as llama.cpp pools them
+    (mean, first token, last token), L2-normalized (llama-embedding's default, --embd-normalize 2)."""
+    if pooling == 1:
+        out = final.mean(axis=0, dtype=np.float32)
+    elif pooling == 2:
+        out = final[0]
+    elif pooling == 3:
+        out = final[-1]
+    else:
+        raise ArtifactError(f"pooling type {POOLING_NAMES.get(pooling, pooling)} gives no sentence embedding")
+    out = out.astype(np.float32)
+    if normalize:
+        out = out / np.float32(max(float(np.linalg.norm(out.astype(np.float64))), 1e-12))
+    return out
 
 
 def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
@@ -161,6 +188,8 @@ class ReferenceForward:
     def linear(self, x: np.ndarray, name: str) -> np.ndarray:
         w = self._w(name)
         base = name.split(".")[-2]
+        if (norm_in := self.get(name[: -len(".weight")] + "_norm_in.weight")) is not None:
+            x = rms_norm(x, norm_in, self.hp.eps)  # BitLinear's own RMSNorm (BitNet embedding models)
         if self.hp.ternary and base in TERNARY_LINEARS:  # BitLinear: int8 activations
             xq, xs = quantize_activations(np.ascontiguousarray(x, dtype=np.float32))
             if isinstance(w, TernaryWeight):
@@ -233,7 +262,16 @@ class ReferenceForward:
             out += shared
         return out
 
-    def run(self, tokens: list[int], on_layer: Callable[[int, np.ndarray], None] | None = None) -> ForwardResult:
+    def embed(self, tokens: list[int], normalize: bool = True) -> np.ndarray:
+        """The pooled (hp.pooling), L2-normalized sentence embedding of an embedding model."""
+        if self.hp.pooling is None:
+            raise ArtifactError("not an embedding model (no pooling type)")
+        final = self.run(tokens, logits=False).final
+        assert final is not None
+        return pool(final, self.hp.pooling, normalize)
+
+    def run(self, tokens: list[int], on_layer: Callable[[int, np.ndarray], None] | None = None,
+            logits: bool = True) -> ForwardResult:
         hp = self.hp
         h = self.source.rows("token_embd.weight", np.asarray(tokens))
         pos = np.arange(len(tokens))
@@ -248,6 +286,8 @@ class ReferenceForward:
             if on_layer:
                 on_layer(i, h)
         x = rms_norm(h, self._w("output_norm.weight"), hp.eps)
+        if not logits:
+            return ForwardResult(hidden, None, x)
         out = self.get("output.weight")
-        logits = x @ (out if out is not None else self._w("token_embd.weight")).T
-        return ForwardResult(hidden, logits.astype(np.float32))
+        y = x @ (out if out is not None else self._w("token_embd.weight")).T
+        return ForwardResult(hidden, y.astype(np.float32), x)

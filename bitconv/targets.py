@@ -24,7 +24,13 @@ class Target:
     #: activations a runtime's graph for this target can run (None: any)
     activations: tuple[str, ...] | None = None
 
+    def check(self, mapping: ArchMapping) -> None:
+        """Refuse, in one line, an architecture this target's runtime cannot run."""
+        if (why := mapping.refused_targets.get(self.name)) is not None:
+            raise UsageError(f"target {self.name}: {why}")
+
     def quant_for(self, mapping: ArchMapping, *, lut: bool = False, smallest: bool = False) -> str:
+        self.check(mapping)
         if mapping.ternary_model:
             act = str(mapping.config.get("hidden_act", "silu"))
             if self.activations is not None and act not in self.activations:

@@ -95,6 +95,10 @@ def _render_validation(r: Any) -> None:
         lg = r.logits
         out.print(f"logits ({lg.tokens} tokens) vs {lg.reference}: cos {lg.cos:.6f} (min {lg.min_cos}), "
                   f"top-1 {lg.top1:.0%}, KL {lg.kl:.3e}")
+    if r.embeddings is not None:
+        e = r.embeddings
+        out.print(f"sentence embeddings ({e.pooling} pooling, {e.sentences} sentences of {e.tokens} tokens) vs "
+                  f"{e.reference}: cos per sentence {', '.join(f'{c:.6f}' for c in e.cos)} (min {e.need})")
     if r.runtime is not None:
         _render_runtime(r.runtime)
     out.print(("[bold green]" if r.passed else "[bold red]") + escape(r.verdict) + "[/]")

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import BitconvError, CheckpointError
 from ..quiet import quiet_dependencies
+from .st_files import ST_FILES, sentence_transformers_files
 
 #: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
 SAFETENSORS_DTYPES: dict[str, np.dtype] = {
@@ -58,7 +59,7 @@ TOKENIZER_FILES = (
 )
 HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model.safetensors.index.json",
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.tiktoken", "chat_template*",
-                "README.md", "LICENSE*"]
+                "README.md", "LICENSE*", *ST_FILES, "*_Pooling/config.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
 
 
@@ -326,9 +327,18 @@ class Checkpoint:
     def tokenizer_files(self) -> list[Path]:
         return [self.root / n for n in TOKENIZER_FILES if (self.root / n).is_file()]
 
+    def sentence_transformers_files(self) -> list[Path]:
+        return sentence_transformers_files(self.root)
+
+    def companion_files(self) -> list[tuple[Path, str]]:
+        """(file, relative name) of what a folder export copies beside its weights: tokenizer and
+        sentence-transformers files."""
+        files = self.tokenizer_files() + self.sentence_transformers_files()
+        return [(p, p.relative_to(self.root).as_posix()) for p in files]
+
     def input_files(self) -> list[Path]:
         """Every file the conversion reads, for the manifest."""
-        extra = [self.root / CONFIG_FILE] + self.tokenizer_files()
+        extra = [self.root / CONFIG_FILE] + self.tokenizer_files() + self.sentence_transformers_files()
         index = self.root / SAFETENSORS_INDEX
         if index.is_file():
             extra.append(index)

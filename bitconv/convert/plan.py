@@ -87,6 +87,8 @@ class TensorPlan:
 def choose_quant(name: str, shape: tuple[int, ...], quant: Quantizer,
                  mapping: ArchMapping | None = None) -> tuple[Quantizer, str]:
     """The quantizer one tensor gets in a file of type `quant`, and why when it differs."""
+    if mapping is not None and (own := mapping.tensor_quant(name, shape, quant)) is not None:
+        return own
     if len(shape) <= 1 or name.endswith("_norm.weight"):
         return get_quantizer("f32"), "1-D / norm"
     if _ALWAYS_F32.search(name) or not name.endswith(".weight"):
@@ -150,6 +152,7 @@ def _llama_quantize_types(sources: list[SourceTensor], mapping: ArchMapping,
 
 def make_plan(checkpoint: Checkpoint, mapping: ArchMapping, quant: Quantizer, *,
               force_ternarize: bool = False) -> TensorPlan:
+    mapping.configure_for(quant)
     if quant.ternary and not mapping.ternary_model:
         if not force_ternarize:
             raise UsageError(

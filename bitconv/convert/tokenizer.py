@@ -78,7 +78,7 @@ def _add_flags_from_tokenizer_config(root: Path, special: gguf.SpecialVocab) -> 
             special.add_special_token.setdefault(typ, flag)
 
 
-def _special_vocab(root: Path, vocab_size: int, load_merges: bool = False) -> gguf.SpecialVocab:
+def _special_vocab(root: Path, vocab_size: int | None, load_merges: bool = False) -> gguf.SpecialVocab:
     """gguf-py's SpecialVocab (llama.cpp's converter's reader of merges, special ids and the chat
     template); it trusts the files' shapes, so what it trips over is reported as a TokenizerError."""
     try:

@@ -340,6 +340,7 @@ def staged_folder(folder: Path, stage_name: str = "stage",
                     raise
             else:
                 for n in names:
+                    (folder / n).parent.mkdir(parents=True, exist_ok=True)  # 1_Pooling/config.json
                     os.replace(stage / n, folder / n)
             _COMMITTED.append(folder)
             fsync_path(folder.parent if created else folder)

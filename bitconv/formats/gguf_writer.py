@@ -158,11 +158,10 @@ def _rows_2d(arr: np.ndarray) -> np.ndarray:
 
 def _prepare(pt: PlannedTensor, chunks: Iterable[np.ndarray], stored_dtype: str | None) -> Any:
     """The quantizer's per-tensor statistic (a ternary scale) from a pass over the tensor's rows."""
-    q = pt.quant
-    if not q.needs_prepare:
+    if not pt.quant.needs_prepare:
         return None
-    known = pt.source.known_scale() if pt.source.known_scale is not None else None
-    return q.prepare(chunks, stored_dtype, known)
+    chunks = list(chunks) if pt.source.scale_rule is not None else chunks  # the rule sees the whole tensor
+    return pt.quant.prepare(chunks, stored_dtype, pt.source.fixed_scale(chunks))  # type: ignore[arg-type]
 
 
 def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, state: Any,
@@ -228,13 +227,17 @@ def _finish(pt: PlannedTensor, out: np.ndarray, state: Any) -> np.ndarray:
 def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
                   allow_nonfinite: bool, stored_dtype: str | None = None) -> np.ndarray:
     """A whole tensor's bytes. `arr` holds the stored values (`stored_dtype`, bf16 as raw bits) or,
-    without a dtype, floats; each chunk is widened, NaN/Inf-checked and encoded while it is in
-    cache, so no tensor-sized float32 copy exists."""
-    rows = _rows_2d(arr)
+    without a dtype, floats; each chunk is widened, checked and encoded while in cache (no float32
+    copy of the tensor, unless a mapping's scale rule needs one)."""
+    rows, rule = _rows_2d(arr), pt.source.scale_rule is not None and pt.quant.needs_prepare
+    if rule and stored_dtype is not None:  # the rule sees the whole tensor: widen it once, for rule and encoder
+        rows, stored_dtype = to_compute_dtype(rows, stored_dtype), None
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
-    state = _prepare(pt, (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
-                          to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype) for lo in starts),
-                     stored_dtype)
+    state = _prepare(pt, [rows] if rule else (rows[lo:lo + _ROWS_PER_CHUNK] if stored_dtype is None else
+                                              to_compute_dtype(rows[lo:lo + _ROWS_PER_CHUNK], stored_dtype)
+                                              for lo in starts), stored_dtype)
+    # the rule's mean over every value is finite: so is every value (no second finiteness pass)
+    allow_nonfinite = allow_nonfinite or (rule and bool(np.isfinite(getattr(state, "scale", np.nan))))
     return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool), state)
 
 
@@ -406,6 +409,8 @@ def hf_metadata(plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab) -> M
     the vocabulary; for llama-quantize's file types in the order llama-quantize leaves them."""
     def add(w: gguf.GGUFWriter) -> None:
         mapping = plan.mapping
+        if mapping.standalone_metadata:  # the mapping's converter writes its own key set
+            return mapping.add_standalone_metadata(w, checkpoint.name, vocab, plan.quant.file_type)  # type: ignore
         add_general_metadata(w, checkpoint)
         if plan.quant.llama_ftype is None:
             mapping.add_metadata(w, plan.quant.file_type)

@@ -20,7 +20,7 @@ import numpy as np
 from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .registry import register_quantizer
-from .ternary import TernaryScale, converter_scale, ternarize
+from .ternary import TernaryScale, converter_scale
 
 I2S_TYPE_ID = 36
 I2S_FILE_TYPE = 40  # general.file_type bitnet.cpp writes for an I2_S model
@@ -60,7 +60,19 @@ class I2S(Quantizer):
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         if not isinstance(state, TernaryScale):
             raise QuantizationError("i2_s needs the per-tensor scale from prepare()")
-        return QuantizedTensor(pack_i2s(ternarize(w, state)).reshape(w.shape[0], -1))
+        if w.size % GROUP:
+            raise QuantizationError(f"i2_s packs groups of {GROUP} values; got {w.size}")
+        # ternarize (rint(w · inv) clipped to ±1) straight into the codes value + 1, then pack
+        x = np.asarray(w, dtype=np.float32) * state.inv
+        np.rint(x, out=x)
+        np.clip(x, np.float32(-1), np.float32(1), out=x)
+        x += np.float32(1)
+        g = x.astype(np.uint8).reshape(-1, 4, 32)
+        out = g[:, 0] << np.uint8(6)
+        out |= g[:, 1] << np.uint8(4)
+        out |= g[:, 2] << np.uint8(2)
+        out |= g[:, 3]
+        return QuantizedTensor(out.reshape(w.shape[0], -1))
 
     def quantize_codes(self, codes: np.ndarray, state: Any = None) -> QuantizedTensor:
         """The bytes `quantize` gives for codes / inv under the same scale (packed checkpoints)."""

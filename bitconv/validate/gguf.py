@@ -23,6 +23,7 @@ from ..forward import SUPPORTED_ARCHS, Hparams, TernaryWeight
 from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo, read_gguf_summary
 from ..convert.gguf_source import trailer_scale
 from .checks import float_threshold, set_stats, ternary_check
+from .embeddings import compare_embeddings
 from .logits import compare_forward
 from .runtime_check import RuntimeJudge, forward_fallback
 from .report import (DEFAULT_MIN_COS, TERNARY_TYPES, Check, TensorCheck, ValidationReport, failed_report,
@@ -219,8 +220,14 @@ def _compare(report: ValidationReport, art: GgufWeights, summary: GGUFSummary, r
         except ArtifactError as e:
             report.checks.append(Check("forward pass", False, str(e)))
         else:
-            compare_forward(report, art, hp_art, plan, reference, ternary, prompt, tokens, use_transformers,
-                            thresholds)
-    if judge is not None:
+            if plan.mapping.embedding_model:
+                compare_embeddings(report, art, hp_art, plan, reference, ternary, prompt, tokens, thresholds)
+            else:
+                compare_forward(report, art, hp_art, plan, reference, ternary, prompt, tokens, use_transformers,
+                                thresholds)
+    if judge is not None and plan.mapping.embedding_model:
+        judge.refuse(report, f"{judge.runtime.name} cannot run BitNet embedding models "
+                             "(mainline llama.cpp lacks their per-projection norms)")
+    elif judge is not None:
         judge.check(report, reference, ternary, forward_fallback(reference, plan, ternary, plan.mapping.arch_name),
                     use_transformers)

@@ -220,4 +220,5 @@ def reference_hparams(plan: Any, ternary: bool) -> Hparams:
     return Hparams(arch=m.arch_name, n_layers=m.n_layers, n_embd=m.hidden, n_head=m.n_head, n_head_kv=m.n_head_kv,
                    head_dim=m.head_dim, eps=float(c.get("rms_norm_eps") or 1e-6),
                    rope_base=float(m.rope_theta or m.default_rope_theta), rope_dim=m.head_dim,
-                   n_expert_used=int(c.get("num_experts_per_tok") or 0), ternary=ternary)
+                   n_expert_used=int(c.get("num_experts_per_tok") or 0), ternary=ternary,
+                   pooling=m.pooling if m.embedding_model else None)

@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # runtime_check's onnxruntime driver runs this module's onnx_
     from .runtime_check import RuntimeJudge
 
 _ONNX_INPUTS = ("input_ids", "attention_mask", "position_ids")
+_EMBEDDING_IO = ("input_ids", "attention_mask", "last_hidden_state", "sentence_embedding")
 #: a stored ternary scale may differ from the reference's float32 absmean by rounding
 _ONNX_SCALE_RTOL = 1e-6
 #: the cached decode of the last prompt token vs the same position of the full-prompt run: at least
@@ -41,20 +42,10 @@ _ONNX_SCALE_RTOL = 1e-6
 _KV_MIN_COS = 0.999
 
 
-def onnx_structural_checks(art: OnnxArtifact) -> tuple[list[Check], dict[str, Any] | None]:
+def _decoder_io_checks(art: OnnxArtifact, ins: set[str], outs: set[str], checks: list[Check]) -> dict[str, Any] | None:
+    """A decoder graph's IO names (KV cache included) and its genai_config.json."""
     import json
 
-    import onnx
-
-    checks: list[Check] = []
-    try:
-        onnx.checker.check_model(str(art.model_path), full_check=True)
-        checks.append(Check("onnx.checker (full_check)", True, "passes"))
-    except Exception as e:
-        checks.append(Check("onnx.checker (full_check)", False, str(e).strip().splitlines()[0][:300]))
-
-    g = art.model.graph
-    ins, outs = {i.name for i in g.input}, {o.name for o in g.output}
     # position_ids: bitconv's graphs take it; onnxruntime-genai's builder graphs (GroupQueryAttention) do not
     required = _ONNX_INPUTS if art.model.producer_name == "bitconv" else _ONNX_INPUTS[:2]
     missing = [n for n in required if n not in ins] + (["logits"] if "logits" not in outs else [])
@@ -71,7 +62,6 @@ def onnx_structural_checks(art: OnnxArtifact) -> tuple[list[Check], dict[str, An
         missing.append("past_key_values.0.key (no KV cache inputs)")
     checks.append(Check("graph IO", not missing, ("missing " + ", ".join(missing[:6])) if missing else
                         f"input_ids, attention_mask, position_ids, {n_layers} × past/present key/value → logits"))
-
     cfg: dict[str, Any] | None = None
     cpath = art.folder / "genai_config.json"
     if not cpath.is_file():
@@ -96,6 +86,28 @@ def onnx_structural_checks(art: OnnxArtifact) -> tuple[list[Check], dict[str, An
                                 f"type {cfg['model'].get('type')}, {n_layers} layers"))
         except (OSError, ValueError, KeyError, TypeError) as e:
             checks.append(Check("genai_config.json", False, f"unreadable: {e}"))
+    return cfg
+
+
+def onnx_structural_checks(art: OnnxArtifact) -> tuple[list[Check], dict[str, Any] | None]:
+    import onnx
+
+    checks: list[Check] = []
+    try:
+        onnx.checker.check_model(str(art.model_path), full_check=True)
+        checks.append(Check("onnx.checker (full_check)", True, "passes"))
+    except Exception as e:
+        checks.append(Check("onnx.checker (full_check)", False, str(e).strip().splitlines()[0][:300]))
+
+    g = art.model.graph
+    ins, outs = {i.name for i in g.input}, {o.name for o in g.output}
+    cfg: dict[str, Any] | None = None
+    if "sentence_embedding" in outs:  # an embedding graph (BitNet embedding models): no KV cache, no genai
+        missing = [n for n in _EMBEDDING_IO if n not in ins | outs]
+        checks.append(Check("graph IO", not missing, ("missing " + ", ".join(missing)) if missing else
+                            "input_ids, attention_mask → last_hidden_state, sentence_embedding"))
+    else:
+        cfg = _decoder_io_checks(art, ins, outs, checks)
 
     bad_attrs: list[str] = []
     bad_values: list[str] = []
@@ -171,7 +183,7 @@ def _onnx_tensor_check(art: OnnxArtifact, w: OnnxWeight, plan: Any, thresholds: 
     ternary = planned.role == "ternary"
     ref_codes = ref_scale = None
     if ternary:
-        known = src.known_scale() if src.known_scale is not None else None
+        known = src.fixed_scale([want])
         ts = scale_for([want], known)
         ref_codes, ref_scale = ternarize(want, ts), ts
         want = ref_codes.astype(np.float32) / ts.inv  # s · W_t as the references compute it
@@ -310,6 +322,13 @@ def _compare_onnx(report: ValidationReport, art: OnnxArtifact, reference: Path, 
             report.tensors.append(_onnx_tensor_check(art, w, plan, thresholds))
         except BitconvError as e:
             report.tensors.append(TensorCheck(w.name, art.storage(w), [], False, message=str(e)))
+    if mapping.embedding_model:
+        from .embeddings import compare_onnx_embeddings
+
+        compare_onnx_embeddings(report, art, reference, prompt, tokens, thresholds)
+        if judge is not None:  # the embedding check is onnxruntime's own run
+            judge.refuse(report, "--runtime onnxruntime: the sentence-embedding check above is onnxruntime's run")
+        return
     report.checks.append(Check("per-layer hidden states", True,
                                "skipped for ONNX: the graph exposes only logits and the KV cache"))
 

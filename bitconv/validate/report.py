@@ -79,6 +79,20 @@ class LogitsCheck:
 
 
 @dataclass
+class EmbeddingCheck:
+    """Sentence embeddings of an embedding model: the artifact's pooled, L2-normalized embedding of
+    each sentence against the reference's, one cos per sentence; the minimum is held to the threshold."""
+    reference: str
+    sentences: int
+    tokens: list[int]  # tokens per sentence (the appended EOS included)
+    cos: list[float]
+    min_cos: float  # the smallest cos over the sentences
+    need: float
+    ok: bool
+    pooling: str = ""
+
+
+@dataclass
 class RuntimeCheck:
     """The verdict of a real runtime (--runtime): it loads the artifact, tokenizes the prompt with the
     artifact's own vocabulary (ids must equal the reference tokenizer's) and runs it; its logits are
@@ -112,6 +126,7 @@ class ValidationReport:
     tensors: list[TensorCheck] = field(default_factory=list)
     layers: list[dict[str, float]] = field(default_factory=list)
     logits: LogitsCheck | None = None
+    embeddings: EmbeddingCheck | None = None
     thresholds: dict[str, float] = field(default_factory=dict)
     runtime: RuntimeCheck | None = None
 
@@ -153,12 +168,19 @@ def set_verdict(r: ValidationReport) -> None:
         problems.append(f"and {len(bad_tensors) - 3} more tensors")
     if r.logits is not None and not r.logits.ok:
         problems.append(f"logits cos {r.logits.cos:.6f} < {r.logits.min_cos} ({r.quant})")
+    if r.embeddings is not None and not r.embeddings.ok:
+        problems.append(f"embedding cos {r.embeddings.min_cos:.6f} < {r.embeddings.need} ({r.quant}, the worst of "
+                        f"{r.embeddings.sentences} sentences)")
     if r.runtime is not None and not r.runtime.ok:
         problems.append(f"{r.runtime.runtime}: {r.runtime.message}")
     r.passed = not problems
     if r.passed:
         if r.structural_only:
             r.verdict = "PASS (structural checks only: no --reference, numerics not checked)"
+        elif r.embeddings is not None:
+            e = r.embeddings
+            r.verdict = (f"PASS: {len(r.tensors)} tensors match; sentence embeddings ({e.pooling} pooling) cos ≥ "
+                         f"{e.min_cos:.6f} ≥ {e.need} over {e.sentences} sentences vs {e.reference}")
         elif r.logits is not None:
             r.verdict = (f"PASS: {len(r.tensors)} tensors match; logits cos {r.logits.cos:.6f} ≥ {r.logits.min_cos}, "
                          f"top-1 {r.logits.top1:.0%}, KL {r.logits.kl:.2e} vs {r.logits.reference}")

@@ -37,6 +37,10 @@ class RuntimeJudge:
         self.text = None if tokens else (prompt or DEFAULT_PROMPT)
         self.prompt, self.tokens = prompt, tokens
 
+    def refuse(self, report: ValidationReport, why: str) -> None:
+        """The runtime cannot run this model at all: a failed runtime section that says why."""
+        report.runtime = RuntimeCheck(self.runtime.name, "", False, why)
+
     def check(self, report: ValidationReport, reference: Path, ternary: bool,
               fallback: Callable[[list[int]], np.ndarray | None], use_transformers: bool) -> None:
         """Fill report.runtime: the runtime's tokens and logits against the reference's."""

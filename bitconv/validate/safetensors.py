@@ -32,6 +32,7 @@ from ..convert.plan import plan_checkpoint
 from ..errors import ArtifactError, BitconvError, CheckpointError, QuantizationError
 from ..forward import SUPPORTED_ARCHS, TernaryWeight
 from .checks import float_threshold, set_stats, ternary_check
+from .embeddings import compare_embeddings
 from .logits import compare_forward, reference_hparams
 from .report import (DEFAULT_MIN_COS, ST_MIN_COS, Check, TensorCheck, ValidationReport, failed_report,
                      reference_mismatch, set_verdict)
@@ -50,7 +51,8 @@ def _plan(checkpoint: Checkpoint) -> Any:
     from ..convert.plan import make_plan
     from ..quant.registry import get_quantizer
 
-    return make_plan(checkpoint, mapping_for(checkpoint), get_quantizer("f32"))
+    mapping = mapping_for(checkpoint)
+    return make_plan(checkpoint, mapping, get_quantizer(mapping.reading_quant))
 
 
 def _hf_name(pt: Any) -> str:
@@ -58,7 +60,7 @@ def _hf_name(pt: Any) -> str:
 
 
 def _type_of(pt: Any, st: StArtifact) -> str:
-    if pt.source.known_scale is not None:  # a packed ternary linear
+    if pt.source.codes is not None:  # a packed ternary linear
         return "bitnet-packed"
     if _hf_name(pt) in st.linears:
         return st.quant
@@ -190,7 +192,10 @@ def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Pat
              tokens: list[int] | None, use_transformers: bool, thresholds: dict[str, float],
              judge: RuntimeJudge | None = None) -> None:
     try:
-        ref_ckpt, ref_plan = plan_checkpoint(reference, "f32", force_ternarize=True)
+        from ..convert.arch import mapping_for
+
+        ref_ckpt = Checkpoint.open(reference)
+        ref_ckpt, ref_plan = plan_checkpoint(ref_ckpt, mapping_for(ref_ckpt).reading_quant, force_ternarize=True)
     except BitconvError as e:
         report.checks.append(Check("reference", False, str(e)))
         return
@@ -203,7 +208,9 @@ def _compare(report: ValidationReport, st: StArtifact, plan: Any, reference: Pat
     for pt in plan:
         report.tensors.append(_tensor_check(pt, st, art, ref, ref_ckpt, thresholds, ternary))
     _forward(report, art, plan, ref_plan, reference, ternary, prompt, tokens, use_transformers, thresholds)
-    if judge is not None:
+    if judge is not None and ref_plan.mapping.embedding_model:
+        judge.refuse(report, f"{judge.runtime.name} has no class for BitNet embedding models (custom BitLinear code)")
+    elif judge is not None:
         judge.check(report, reference, ternary,
                     forward_fallback(reference, ref_plan, ternary, ref_plan.mapping.arch_name), use_transformers)
 
@@ -226,8 +233,11 @@ def _forward(report: ValidationReport, art: CheckpointWeights, plan: Any, ref_pl
                                    "describe different models (" + ", ".join(differ) + ")"))
         return
     try:
-        compare_forward(report, art, hp_art, ref_plan, reference, ternary, prompt, tokens, use_transformers,
-                        thresholds)
+        if ref_plan.mapping.embedding_model:
+            compare_embeddings(report, art, hp_art, ref_plan, reference, ternary, prompt, tokens, thresholds)
+        else:
+            compare_forward(report, art, hp_art, ref_plan, reference, ternary, prompt, tokens, use_transformers,
+                            thresholds)
     except (ArtifactError, QuantizationError, CheckpointError) as e:  # a tensor that does not decode
         report.checks.append(Check("forward pass", False, str(e)))
 

@@ -138,7 +138,7 @@ class CheckpointWeights(WeightSource):
             return None
         w = np.asarray(pt.source.load(), dtype=np.float32)
         if self.mapping.is_ternary_linear(name):
-            known = pt.source.known_scale() if pt.source.known_scale is not None else None
+            known = pt.source.fixed_scale([w])
             scale = scale_for([w], known)
             return TernaryWeight(ternarize(w, scale), scale.scale)
         return w

@@ -37,7 +37,7 @@ def _load_builtins() -> None:
     import importlib
 
     # built-in mappings register on import
-    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "qwen3_next", "bitnet", "llama"):
+    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "qwen3_next", "bitnet", "llama", "bitnet_embedding"):
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -48,7 +48,7 @@ def mapping_for(checkpoint: Checkpoint) -> "ArchMapping":
     if cls is None:
         raise UnsupportedArchitecture(
             f"unsupported architecture {arch!r}; supported: {', '.join(sorted(ARCHITECTURES))}")
-    return cls(checkpoint.config)
+    return cls.for_checkpoint(checkpoint)
 
 
 def supported_architectures() -> list[str]:
@@ -86,12 +86,24 @@ class SourceTensor:
     decode: Callable[[], np.ndarray] | None = None
     #: the per-tensor ternary scale the checkpoint already fixes (packed weights), read lazily
     known_scale: Callable[[], Any] | None = None
+    #: a converter's own ternary scale rule (a TernaryScale from the tensor's values), where the
+    #: reference converter computes it otherwise than the quantizers do (BitNet embedding: numpy's mean)
+    scale_rule: Callable[[np.ndarray], Any] | None = None
     #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
     #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
     codes: Callable[[], np.ndarray] | None = None
     #: the tensor's bytes already in the planned type (a GGUF source's tensor llama-quantize would
     #: copy as it is): written unchanged, never decoded
     raw: Callable[[], np.ndarray] | None = None
+
+    def fixed_scale(self, values: Sequence[np.ndarray]) -> Any:
+        """The scale this tensor's ternarization must use, or None for the quantizer's own: the one a
+        packed checkpoint fixes, else the mapping's rule applied to the float values (row chunks)."""
+        if self.known_scale is not None:
+            return self.known_scale()
+        if self.scale_rule is None:
+            return None
+        return self.scale_rule(values[0] if len(values) == 1 else np.concatenate([v.reshape(-1) for v in values]))
 
     @classmethod
     def computed(cls, name: str, shape: tuple[int, ...], values: Callable[[], np.ndarray]) -> "SourceTensor":
@@ -177,6 +189,20 @@ class ArchMapping:
     #: transformers' default when config.json has no rope_theta
     default_rope_theta: ClassVar[float] = 10000.0
     skip_suffixes: ClassVar[tuple[str, ...]] = (".rotary_emb.inv_freq", ".attention.masked_bias", ".attention.bias")
+    #: a sentence-embedding model (pooled hidden states, no logits): validate compares embeddings
+    embedding_model: ClassVar[bool] = False
+    #: the mapping writes every GGUF key itself (`add_standalone_metadata`), not llama.cpp's general.* set
+    standalone_metadata: ClassVar[bool] = False
+    #: the quant type of a plan made only to read the weights as the model computes with them (validate):
+    #: f32, unless a mapping's f32 files hold something else (BitNet embedding: the master weights)
+    reading_quant: ClassVar[str] = "f32"
+    #: target name → why it cannot run this architecture (one line; `bitconv hf2gguf --target` says it)
+    refused_targets: ClassVar[dict[str, str]] = {}
+
+    @classmethod
+    def for_checkpoint(cls, checkpoint: Checkpoint) -> "ArchMapping":
+        """The mapping of one checkpoint (a mapping may look at its tensors or files, or refuse it)."""
+        return cls(checkpoint.config)
 
     def __init__(self, config: dict[str, Any]) -> None:
         if "text_config" in config and isinstance(config["text_config"], dict):
@@ -240,6 +266,14 @@ class ArchMapping:
         "ffn_norm.weight")
     #: alternative feed-forward sets; a block must have one of them completely
     ffn_variants: ClassVar[tuple[tuple[str, ...], ...]] = (("ffn_gate.weight", "ffn_up.weight", "ffn_down.weight"),)
+
+    def configure_for(self, quant: Any) -> None:
+        """Called once the output type is known, before planning (a mapping may refuse a type, or
+        decide per type what its linears hold)."""
+
+    def tensor_quant(self, name: str, shape: tuple[int, ...], quant: Any) -> tuple[Any, str] | None:
+        """A mapping's own type rule for one tensor in a file of type `quant` (None: the plan's rules)."""
+        return None
 
     def treat_as_ternary(self) -> None:
         """--force-ternarize: the attention and MLP linears of every block become ternary."""

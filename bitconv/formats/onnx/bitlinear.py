@@ -2,7 +2,8 @@
 ternary linear as explicit ops (x_scale = 127 / max(max|x|, 1e-5); clip(round(x · x_scale), −128,
 127) / x_scale), in every export: f32/f16 exports then compute exactly the BitLinear reference
 (DESIGN.md), and the int2 export runs the same function, with MatMulNBits' own int8 blocks
-(accuracy_level 4) on top. (The ternary weights themselves are encoded in weights.py; attn_sub_norm
+(accuracy_level 4) on top. BitNet embedding models put an RMSNorm of its own before each BitLinear
+(`<name>_norm_in.weight`). (The ternary weights themselves are encoded in weights.py; attn_sub_norm
 and ffn_sub_norm are placed by decoder.py.)
 """
 from __future__ import annotations
@@ -33,6 +34,9 @@ class BitLinearBlocks(WeightWriter):
         return y
 
     def linear(self, x: str, name: str, hint: str, output: str | None = None) -> str:
+        norm_in = name[: -len(".weight")] + "_norm_in.weight"
+        if norm_in in self.plan.sources:  # BitNet embedding models: each BitLinear's own RMSNorm first
+            x = self.rms_norm(x, norm_in, hint + "/norm_in")  # type: ignore[attr-defined]
         if self.plan.bitlinear and self.plan.mapping.is_ternary_linear(name):
             x = self.fake_quant(x, hint + "/act_quant")
         return self.matmul(x, name, hint, output=output)

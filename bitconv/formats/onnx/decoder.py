@@ -85,52 +85,41 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         rb = g.op("Add", [g.op("Mul", [b, cos], hint), g.op("Mul", [a, sin], hint)], hint)
         return g.op("Concat", [ra, rb], hint, axis=-1)
 
-    def build(self) -> Any:
-        from onnx import TensorProto, helper
+    def embed(self, ids: str) -> str:
+        """The token embedding lookup, in the compute dtype."""
+        from onnx import TensorProto
 
-        g, ct = self.g, self.ct
-        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
-        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
-                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
-                                                ["batch_size", "total_sequence_length"]),
-                  helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
-        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
-                                                 ["batch_size", "sequence_length", self.plan.mapping.vocab_size])]
-        kv_shape_in = ["batch_size", self.n_kv, "past_sequence_length", self.head_dim]
-        kv_shape_out = ["batch_size", self.n_kv, "total_sequence_length", self.head_dim]
-        for i in range(self.n_layers):
-            for kind in ("key", "value"):
-                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", ct, kv_shape_in))
-                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", ct, kv_shape_out))
-
-        # embeddings
+        g = self.g
         emb = self.storage["token_embd.weight"]
         table = self._add_streamed("token_embd.weight", np.float32 if emb.storage == "f32" else np.float16)
-        h = g.op("Gather", [table, "input_ids"], "embed", axis=0)
+        h = g.op("Gather", [table, ids], "embed", axis=0)
         if emb.storage != self.plan.quant.compute:
-            h = g.op("Cast", [h], "embed", to=ct)
+            h = g.op("Cast", [h], "embed", to=self.ct)
+        return h
 
-        # rotary tables [B, 1, S, D/2]
+    def rope_tables(self, pos: str) -> tuple[str, str]:
+        """cos / sin [B, 1, S, D/2] of float32 positions [B, S], in the compute dtype."""
+        g = self.g
+        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
         d = self.head_dim
         inv_freq = (np.float32(1.0) / (np.float32(self.rope_theta) **
                                        (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d))))
-        pos = g.op("Unsqueeze", [g.op("Cast", ["position_ids"], "rope", to=TensorProto.FLOAT), i64([-1])], "rope")
+        pos = g.op("Unsqueeze", [pos, i64([-1])], "rope")
         freqs = g.op("Unsqueeze", [g.op("Mul", [pos, g.const(inv_freq.astype(np.float32))], "rope"), i64([1])], "rope")
         cos, sin = g.op("Cos", [freqs], "rope"), g.op("Sin", [freqs], "rope")
         if self.f16:
-            cos, sin = g.op("Cast", [cos], "rope", to=ct), g.op("Cast", [sin], "rope", to=ct)
+            cos, sin = g.op("Cast", [cos], "rope", to=self.ct), g.op("Cast", [sin], "rope", to=self.ct)
+        return cos, sin
 
-        # mask [B, 1, 1, S, T]: key j visible to query i iff j <= T - S + i and attention_mask[j]
-        s_len = g.op("Squeeze", [g.op("Shape", ["input_ids"], "mask", start=1, end=2)], "mask")
-        t_len = g.op("Squeeze", [g.op("Shape", ["attention_mask"], "mask", start=1, end=2)], "mask")
-        one, zero = g.const(np.int64(1)), g.const(np.int64(0))
-        k_idx = g.op("Range", [zero, t_len, one], "mask")
-        q_idx = g.op("Range", [g.op("Sub", [t_len, s_len], "mask"), t_len, one], "mask")
-        causal = g.op("LessOrEqual", [g.op("Unsqueeze", [k_idx, i64([0])], "mask"),
-                                      g.op("Unsqueeze", [q_idx, i64([1])], "mask")], "mask")
-        pad = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], "mask", to=TensorProto.BOOL), i64([1, 2, 3])], "mask")
-        allowed = g.op("And", [causal, pad], "mask")
+    def layers(self, h: str, cos: str, sin: str, allowed: str, *, cache: bool) -> str:
+        """The decoder blocks over h [B, S, hidden]; `allowed` [B, 1, 1, S, T] masks the scores. With
+        `cache`, K/V are concatenated after past_key_values.{i} and exposed as present.{i}."""
+        from onnx import TensorProto
 
+        g = self.g
+        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
+        d = self.head_dim
+        ct = self.ct
         rep = self.n_head // self.n_kv
         scaling = np.float32(self.head_dim ** -0.5)
         src = self.plan.sources
@@ -151,9 +140,13 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
             v = g.op("Transpose", [v], hint + "/v", perm=[0, 2, 1, 3])
             q = self.rope(q, cos, sin, hint + "/q_rope")
             k = self.rope(k, cos, sin, hint + "/k_rope")
-            k_all = g.op("Concat", [f"past_key_values.{i}.key", k], hint + "/k", axis=2, outputs=[f"present.{i}.key"])
-            v_all = g.op("Concat", [f"past_key_values.{i}.value", v], hint + "/v", axis=2,
-                         outputs=[f"present.{i}.value"])
+            if cache:
+                k_all = g.op("Concat", [f"past_key_values.{i}.key", k], hint + "/k", axis=2,
+                             outputs=[f"present.{i}.key"])
+                v_all = g.op("Concat", [f"past_key_values.{i}.value", v], hint + "/v", axis=2,
+                             outputs=[f"present.{i}.value"])
+            else:
+                k_all, v_all = k, v
             # grouped heads: q [B, Hkv, rep, S, D] against k [B, Hkv, 1, D, T], broadcast, no K/V copies
             qg = g.op("Reshape", [q, i64([0, self.n_kv, rep, -1, d])], hint + "/attn")
             kt = g.op("Unsqueeze", [g.op("Transpose", [k_all], hint + "/attn", perm=[0, 1, 3, 2]), i64([2])],
@@ -183,6 +176,41 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
                 y = self.mlp(x, lin("ffn_gate.weight"), lin("ffn_up.weight"), lin("ffn_down.weight"), hint,
                              sub_norm=sub if sub in src else None)
             h = g.op("Add", [h, y], hint + "/residual")
+        return h
+
+    def build(self) -> Any:
+        from onnx import TensorProto, helper
+
+        g, ct = self.g, self.ct
+        i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
+        inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch_size", "sequence_length"]),
+                  helper.make_tensor_value_info("attention_mask", TensorProto.INT64,
+                                                ["batch_size", "total_sequence_length"]),
+                  helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch_size", "sequence_length"])]
+        outputs = [helper.make_tensor_value_info("logits", TensorProto.FLOAT,
+                                                 ["batch_size", "sequence_length", self.plan.mapping.vocab_size])]
+        kv_shape_in = ["batch_size", self.n_kv, "past_sequence_length", self.head_dim]
+        kv_shape_out = ["batch_size", self.n_kv, "total_sequence_length", self.head_dim]
+        for i in range(self.n_layers):
+            for kind in ("key", "value"):
+                inputs.append(helper.make_tensor_value_info(f"past_key_values.{i}.{kind}", ct, kv_shape_in))
+                outputs.append(helper.make_tensor_value_info(f"present.{i}.{kind}", ct, kv_shape_out))
+
+        h = self.embed("input_ids")
+        pos = g.op("Cast", ["position_ids"], "rope", to=TensorProto.FLOAT)
+        cos, sin = self.rope_tables(pos)
+
+        # mask [B, 1, 1, S, T]: key j visible to query i iff j <= T - S + i and attention_mask[j]
+        s_len = g.op("Squeeze", [g.op("Shape", ["input_ids"], "mask", start=1, end=2)], "mask")
+        t_len = g.op("Squeeze", [g.op("Shape", ["attention_mask"], "mask", start=1, end=2)], "mask")
+        one, zero = g.const(np.int64(1)), g.const(np.int64(0))
+        k_idx = g.op("Range", [zero, t_len, one], "mask")
+        q_idx = g.op("Range", [g.op("Sub", [t_len, s_len], "mask"), t_len, one], "mask")
+        causal = g.op("LessOrEqual", [g.op("Unsqueeze", [k_idx, i64([0])], "mask"),
+                                      g.op("Unsqueeze", [q_idx, i64([1])], "mask")], "mask")
+        pad = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], "mask", to=TensorProto.BOOL), i64([1, 2, 3])], "mask")
+        allowed = g.op("And", [causal, pad], "mask")
+        h = self.layers(h, cos, sin, allowed, cache=True)
 
         x = self.rms_norm(h, "output_norm.weight", "final_norm")
         if self.f16:
@@ -191,11 +219,17 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         else:
             logits = self.matmul(x, "output.weight", "lm_head", output="logits")
         assert logits == "logits"
-        graph = helper.make_graph(g.nodes, "bitconv_decoder", inputs, outputs, initializer=g.initializers)
+        return self.model("bitconv_decoder", inputs, outputs)
+
+    def model(self, name: str, inputs: list[Any], outputs: list[Any]) -> Any:
+        """The ONNX model of the graph built so far."""
+        from onnx import helper
+
+        from ..._version import __version__
+
+        graph = helper.make_graph(self.g.nodes, name, inputs, outputs, initializer=self.g.initializers)
         model = helper.make_model(graph, producer_name="bitconv", ir_version=IR_VERSION,
                                   opset_imports=[helper.make_opsetid("", OPSET),
                                                  helper.make_opsetid("com.microsoft", 1)])
-        from ..._version import __version__
-
         model.producer_version = __version__
         return model

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator
 from ...errors import OutputError, UsageError
 from ..atomic import staged_folder
 from .decoder import DecoderBuilder
+from .embedding import EmbeddingBuilder
 from .external_data import ExternalData
 from .genai_config import genai_config
 from .plan import DATA_FILE, GENAI_CONFIG, MODEL_FILE, OnnxPlan
@@ -31,8 +32,10 @@ TMP_PREFIX = ".bitconv-onnx-tmp."
 # --- the atomic folder ---------------------------------------------------------------------------
 
 def output_files(plan: OnnxPlan) -> list[str]:
-    """The names the export writes into its folder (model, data, config, tokenizer files)."""
-    return [MODEL_FILE, DATA_FILE, GENAI_CONFIG] + [p.name for p in plan.checkpoint.tokenizer_files()]
+    """The names the export writes into its folder (model, data, config, tokenizer files); an
+    embedding graph has no onnxruntime-genai config (genai runs decoders)."""
+    config = [] if plan.mapping.embedding_model else [GENAI_CONFIG]
+    return [MODEL_FILE, DATA_FILE, *config] + [name for _, name in plan.checkpoint.companion_files()]
 
 
 def check_output_folder(folder: Path, names: list[str], force: bool) -> None:
@@ -100,7 +103,8 @@ def write_onnx(plan: OnnxPlan, folder: Path, *, force: bool = False,
     with atomic_folder(folder, names, force=force) as tmp:
         data = ExternalData(tmp / DATA_FILE, DATA_FILE, progress)
         try:
-            model = DecoderBuilder(plan, data).build()
+            builder = EmbeddingBuilder if plan.mapping.embedding_model else DecoderBuilder
+            model = builder(plan, data).build()
         finally:
             data.close()
         blob = model.SerializeToString()
@@ -108,9 +112,11 @@ def write_onnx(plan: OnnxPlan, folder: Path, *, force: bool = False,
             f.write(blob)
             f.flush()
             os.fsync(f.fileno())
-        (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(plan), indent=4) + "\n", encoding="utf-8")
-        for p in plan.checkpoint.tokenizer_files():
-            shutil.copyfile(p, tmp / p.name)
+        if GENAI_CONFIG in names:
+            (tmp / GENAI_CONFIG).write_text(json.dumps(genai_config(plan), indent=4) + "\n", encoding="utf-8")
+        for p, name in plan.checkpoint.companion_files():
+            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, tmp / name)
     return [{"path": n, "bytes": (folder / n).stat().st_size} for n in names]
 
 

@@ -95,6 +95,7 @@ ONNX_ARCHS: dict[str, str] = {
     "Qwen2MoeForCausalLM": "qwen2",  # the MoE blocks are plain graph ops: genai runs them as any decoder
     "Qwen3MoeForCausalLM": "qwen3",
     "BitNetForCausalLM": "llama",
+    "Qwen3Model": "qwen3",  # BitNet embedding models: a sentence-embedding graph (embedding.py), no genai_config
 }
 _ACTS = ("silu", "relu2")
 #: MoE tensors (GGUF base names, as bitconv's Qwen MoE mapping stacks them)
@@ -207,7 +208,9 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
                    "attn_output.weight", "attn_q.bias", "attn_k.bias", "attn_v.bias", "attn_q_norm.weight",
                    "attn_k_norm.weight", "attn_sub_norm.weight", "ffn_sub_norm.weight", "ffn_gate.weight",
                    "ffn_up.weight", "ffn_down.weight", *_MOE_ROUTERS, *_MOE_EXPERTS,
-                   "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight"}
+                   "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight",
+                   *(f"{n}_norm_in.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
+                                                      "ffn_up", "ffn_down"))}
     for name in sources:
         if name not in known and not (name.startswith("blk.") and _base(name) in layer_known):
             raise UnsupportedArchitecture(f"{name}: a tensor the ONNX writer has no place for "
@@ -243,10 +246,11 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
                     "exact ternary codes" if quant.bits else "dequantized ternary (s·W_t)")
         else:
             add(name, shape, "int8" if quant.ternary else quant.name, "linear")
-    out_src = "output.weight" if "output.weight" in sources else "token_embd.weight"
-    lm_storage = "int8" if quant.ternary or quant.bits == 4 else quant.storage
-    add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
-        "tied: from token_embd" if out_src != "output.weight" else "")
+    if not mapping.embedding_model:  # an embedding graph ends at the pooled hidden state: no lm_head
+        out_src = "output.weight" if "output.weight" in sources else "token_embd.weight"
+        lm_storage = "int8" if quant.ternary or quant.bits == 4 else quant.storage
+        add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
+            "tied: from token_embd" if out_src != "output.weight" else "")
     plan = OnnxPlan(checkpoint, mapping, quant, bs, sources, tensors, bitlinear, accuracy_level)
     if quant.bits == 2 and bs not in nbits.FAST_2BIT_BLOCKS:
         plan.notes.append(f"block size {bs}: onnxruntime has fast 2-bit kernels only for "

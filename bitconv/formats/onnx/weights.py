@@ -82,7 +82,7 @@ class WeightWriter:
     def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
         src = self.plan.sources[name]
         w = self._load(name)
-        known = src.known_scale() if src.known_scale is not None else None
+        known = src.fixed_scale([w])
         scale = scale_for([w], known)
         return ternarize(w, scale), scale
 

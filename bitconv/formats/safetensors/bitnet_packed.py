@@ -21,7 +21,8 @@ from ...quant.ternary import LINEAR_CLASSES, pack_hf_packed, scale_for, ternariz
 from .writer import ST_DTYPE_SIZE, OutTensor, paired, raw_producer
 
 #: architectures whose transformers class reads the packed layout with HF tensor names unchanged
-PACKED_ARCHITECTURES = ("BitNetForCausalLM",)
+#: (BitNet embedding models, Qwen3Model: bitconv reads the packed form back; their BitLinear is custom code)
+PACKED_ARCHITECTURES = ("BitNetForCausalLM", "Qwen3Model")
 
 
 def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
@@ -29,7 +30,7 @@ def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[],
     the codes are computed, so both come from one computation."""
     def compute() -> tuple[bytes, bytes]:
         w = np.asarray(st.load(), dtype=np.float32)
-        known = st.known_scale() if st.known_scale is not None else None
+        known = st.fixed_scale([w])
         scale = scale_for([w], known)
         packed = pack_hf_packed(ternarize(w, scale))
         ws = scale.inv if linear_class == "bitlinear" else scale.scale

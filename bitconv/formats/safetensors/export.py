@@ -149,9 +149,9 @@ def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str 
         cfg = ct_config(checkpoint.config, quant, block_size)
     shards = split_shards(tensors, shard_bytes)
     names = shard_names(len(shards))
-    tok_files = checkpoint.tokenizer_files()
+    tok_files = checkpoint.companion_files()
     data_bytes = sum(t.nbytes for t in tensors)
-    files = names + ([INDEX_FILE] if len(shards) > 1 else []) + ["config.json"] + [p.name for p in tok_files]
+    files = names + ([INDEX_FILE] if len(shards) > 1 else []) + ["config.json"] + [n for _, n in tok_files]
     result = SafetensorsResult(
         source=source, architecture=checkpoint.architecture, format=fmt,
         linear_class=linear_class if fmt == "bitnet-packed" else None, output=str(folder), n_tensors=len(tensors),
@@ -175,10 +175,11 @@ def export(checkpoint: Checkpoint, folder: Path, fmt: str, *, linear_class: str 
             (stage / INDEX_FILE).write_text(json.dumps(shard_index(shards), indent=2, sort_keys=True) + "\n",
                                             encoding="utf-8")
         (stage / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        for p in tok_files:
-            shutil.copyfile(p, stage / p.name)
+        for p, n in tok_files:
+            (stage / n).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(p, stage / n)
         # tokenizer, weights, config, and the index last: it is what sends a loader to the shards
-        commit([p.name for p in tok_files] + names + ["config.json"] + ([INDEX_FILE] if len(shards) > 1 else []))
+        commit([n for _, n in tok_files] + names + ["config.json"] + ([INDEX_FILE] if len(shards) > 1 else []))
         _remove_stale(folder, set(files))
     result.output_bytes = total
     result.seconds = time.perf_counter() - start
