@@ -1,0 +1,121 @@
+"""A real Ray cluster of two nodes on this machine, for tests/test_ray.py and benchmarks/distributed.py.
+
+Each node is its own `ray start --block` (one CPU each, usage stats off, a small object store: no
+tensor goes through it) in its own process group; stopping it ends those groups — only what it
+started. The nodes listen on 127.0.0.2: Ray replaces 127.0.0.1 by the machine's outward address,
+and the traffic of a test stays on the loopback range. Ray's session files go under `root`.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+HOST = "127.0.0.2"
+REPO = Path(__file__).resolve().parents[1]
+
+
+def ray_available() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def node_env() -> dict[str, str]:
+    """The nodes' environment: this checkout's bitconv first on the path (every worker imports it)."""
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + ([env["PYTHONPATH"]] if env.get("PYTHONPATH") else []))
+    return env
+
+
+class LocalCluster:
+    def __init__(self, root: Path, nodes: int = 2, cpus: int = 1) -> None:
+        self.root, self.n_nodes, self.cpus = Path(root), nodes, cpus
+        self.port = _free_port()
+        self.address = f"{HOST}:{self.port}"
+        self.procs: list[subprocess.Popen[bytes]] = []
+
+    def _start_node(self, i: int) -> None:
+        cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--block",
+               "--node-ip-address", HOST, "--num-cpus", str(self.cpus), "--disable-usage-stats",
+               "--object-store-memory", str(80 * 2**20), "--dashboard-agent-listen-port", str(_free_port()),
+               "--resources", f'{{"bitconv_test_node_{i}": 1}}']
+        if i == 0:
+            cmd += ["--head", "--port", str(self.port), "--temp-dir", str(self.root / "ray"),
+                    "--include-dashboard", "false", "--ray-client-server-port", str(_free_port())]
+        else:
+            cmd += ["--address", self.address]
+        log = open(self.root / f"node{i}.log", "wb")
+        self.procs.append(subprocess.Popen(cmd, env=node_env(), stdout=log, stderr=subprocess.STDOUT,
+                                           stdin=subprocess.DEVNULL, start_new_session=True))
+
+    def start(self, timeout: float = 120) -> "LocalCluster":
+        import ray
+
+        self.root.mkdir(parents=True, exist_ok=True)
+        deadline = time.monotonic() + timeout
+        self._start_node(0)
+        while True:
+            try:
+                socket.create_connection((HOST, self.port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.procs[0].poll() is not None:
+                    self.stop()
+                    raise RuntimeError(f"the Ray head did not start: {self.log(0)[-2000:]}")
+                time.sleep(0.2)
+        for i in range(1, self.n_nodes):
+            self._start_node(i)
+        ray.init(address=self.address, logging_level="ERROR", log_to_driver=False)
+        try:
+            while len([n for n in ray.nodes() if n["Alive"]]) < self.n_nodes:
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"{self.n_nodes} Ray nodes did not come up: {self.log(1)[-2000:]}")
+                time.sleep(0.2)
+            self.node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+        finally:
+            ray.shutdown()
+        return self
+
+    def log(self, i: int) -> str:
+        try:
+            return (self.root / f"node{i}.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """End the nodes' process groups (TERM, then KILL after 5 s): every Ray process of this cluster."""
+        for p in reversed(self.procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        deadline = time.monotonic() + 5
+        for p in reversed(self.procs):
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                pass
+            try:
+                os.killpg(p.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            p.wait()
+        self.procs.clear()
+
+    def __enter__(self) -> "LocalCluster":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
