@@ -85,14 +85,42 @@ def connected(address: str) -> Iterator[Any]:
             socket.create_connection(head, timeout=CONNECT_TIMEOUT).close()
         except OSError as e:
             raise UsageError(f"cannot reach the Ray cluster at {address}: {e.strerror or e}") from None
+    with _errors_to_logging():
+        try:
+            ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
+        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+            raise UsageError(f"cannot connect to the Ray cluster at {address}: {_one_line(e)}") from None
+        try:
+            yield ray
+        finally:
+            ray.shutdown()
+
+
+@contextmanager
+def _errors_to_logging() -> Iterator[None]:
+    """The driver's Ray prints the cluster's error messages ("a worker died …") on stdout from a
+    thread of its own; bitconv never prints (and `--json` stdout is one object): while connected,
+    they go to the "ray" logger instead (shown with --debug; the report has the lost attempts)."""
     try:
-        ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
-        raise UsageError(f"cannot connect to the Ray cluster at {address}: {_one_line(e)}") from None
+        from ray._private import worker
+    except ImportError:  # another layout: nothing to redirect
+        yield
+        return
+    printer = getattr(worker, "print_to_stdstream", None)
+    if printer is None:
+        yield
+        return
+    log = logging.getLogger("ray")
+
+    def to_logging(data: dict[str, Any], *args: Any, **kwargs: Any) -> None:
+        for line in data.get("lines", []):
+            log.warning("(%s) %s", data.get("pid", "ray"), line)
+
+    worker.print_to_stdstream = to_logging
     try:
-        yield ray
+        yield
     finally:
-        ray.shutdown()
+        worker.print_to_stdstream = printer
 
 
 def remote(ray: Any, fn: Callable[..., Any]) -> Any:
