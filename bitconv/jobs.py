@@ -277,10 +277,10 @@ def _fill_from_manifest(res: JobResult, job: Job) -> None:
         res.sha256, res.bytes = rec.get("sha256"), rec.get("bytes")
 
 
-#: folder exporters (ONNX, safetensors layouts): resident bytes per worker thread, in units of the
-#: largest tensor's float32 size (its values, their encoding and the row slab being read; measured
-#: peaks are in docs/DISTRIBUTED.md)
-FOLDER_WORK_PER_THREAD = 3
+#: folder exporters (ONNX, safetensors layouts) stream rows as the GGUF writer does, and hold a little
+#: more per tensor: their estimate is the GGUF writer's budget plus this share of the largest tensor
+#: in float32 (measured peaks against it in docs/DISTRIBUTED.md)
+FOLDER_LARGEST_SHARE = 0.5
 
 
 def job_threads(job: Job) -> int:
@@ -293,6 +293,7 @@ def job_memory(job: Job, threads: int) -> int | None:
     None when the plan cannot be made here (the job then fails on its node, with the reason)."""
     from . import api
     from .convert.gguf_source import is_gguf_source
+    from .formats.gguf_writer import INFLIGHT_PER_THREAD
     from .gguf_output import BASE_MEMORY, memory_estimate
 
     o = job.options
@@ -320,6 +321,6 @@ def job_memory(job: Job, threads: int) -> int | None:
 
             checkpoint = Checkpoint.open(job.source, revision=o.get("revision"), allow_pickle=bool(o.get("allow_pickle")))
             largest = max((4 * t.numel for t in checkpoint), default=0)
-        return BASE_MEMORY + threads * FOLDER_WORK_PER_THREAD * largest
+        return BASE_MEMORY + threads * INFLIGHT_PER_THREAD + int(FOLDER_LARGEST_SHARE * largest)
     except (BitconvError, OSError):
         return None
