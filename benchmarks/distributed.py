@@ -6,7 +6,7 @@
 
 The same 8 jobs (GGUF q8_0 / q4_k_m / q5_k_m / q6_k / q4_0, ONNX int4 / int8, compressed-tensors
 int4), each single-threaded (`threads = 1`), run twice: by the local executor, one after another,
-and by the Ray executor on a cluster of two one-CPU nodes (tests/ray_cluster.py: `ray start` twice
+and by the Ray executor on a cluster of two one-CPU nodes (tests/ray_local_cluster.py: `ray start` twice
 on 127.0.0.2). Times are the `bitconv batch` command's wall time, so Ray's own overhead is in
 (connecting, planning each job for its memory request, scheduling, worker start-up, results);
 the cluster's start is not. The outputs of both runs are compared byte for byte (manifests apart:
@@ -22,6 +22,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -49,19 +50,77 @@ def jobs_toml(src: Path, out: Path, extra: str = "") -> str:
     return text
 
 
-def run_batch(toml: Path, *args: str) -> tuple[float, float, dict[str, Any]]:
-    """Wall seconds, CPU seconds of the command (its own process tree: not the Ray workers), report."""
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes, all cores), from /proc/stat."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:9]]
+    return (sum(f) - f[3] - f[4]) / TICK  # all but idle and iowait
+
+
+def tree_cpu(roots: set[int]) -> dict[int, float]:
+    """CPU seconds of each live process descending from `roots` (a cluster's nodes: their raylets,
+    agents and workers, whatever process group Ray put them in)."""
+    procs = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2:].split()
+        procs[int(pid)] = (int(fields[1]), (int(fields[11]) + int(fields[12])) / TICK)
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in procs.items():
+        children.setdefault(ppid, []).append(pid)
+    out, todo = {}, [r for r in roots if r in procs]
+    while todo:
+        pid = todo.pop()
+        out[pid] = procs[pid][1]
+        todo += children.get(pid, [])
+    return out
+
+
+class TreeSampler(threading.Thread):
+    """Samples `tree_cpu` every 0.2 s: the workers of a Ray job exit with it (and nobody accounts for
+    them), so each process counts with the most CPU it was seen with."""
+
+    def __init__(self, roots: set[int]) -> None:
+        super().__init__(daemon=True)
+        self.roots, self.seen, self.done = roots, {}, threading.Event()
+        self.start_cpu = sum(tree_cpu(roots).values())
+
+    def run(self) -> None:
+        while not self.done.wait(0.2):
+            for pid, cpu in tree_cpu(self.roots).items():
+                self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+
+    def stop(self) -> float:
+        self.done.set()
+        self.join()
+        for pid, cpu in tree_cpu(self.roots).items():
+            self.seen[pid] = max(cpu, self.seen.get(pid, 0.0))
+        return sum(self.seen.values()) - self.start_cpu
+
+
+def run_batch(toml: Path, *args: str, roots: set[int] = frozenset()) -> tuple[float, float, float, dict[str, Any]]:
+    """Wall seconds, CPU seconds of the run (the command and, for Ray, the cluster's processes), CPU
+    seconds of everything else on the machine meanwhile (other people's work), and the report."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(HERE.parent)] + [p for p in [os.environ.get("PYTHONPATH")] if p]))
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    busy0, sampler = busy_seconds(), TreeSampler(set(roots))
+    sampler.start()
     start = time.perf_counter()
     proc = subprocess.run([sys.executable, "-m", "bitconv", "batch", str(toml), "--json", *args], env=env,
                           capture_output=True, text=True)
     wall = time.perf_counter() - start
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    ours = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime) + sampler.stop()
+    others = busy_seconds() - busy0 - ours
     doc = json.loads(proc.stdout)
     if proc.returncode != 0:
         raise SystemExit(f"batch failed ({proc.returncode}): {json.dumps(doc)[:3000]}")
-    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime), doc["result"]
+    return wall, ours, others, doc["result"]
 
 
 def files(folder: Path) -> dict[str, bytes]:
@@ -76,7 +135,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep", type=Path, help="build (or reuse) the checkpoint here instead of a temp dir")
     ap.add_argument("--work", type=Path, help="where outputs and the cluster's files go (default: a temp dir)")
     args = ap.parse_args(argv)
-    from ray_cluster import LocalCluster
+    from ray_local_cluster import LocalCluster
 
     shape = SMALL if args.small else QWEN05 if args.model == "qwen2.5-0.5b" else QWEN15
     tmp = Path(tempfile.mkdtemp(prefix="bcdist", dir=args.work))
@@ -85,14 +144,15 @@ def main(argv: list[str] | None = None) -> int:
         for run in ("local", "ray"):
             (tmp / run).mkdir()
             (tmp / f"{run}.toml").write_text(jobs_toml(src, tmp / run))
-        local_wall, local_cpu, local = run_batch(tmp / "local.toml")
+        local_wall, local_cpu, local_others, local = run_batch(tmp / "local.toml")
         print(f"local executor: {local_wall:.1f} s wall, {local_cpu:.1f} CPU s", file=sys.stderr)
         cluster = LocalCluster(tmp / "cl")
         t0 = time.perf_counter()
         cluster.start()
         start_s = time.perf_counter() - t0
         try:
-            ray_wall, _, ray = run_batch(tmp / "ray.toml", "--ray", cluster.address)
+            ray_wall, ray_cpu, ray_others, ray = run_batch(tmp / "ray.toml", "--ray", cluster.address,
+                                                           roots={p.pid for p in cluster.procs})
         finally:
             cluster.stop()
         same = files(tmp / "local") == files(tmp / "ray")
@@ -108,10 +168,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"| {lj['name']} | {lj['seconds']:.1f} | {rj['seconds']:.1f} | {rj['node']} | "
                   f"{'yes' if lj['sha256'] == rj['sha256'] else 'NO'} |")
         print(f"\nlocal executor (one after another): {local_wall:.1f} s wall ({sum(j['seconds'] for j in local['jobs']):.1f} s "
-              f"in jobs, {local_cpu:.1f} CPU s)")
+              f"in jobs), {local_cpu:.1f} CPU s; other processes on the machine meanwhile: "
+              f"{local_others / local_wall:.2f} cores on average")
         print(f"Ray, 2 nodes x 1 CPU: {ray_wall:.1f} s wall (cluster start {start_s:.1f} s, not counted); busiest node "
-              f"{busiest:.1f} s in jobs; Ray's overhead (wall - busiest node's job time) {ray_wall - busiest:.1f} s")
+              f"{busiest:.1f} s in jobs; Ray's overhead (wall - busiest node's job time) {ray_wall - busiest:.1f} s; "
+              f"{ray_cpu:.1f} CPU s (command, Ray's processes and workers); other processes meanwhile: "
+              f"{ray_others / ray_wall:.2f} cores on average")
         print(f"throughput ratio (local wall / Ray wall): {local_wall / ray_wall:.2f}x; all outputs byte-identical: {same}")
+        ideal = local_cpu / max(ray_cpu / 2, busiest * ray_cpu / sum(j["seconds"] for j in ray["jobs"]))
+        print(f"CPU-bound estimate for two cores of its own (local CPU s / max(Ray CPU s / 2, busiest node's share)): "
+              f"{ideal:.2f}x; Ray's CPU cost over the local run's: {ray_cpu / local_cpu:.2f}x")
         return 0 if same else 1
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -100,7 +100,7 @@ def _run_table(p: Path, run: Any) -> dict[str, Any]:
         if key not in _RUN_KEYS:
             raise UsageError(f"{p}: [run]: unknown key {key!r}; allowed: {', '.join(sorted(_RUN_KEYS))}")
         if not isinstance(value, _RUN_KEYS[key]) or isinstance(value, bool):
-            raise UsageError(f"{p}: [run]: {key} must be a {_RUN_KEYS[key].__name__}")
+            raise UsageError(f"{p}: [run]: {key} must be {'an integer' if _RUN_KEYS[key] is int else 'a string'}")
     if run.get("executor", "local") not in EXECUTORS:
         raise UsageError(f"{p}: [run]: executor {run['executor']!r} is not one of {', '.join(EXECUTORS)}")
     if run.get("retries", 0) < 0:

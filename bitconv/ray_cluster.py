@@ -88,7 +88,7 @@ def connected(address: str) -> Iterator[Any]:
     with _errors_to_logging():
         try:
             ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
-        except (ConnectionError, RuntimeError, ValueError, TimeoutError) as e:
+        except Exception as e:  # noqa: BLE001 - whatever Ray raises here, the cluster cannot be used
             raise UsageError(f"cannot connect to the Ray cluster at {address}: {_one_line(e)}") from None
         try:
             yield ray
@@ -217,11 +217,13 @@ def run_tasks(ray: Any, submit: Callable[[int], Any], n: int, *, retries: int, f
     still pending (its outcomes: cancelled). Ctrl-C cancels everything, sweeps and raises
     Interrupted. Temps left by lost or killed workers are swept from `folders` on every node."""
     lost_types = _lost_types(ray)
-    pending: dict[Any, tuple[int, int]] = {submit(i): (i, 0) for i in range(n)}
+    pending: dict[Any, tuple[int, int]] = {}
     outcomes: list[Outcome | None] = [None] * n
     lost: list[list[dict[str, Any]]] = [[] for _ in range(n)]
     dirty = False
     try:
+        for i in range(n):
+            pending[submit(i)] = (i, 0)
         while pending:
             ready, _ = ray.wait(list(pending), num_returns=1, timeout=0.5)
             for ref in ready:
@@ -277,22 +279,30 @@ def _cancel(ray: Any, pending: dict[Any, tuple[int, int]]) -> list[tuple[int, in
     return [pending[r] for r in refs]
 
 
-def sweep(ray: Any, folders: list[Path]) -> list[str]:
+def sweep(ray: Any, folders: list[Path], timeout: float = 15.0) -> list[str]:
     """Remove the temp files that killed or lost workers left in `folders`: a task on every live
-    node removes those of its own dead processes; the driver removes those of nodes that are gone."""
+    node removes those of its own dead processes; the driver removes those of nodes that are gone,
+    or that did not answer within `timeout` (a node just lost can still be listed alive; every task
+    of this run has ended by now, so no write of it is cut short)."""
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
     names = sorted({str(f) for f in folders})
-    all_nodes = ray.nodes()
-    dead = frozenset(n["NodeID"][:12] for n in all_nodes if not n.get("Alive"))
     task = remote(ray, _sweep_task)
-    refs = [task.options(num_cpus=0, max_retries=0, name="bitconv sweep",
-                         scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
-                         ).remote(names, __version__) for n in all_nodes if n.get("Alive")]
-    removed = [str(p) for f in names for p in atomic.remove_stale_temps(Path(f), dead_nodes=dead)]
-    try:
-        for got in ray.get(refs, timeout=60):
-            removed += got
-    except Exception:  # noqa: BLE001 - a node lost meanwhile: its temps go with the next sweep
-        pass
+    refs = {n["NodeID"]: task.options(num_cpus=0, max_retries=0, name="bitconv sweep",
+                                      scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)
+                                      ).remote(names, __version__) for n in ray.nodes() if n.get("Alive")}
+    removed: list[str] = []
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout)
+    answered = set()
+    for node_id, ref in refs.items():
+        if ref in ready:
+            try:
+                removed += ray.get(ref)
+                answered.add(node_id)
+            except Exception:  # noqa: BLE001 - the node went away meanwhile
+                pass
+        else:
+            ray.cancel(ref, force=True)
+    gone = frozenset(n["NodeID"][:12] for n in ray.nodes() if n["NodeID"] not in answered)
+    removed += [str(p) for f in names for p in atomic.remove_stale_temps(Path(f), dead_nodes=gone)]
     return removed

@@ -1,5 +1,5 @@
 """Batch conversions and one model's split set across a real Ray cluster: two nodes of one CPU each on
-127.0.0.2 (tests/ray_cluster.py), started once for this module. The outputs are the local
+127.0.0.2 (tests/ray_local_cluster.py), started once for this module. The outputs are the local
 executor's bytes, the jobs land on both nodes, a worker SIGKILLed mid-job is retried, Ctrl-C
 cancels, and no temp file is left anywhere; without Ray, an unreachable address or a missing
 source, `--ray` is one line and exit 2."""
@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterator
 import pytest
 
 from cli_helpers import cli_env, error_line, json_result, run_cli
-from ray_cluster import HOST, LocalCluster, ray_available
+from ray_local_cluster import HOST, LocalCluster, ray_available
 
 pytest.importorskip("onnx")
 
@@ -265,3 +265,53 @@ def test_missing_source(cluster: LocalCluster, tmp_path: Path) -> None:
     assert f"source {missing} does not exist there" in job["error"]["message"]
     assert job["error"]["message"].startswith(f"node {HOST} ")
     assert not list((tmp_path / "out").glob("*"))
+
+
+@pytest.mark.parametrize("run,phrase", [("executor = 'slurm'", "executor 'slurm' is not one of local, ray"),
+                                        ("retries = -1", "retries must not be negative"),
+                                        ("adress = 'auto'", "unknown key 'adress'"),
+                                        ("retries = 'two'", "retries must be an integer")])
+def test_bad_run_table(qwen2_checkpoint: Path, tmp_path: Path, run: str, phrase: str) -> None:
+    (tmp_path / "jobs.toml").write_text(f"[run]\n{run}\n" + _jobs(tmp_path, qwen2_checkpoint).read_text())
+    proc = run_cli("batch", tmp_path / "jobs.toml")
+    assert proc.returncode == 2 and phrase in error_line(proc)
+
+
+def test_example_zoo_file_parses() -> None:
+    from bitconv.jobs import load_batch
+
+    jobs, run = load_batch(Path(__file__).resolve().parents[1] / "examples/ray/zoo.toml")
+    assert run == {"executor": "ray", "address": "auto", "retries": 2} and len(jobs) == 5
+    assert jobs[-1].options["threads"] == 8
+
+@pytest.mark.slow
+def test_a_lost_node_is_retried_on_another(cluster: LocalCluster, checkpoint_factory: Callable[..., Path],
+                                           tmp_path: Path) -> None:
+    """The second node dies mid-job (its raylet and workers killed): the job runs again on the head
+    node, with the same bytes, and the dead node's temp file is removed. Last in the module: the
+    cluster has one node afterwards."""
+    from bitconv import convert
+
+    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=256)
+    convert(big, "gguf", "q4_k_m", tmp_path / "expected.gguf", threads=1)
+    (tmp_path / "out").mkdir()
+    (tmp_path / "jobs.toml").write_text("".join(f'[[job]]\nname = "j{i}"\nsource = "{big}"\nquant = "q4_k_m"\n'
+                                                f'output = "out/j{i}.gguf"\n' for i in range(2)))
+    proc = subprocess.Popen([sys.executable, "-m", "bitconv", "batch", str(tmp_path / "jobs.toml"), "--json",
+                             "--ray", cluster.address], env=cli_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    worker_node = cluster.node_ids_by_index[1][:12]
+    deadline = time.monotonic() + 60
+    while not any(worker_node in p.name for p in (tmp_path / "out").glob(".*.bitconv-tmp.*")):
+        assert time.monotonic() < deadline and proc.poll() is None, "no job started writing on the second node"
+        time.sleep(0.01)
+    cluster.kill_node(1)
+    stdout, stderr = proc.communicate(timeout=300)
+    assert proc.returncode == 0, stderr
+    jobs = json.loads(stdout)["result"]["jobs"]
+    lost = [j for j in jobs if j["retries"]]
+    assert len(lost) == 1 and "NodeDiedError" in lost[0]["lost_attempts"][0]["error"]
+    assert not lost[0]["node"].endswith(worker_node[:8])
+    for j in jobs:
+        assert (tmp_path / "out" / f"{j['name']}.gguf").read_bytes() == (tmp_path / "expected.gguf").read_bytes()
+    assert _temps(tmp_path) == []

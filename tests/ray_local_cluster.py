@@ -83,7 +83,10 @@ class LocalCluster:
                     self.stop()
                     raise RuntimeError(f"{self.n_nodes} Ray nodes did not come up: {self.log(1)[-2000:]}")
                 time.sleep(0.2)
-            self.node_ids = sorted(n["NodeID"] for n in ray.nodes() if n["Alive"])
+            alive = [n for n in ray.nodes() if n["Alive"]]
+            #: node i's id (node i carries the resource bitconv_test_node_<i>)
+            self.node_ids_by_index = [next(n["NodeID"] for n in alive if f"bitconv_test_node_{i}" in n["Resources"])
+                                      for i in range(self.n_nodes)]
         finally:
             ray.shutdown()
         return self
@@ -94,14 +97,19 @@ class LocalCluster:
         except OSError:
             return ""
 
+    def kill_node(self, i: int) -> None:
+        """Node i dies at once (SIGKILL to its process group: its raylet, workers and agents)."""
+        os.killpg(self.procs[i].pid, signal.SIGKILL)
+        self.procs[i].wait()
+
     def stop(self) -> None:
-        """End the nodes' process groups (TERM, then KILL after 5 s): every Ray process of this cluster."""
+        """End the nodes' process groups (TERM, then KILL after 3 s): every Ray process of this cluster."""
         for p in reversed(self.procs):
             try:
                 os.killpg(p.pid, signal.SIGTERM)
             except ProcessLookupError:
                 pass
-        deadline = time.monotonic() + 5
+        deadline = time.monotonic() + 3
         for p in reversed(self.procs):
             try:
                 p.wait(timeout=max(0.1, deadline - time.monotonic()))
