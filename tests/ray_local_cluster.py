@@ -38,12 +38,31 @@ def node_env() -> dict[str, str]:
     return env
 
 
+def _descendants(roots: set[int]) -> set[int]:
+    """The live processes below `roots` (not the roots), from /proc."""
+    parent = {}
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        parent[int(pid)] = int(stat[stat.rindex(")") + 2:].split()[1])
+    found, todo = set(), list(roots)
+    while todo:
+        p = todo.pop()
+        kids = [c for c, pp in parent.items() if pp == p and c not in found]
+        found.update(kids)
+        todo += kids
+    return found
+
+
 class LocalCluster:
     def __init__(self, root: Path, nodes: int = 2, cpus: int = 1) -> None:
         self.root, self.n_nodes, self.cpus = Path(root), nodes, cpus
         self.port = _free_port()
         self.address = f"{HOST}:{self.port}"
         self.procs: list[subprocess.Popen[bytes]] = []
+        self.orphans: set[int] = set()
 
     def _start_node(self, i: int) -> None:
         cmd = [sys.executable, "-c", "from ray.scripts.scripts import main; main()", "start", "--block",
@@ -98,12 +117,15 @@ class LocalCluster:
             return ""
 
     def kill_node(self, i: int) -> None:
-        """Node i dies at once (SIGKILL to its process group: its raylet, workers and agents)."""
+        """Node i dies at once: SIGKILL to its process group (its raylet and agents); its workers, in
+        process groups of their own, see their raylet gone and exit (an orphan is killed at stop())."""
+        self.orphans |= _descendants({self.procs[i].pid})
         os.killpg(self.procs[i].pid, signal.SIGKILL)
         self.procs[i].wait()
 
     def stop(self) -> None:
         """End the nodes' process groups (TERM, then KILL after 3 s): every Ray process of this cluster."""
+        workers = _descendants({p.pid for p in self.procs}) | self.orphans  # Ray's workers: own process groups
         for p in reversed(self.procs):
             try:
                 os.killpg(p.pid, signal.SIGTERM)
@@ -120,7 +142,14 @@ class LocalCluster:
             except ProcessLookupError:
                 pass
             p.wait()
+        for pid in workers:  # still there after their raylet is gone: end them too, by their ids
+            try:
+                if Path(f"/proc/{pid}/comm").read_text().startswith("ray::"):
+                    os.kill(pid, signal.SIGKILL)
+            except (OSError, ProcessLookupError):
+                pass
         self.procs.clear()
+        self.orphans = set()
 
     def __enter__(self) -> "LocalCluster":
         return self.start()
