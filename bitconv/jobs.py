@@ -290,13 +290,16 @@ def job_threads(job: Job) -> int:
 
 def job_memory(job: Job, threads: int) -> int | None:
     """The job's peak resident bytes from its plan (headers only): what a cluster reserves for it.
-    None when the plan cannot be made here (the job then fails on its node, with the reason)."""
+    None when the plan cannot be made here (the job then fails on its node, with the reason) or the
+    source is not a local path (a hub repo id: each node downloads it, the driver does not)."""
     from . import api
     from .convert.gguf_source import is_gguf_source
     from .formats.gguf_writer import INFLIGHT_PER_THREAD
     from .gguf_output import BASE_MEMORY, memory_estimate
 
     o = job.options
+    if not Path(job.source).exists():
+        return None
     try:
         if job.format == "gguf" and is_gguf_source(job.source):
             from .requantize import quantize_output

@@ -408,8 +408,8 @@ def test_disk_full_during_write(qwen2_checkpoint: Path, small_tmpfs: Path) -> No
     out = small_tmpfs / "model.gguf"
     script = textwrap.dedent("""
         import sys
-        import bitconv.api, bitconv.cli
-        bitconv.api.check_free_space = lambda folder, needed: None
+        import bitconv.api, bitconv.cli, bitconv.gguf_output
+        bitconv.api.check_free_space = bitconv.gguf_output.check_free_space = lambda folder, needed: None
         sys.argv = ["bitconv"] + sys.argv[1:]
         bitconv.cli.main()
     """)
