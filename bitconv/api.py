@@ -80,17 +80,35 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
         raise UsageError("format, block_size and max_shard_size apply to to=\"safetensors\"")
     if fmt != "gguf":
         raise UsageError(f"output format {fmt!r} is not available yet; available: gguf, onnx, safetensors")
+    job = gguf_output(source, quant, out, target=target, lut=lut, smallest=smallest, revision=revision,
+                      allow_pickle=allow_pickle, force_ternarize=force_ternarize, kernel_config=kernel_config,
+                      pre=pre, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                      no_tensor_first_split=no_tensor_first_split)
+    result = job.result(dry_run=dry_run, threads=threads)
+    if dry_run:
+        return result
+    return job.write(result, force=force, manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite,
+                     progress=progress, on_start=on_start)
+
+
+def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: str | os.PathLike[str] | None = None,
+                *, target: str | None = None, lut: bool = False, smallest: bool = False, revision: str | None = None,
+                allow_pickle: bool = False, force_ternarize: bool = False,
+                kernel_config: str | os.PathLike[str] | KernelConfig | None = None, pre: str | None = None,
+                split_max_size: str | int | None = None, split_max_tensors: int = 0,
+                no_tensor_first_split: bool = False) -> GGUFOutput:
+    """The planned GGUF output of `convert(source, "gguf", ...)` — its tensors, files, metadata and
+    manifest options — read from headers only; `.write()` writes it, and any one file of a split
+    set can be written on its own (`gguf_split.write_split`), as a cluster task does on its node."""
     from .convert.gguf_source import is_gguf_source
 
     if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
-        from .requantize import quantize
+        from .requantize import quantize_output
 
-        return quantize(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), threads, target=target,
-                        force_ternarize=force_ternarize, kernel_config=kernel_config, force=force,
-                        split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-                        no_tensor_first_split=no_tensor_first_split,
-                        dry_run=dry_run, manifest=manifest, allow_nonfinite=allow_nonfinite,
-                        progress=progress, on_start=on_start)
+        return quantize_output(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), target=target,
+                               force_ternarize=force_ternarize, kernel_config=kernel_config,
+                               split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                               no_tensor_first_split=no_tensor_first_split)
     checkpoint, plan = plan_gguf(source, quant.lower() if quant else None, target=target, lut=lut,
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)
@@ -103,15 +121,10 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     if splits.count > 1:
         options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                        no_tensor_first_split=no_tensor_first_split)
-    job = GGUFOutput(str(source), checkpoint.name, checkpoint.architecture, plan,
-                     gguf_writer.hf_metadata(plan, checkpoint, vocab), plan.mapping.arch_name,
-                     plan.quant.llama_ftype is not None, default_name(checkpoint.name, quant, out), splits,
-                     checkpoint.input_files(), checkpoint.root, options)
-    result = job.result(dry_run=dry_run, threads=threads, source_dtype=lambda t: t.source.source_dtype)
-    if dry_run:
-        return result
-    return job.write(result, force=force, manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite,
-                     progress=progress, on_start=on_start)
+    return GGUFOutput(str(source), checkpoint.name, checkpoint.architecture, plan,
+                      gguf_writer.hf_metadata(plan, checkpoint, vocab), plan.mapping.arch_name,
+                      plan.quant.llama_ftype is not None, default_name(checkpoint.name, quant, out), splits,
+                      checkpoint.input_files(), checkpoint.root, options)
 
 
 DEFAULT_ONNX_QUANT = "f32"

@@ -293,19 +293,31 @@ def _notes(plan: TensorPlan) -> list[str]:
 
 
 def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = None, quant: str | None = None,
-             nthreads: int = 0, *, pure: bool = False, output_tensor_type: str | None = None,
-             token_embedding_type: str | None = None, leave_output_tensor: bool = False,
-             allow_requantize: bool = False, keep_split: bool = False, override_kv: Sequence[str] = (),
-             split_max_size: str | int | None = None, split_max_tensors: int = 0, no_tensor_first_split: bool = False,
-             target: str | None = None, force_ternarize: bool = False, kernel_config: Any = None,
-             force: bool = False, dry_run: bool = False, manifest: bool = True, allow_nonfinite: bool = False,
-             progress: Callable[[PlannedTensor, int], None] | None = None,
-             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
+             nthreads: int = 0, *, force: bool = False, dry_run: bool = False, manifest: bool = True,
+             allow_nonfinite: bool = False, progress: Callable[[PlannedTensor, int], None] | None = None,
+             on_start: Callable[[TensorPlan], None] | None = None, **options: Any) -> ConversionResult:
     """Requantize a GGUF file (or split set) `source` into `out` as `quant`, with llama-quantize's
-    options. `out`: a file, or a folder for <input name>-<quant>.gguf (default: beside the input).
-    `keep_split`: split the output as the input is; `split_max_size` / `split_max_tensors`: split
-    it as hf2gguf does. `target`: the type when `quant` is None, and a refusal of what the
-    target's runtime cannot run for this model (relu² BitNet in llama.cpp)."""
+    options (`quantize_output`'s keywords). `out`: a file, or a folder for <input name>-<quant>.gguf
+    (default: beside the input)."""
+    job = quantize_output(source, out, quant, **options)
+    result = job.result(dry_run=dry_run, threads=nthreads)
+    if dry_run:
+        return result
+    return job.write(result, force=force, manifest=manifest, threads=nthreads, allow_nonfinite=allow_nonfinite,
+                     progress=progress, on_start=on_start)
+
+
+def quantize_output(source: str | os.PathLike[str], out: str | os.PathLike[str] | None = None,
+                    quant: str | None = None, *, pure: bool = False, output_tensor_type: str | None = None,
+                    token_embedding_type: str | None = None, leave_output_tensor: bool = False,
+                    allow_requantize: bool = False, keep_split: bool = False, override_kv: Sequence[str] = (),
+                    split_max_size: str | int | None = None, split_max_tensors: int = 0,
+                    no_tensor_first_split: bool = False, target: str | None = None, force_ternarize: bool = False,
+                    kernel_config: Any = None) -> gguf_output.GGUFOutput:
+    """The planned output of `quantize` (headers only). `keep_split`: split the output as the input
+    is; `split_max_size` / `split_max_tensors`: split it as hf2gguf does. `target`: the type when
+    `quant` is None, and a refusal of what the target's runtime cannot run for this model (relu²
+    BitNet in llama.cpp)."""
     overrides = [KVOverride.parse(o) for o in override_kv]
     if keep_split and (split_max_size or split_max_tensors or no_tensor_first_split):
         raise UsageError("--keep-split keeps the input's split; it does not combine with --split-max-*")
@@ -350,12 +362,7 @@ def quantize(source: str | os.PathLike[str], out: str | os.PathLike[str] | None 
     if splits.count > 1 and not keep_split:
         options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                        no_tensor_first_split=no_tensor_first_split)
-    job = gguf_output.GGUFOutput(str(source), src.name, src.architecture, plan, _metadata(src, plan, overrides),
-                                 src.architecture, not q.ternary, out_path, splits, src.input_files(),
-                                 src.path.parent, options)
-    result = job.result(dry_run=dry_run, threads=nthreads, source_dtype=lambda t: src.tensors[t.name].type_name)
-    result.notes = _notes(plan)
-    if dry_run:
-        return result
-    return job.write(result, force=force, manifest=manifest, threads=nthreads, allow_nonfinite=allow_nonfinite,
-                     progress=progress, on_start=on_start)
+    return gguf_output.GGUFOutput(str(source), src.name, src.architecture, plan, _metadata(src, plan, overrides),
+                                  src.architecture, not q.ternary, out_path, splits, src.input_files(),
+                                  src.path.parent, options, source_dtype=lambda t: src.tensors[t.name].type_name,
+                                  notes=_notes(plan))

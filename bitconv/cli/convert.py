@@ -78,15 +78,32 @@ THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes a
 @click.option("--no-tensor-first-split", is_flag=True,
               help="With a split set: the first file holds only the metadata (as llama.cpp's option).")
 @click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
+@click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
+              help="Write each file of the (split) output as a task of the Ray cluster at ADDRESS (auto, HOST:PORT, "
+                   "ray://HOST:10001), --threads CPUs each; SOURCE and the output must be on storage every node "
+                   "mounts. Needs: pip install 'bitconv[ray]'.")
+@click.option("--ray-retries", type=click.IntRange(0), default=2, show_default=True, metavar="N",
+              help="With --ray: attempts after a worker or node is lost.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @command("hf2gguf")
 def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, smallest: bool,
             kernel_config: str | None, output: str | None, dry_run: bool, force: bool, threads: int,
             revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
             allow_pickle: bool, split_max_size: str | None, split_max_tensors: int, no_tensor_first_split: bool,
-            no_manifest: bool, quiet: bool, as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
+            no_manifest: bool, ray_address: str | None, ray_retries: int, quiet: bool,
+            as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id; or a GGUF file, requantized as
     `bitconv quantize` does) to GGUF."""
+    if ray_address is not None and not dry_run:
+        from ..ray_split import convert_split
+
+        result = convert_split(source, quant, output, address=ray_address, retries=ray_retries, threads=threads,
+                               force=force, manifest=not no_manifest, allow_nonfinite=allow_nonfinite,
+                               target=target, lut=lut, smallest=smallest, revision=revision, pre=pre,
+                               allow_pickle=allow_pickle, force_ternarize=force_ternarize, kernel_config=kernel_config,
+                               split_max_size=split_max_size, split_max_tensors=split_max_tensors,
+                               no_tensor_first_split=no_tensor_first_split)
+        return _result(result, False, _render_conversion)
     progress = _ConversionProgress("converting", quiet or dry_run, lambda plan: plan.data_nbytes)
     with progress.bar:
         result = api.convert(source, "gguf", quant, output, target=target, lut=lut, smallest=smallest,
@@ -256,4 +273,5 @@ def _render_splits(r: api.ConversionResult) -> None:
     if len(r.outputs) > 1:
         for o in r.outputs:
             size = _fmt_bytes(o["bytes"]) if "bytes" in o else f"≈ {_fmt_bytes(o['data_bytes'])} of tensors"
-            out.print(f"  {o['path']}: {o['n_tensors']} tensor{'' if o['n_tensors'] == 1 else 's'}, {size}")
+            node = f" — node {o['node']}" + (f", {o['retries']} retries" if o.get("retries") else "") if "node" in o else ""
+            out.print(f"  {o['path']}: {o['n_tensors']} tensor{'' if o['n_tensors'] == 1 else 's'}, {size}{node}")

@@ -1,5 +1,9 @@
 """Atomic outputs: write to `.<name>.bitconv-tmp.<pid>` beside the target, fsync, rename.
 
+A process that writes for a cluster (a Ray task, on storage every node mounts) names its temps
+`.<name>.bitconv-tmp.<node>-<pid>`: stale-temp clean-up judges only its own node's temps (another
+node's process ids mean nothing here), and the cluster's driver sweeps each node's leftovers there.
+
 A crash, Ctrl-C or a full disk leaves no partial artifact at the output path; stale temp files of
 dead processes are removed by the next run. The rename itself is shielded from Ctrl-C (the
 interrupt is taken right after it), so an interrupted run either wrote nothing or wrote the whole
@@ -24,10 +28,33 @@ TMP_MARK = ".bitconv-tmp."
 
 #: artifacts this process renamed into place (what an interrupt after them leaves behind)
 _COMMITTED: list[Path] = []
+#: the cluster node this process writes for (None: a local run); see the module doc
+_NODE: str | None = None
+
+
+def set_temp_node(node: str | None) -> None:
+    """Tag this process's temp names with `node` (letters and digits), or stop tagging them (None)."""
+    global _NODE
+    if node is not None and not re.fullmatch(r"[0-9A-Za-z]+", node):
+        raise ValueError(f"a node tag is letters and digits, not {node!r}")
+    _NODE = node
+
+
+def temp_owner() -> str:
+    """The suffix of this process's temp names: `<pid>`, or `<node>-<pid>` for a cluster task."""
+    return f"{_NODE}-{os.getpid()}" if _NODE else str(os.getpid())
+
+
+def temp_owner_of(name: str) -> tuple[str | None, int] | None:
+    """(node or None, pid) of a temp name, or None when it carries no owner."""
+    node, _, pid = name.rsplit(".", 1)[-1].rpartition("-")
+    if not pid.isdigit() or (node and not node.isalnum()):
+        return None
+    return node or None, int(pid)
 
 
 def temp_path_for(path: Path) -> Path:
-    return path.parent / f".{path.name}{TMP_MARK}{os.getpid()}"
+    return path.parent / f".{path.name}{TMP_MARK}{temp_owner()}"
 
 
 def committed_outputs() -> list[Path]:
@@ -82,19 +109,26 @@ def _discard(p: Path) -> None:
         pass
 
 
-def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_MARK}*") -> None:
-    """Remove temp files and folders (`<…>.<pid>`) that dead processes left in `folder`."""
+def remove_stale_temps(folder: Path, pattern: str = f".*{TMP_MARK}*", *, dead_nodes: frozenset[str] = frozenset()
+                       ) -> list[Path]:
+    """Remove temp files and folders (`<…>.<pid>`) that dead processes of this node (or of a local
+    run, for a local run) left in `folder`, and any temps of `dead_nodes` (cluster nodes that are
+    gone). Returns what was removed."""
     try:
         found = list(folder.glob(pattern))
     except OSError:
-        return
+        return []
+    removed = []
     for p in found:
-        try:
-            pid = int(p.name.rsplit(".", 1)[1])
-        except ValueError:
+        owner = temp_owner_of(p.name)
+        if owner is None:
             continue
-        if pid != os.getpid() and not pid_alive(pid):
+        node, pid = owner
+        if (node is not None and node in dead_nodes) or \
+                (node == _NODE and pid != os.getpid() and not pid_alive(pid)):
             _discard(p)
+            removed.append(p)
+    return removed
 
 
 def is_temp_name(name: str) -> bool:
@@ -243,6 +277,31 @@ def atomic_outputs(paths: list[Path], *, force: bool = False) -> Iterator[list[P
         raise
 
 
+def commit_staged(pairs: list[tuple[Path, Path]], *, force: bool = False) -> None:
+    """Rename finished files (written and synced elsewhere on the same file system: a staging folder
+    that cluster tasks wrote into) to their targets together, as `atomic_outputs` commits a set:
+    Ctrl-C held meanwhile, a failed rename undoes the others."""
+    for _, target in pairs:
+        check_output_path(target, force)
+    renamed: list[Path] = []
+    try:
+        with sigint_deferred():
+            for staged, target in pairs:
+                os.replace(staged, target)
+                renamed.append(target)
+            _COMMITTED.extend(target for _, target in pairs)
+            renamed.clear()
+            for folder in {target.parent for _, target in pairs}:
+                fsync_path(folder)
+    except BaseException as e:
+        for f in renamed:
+            _discard(f)
+        err = write_error(e, pairs[0][1], suffix="; nothing written") if isinstance(e, OSError) else None
+        if err is not None:
+            raise err from e
+        raise
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     tmp = temp_path_for(path)
     try:
@@ -323,7 +382,7 @@ def staged_folder(folder: Path, stage_name: str = "stage",
         remove_stale_temps(folder)
         for pattern in legacy_patterns:
             remove_stale_temps(folder, pattern)
-    stage = temp_path_for(folder) if created else folder / f".{stage_name}{TMP_MARK}{os.getpid()}"
+    stage = temp_path_for(folder) if created else folder / f".{stage_name}{TMP_MARK}{temp_owner()}"
     _discard(stage)
 
     def commit(names: list[str]) -> None:
