@@ -71,7 +71,7 @@ class LocalCluster:
                "--resources", f'{{"bitconv_test_node_{i}": 1}}']
         if i == 0:
             cmd += ["--head", "--port", str(self.port), "--temp-dir", str(self.root / "ray"),
-                    "--include-dashboard", "false", "--ray-client-server-port", str(_free_port())]
+                    "--include-dashboard", "false"]
         else:
             cmd += ["--address", self.address]
         log = open(self.root / f"node{i}.log", "wb")

@@ -171,7 +171,7 @@ def test_a_worker_killed_mid_job_is_retried(cluster: LocalCluster, checkpoint_fa
     from bitconv import convert
     from bitconv.formats.atomic import temp_owner_of
 
-    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=256)  # a few seconds to convert: time to kill it
+    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=1024)  # a few seconds to convert: time to kill it
     convert(big, "gguf", "q4_k_m", tmp_path / "expected.gguf", threads=1)
     (tmp_path / "out").mkdir()
     (tmp_path / "jobs.toml").write_text(f'[[job]]\nname = "big"\nsource = "{big}"\nquant = "q4_k_m"\n'
@@ -195,7 +195,7 @@ def test_a_worker_killed_mid_job_is_retried(cluster: LocalCluster, checkpoint_fa
 def test_ctrl_c_cancels_the_tasks_and_leaves_no_temp_files(cluster: LocalCluster,
                                                             checkpoint_factory: Callable[..., Path],
                                                             tmp_path: Path) -> None:
-    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=256)
+    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=1024)
     (tmp_path / "jobs.toml").write_text("".join(f'[[job]]\nname = "j{i}"\nsource = "{big}"\nquant = "q4_k_m"\n'
                                                 f'output = "out/j{i}.gguf"\n' for i in range(3)))
     (tmp_path / "out").mkdir()
@@ -292,7 +292,8 @@ def test_a_lost_node_is_retried_on_another(cluster: LocalCluster, checkpoint_fac
     cluster has one node afterwards."""
     from bitconv import convert
 
-    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=256)
+    # long enough to be killed mid-job (the AVX2 k-quant searches encode q4_k ~90 M values/s per core)
+    big = checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=1024)
     convert(big, "gguf", "q4_k_m", tmp_path / "expected.gguf", threads=1)
     (tmp_path / "out").mkdir()
     (tmp_path / "jobs.toml").write_text("".join(f'[[job]]\nname = "j{i}"\nsource = "{big}"\nquant = "q4_k_m"\n'
