@@ -307,36 +307,45 @@ cdef extern from *:
         *scale_out = bc_vsel(flat, zero, scale);
     }
 
-    /* qx_start + make_qx_quants (rmse_type 1) for 8 lanes; codes + nmax to L, 0 for all-zero lanes */
-    BC_V8F bc_v8f bc_v8_make_qx(int n, int nmax, const bc_v8f* X, bc_v8i* L) {
-        bc_v8f zero = bc_vset(0.f), max = zero, amax = zero, sumlx = zero, suml2 = zero;
+    /* codes of iscale·x clamped to [-nmax, nmax - 1] (stored + offset in L) and their x²-weighted sums */
+    BC_V8 void bc_v8_qx_sums(int n, int nmax, bc_v8f iscale, const bc_v8f* X, bc_v8i* L, int offset,
+                             bc_v8f* sumlx, bc_v8f* suml2) {
+        bc_v8f slx = bc_vset(0.f), sl2 = bc_vset(0.f);
+        for (int i = 0; i < n; ++i) {
+            bc_v8i l = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
+            L[i] = l + offset;
+            bc_v8f w = X[i] * X[i], lf = bc_vf(l);
+            slx += w * X[i] * lf; sl2 += w * lf * lf;
+        }
+        *sumlx = slx; *suml2 = sl2;
+    }
+
+    /* bc_qx_start for 8 lanes: the value of largest magnitude per lane, the codes at -nmax/max and
+       their sums; returns the mask of all-zero lanes (their codes are set to 0 by the callers) */
+    BC_V8 bc_v8i bc_v8_qx_start(int n, int nmax, const bc_v8f* X, bc_v8i* L, int offset, bc_v8f* max_out,
+                                bc_v8f* sumlx, bc_v8f* suml2) {
+        bc_v8f max = bc_vset(0.f), amax = bc_vset(0.f);
         for (int i = 0; i < n; ++i) {
             bc_v8f ax = bc_vabs(X[i]);
             bc_v8i m = ax > amax;
             amax = bc_vsel(m, ax, amax); max = bc_vsel(m, X[i], max);
         }
-        bc_v8i tiny = amax < bc_vset(BC_GROUP_MAX_EPS);
-        bc_v8f iscale = bc_vset((float)-nmax) / max;
-        for (int i = 0; i < n; ++i) {
-            bc_v8i l = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
-            L[i] = l + nmax;
-            bc_v8f w = X[i] * X[i], lf = bc_vf(l);
-            sumlx += w * X[i] * lf; suml2 += w * lf * lf;
-        }
+        bc_v8_qx_sums(n, nmax, bc_vset((float)-nmax) / max, X, L, offset, sumlx, suml2);
+        *max_out = max;
+        return amax < bc_vset(BC_GROUP_MAX_EPS);
+    }
+
+    /* qx_start + make_qx_quants (rmse_type 1) for 8 lanes; codes + nmax to L, 0 for all-zero lanes */
+    BC_V8F bc_v8f bc_v8_make_qx(int n, int nmax, const bc_v8f* X, bc_v8i* L) {
+        bc_v8f zero = bc_vset(0.f), max, sumlx, suml2;
+        bc_v8i tiny = bc_v8_qx_start(n, nmax, X, L, nmax, &max, &sumlx, &suml2);
         bc_v8f scale = bc_vsel(suml2 != zero, sumlx / suml2, zero), best = scale * sumlx;
         for (int is = -9; is <= 9; ++is) {
             if (is == 0) continue;
-            iscale = bc_vset(-(nmax + 0.1f * is)) / max;
             bc_v8i Lt[16];
-            sumlx = suml2 = zero;
-            for (int i = 0; i < n; ++i) {
-                bc_v8i l = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
-                Lt[i] = l;
-                bc_v8f w = X[i] * X[i], lf = bc_vf(l);
-                sumlx += w * X[i] * lf; suml2 += w * lf * lf;
-            }
+            bc_v8_qx_sums(n, nmax, bc_vset(-(nmax + 0.1f * is)) / max, X, Lt, nmax, &sumlx, &suml2);
             bc_v8i better = (suml2 > zero) & (sumlx * sumlx > best * suml2);
-            for (int i = 0; i < n; ++i) L[i] = bc_vseli(better, Lt[i] + nmax, L[i]);
+            for (int i = 0; i < n; ++i) L[i] = bc_vseli(better, Lt[i], L[i]);
             bc_v8f s = sumlx / suml2;
             scale = bc_vsel(better, s, scale);
             best = bc_vsel(better, s * sumlx, best);
@@ -347,19 +356,8 @@ cdef extern from *:
 
     /* qx_start + make_q3_quants (do_rmse) for 8 lanes; codes + nmax to L, 0 for all-zero lanes */
     BC_V8F bc_v8f bc_v8_make_q3(int n, int nmax, const bc_v8f* X, bc_v8i* L) {
-        bc_v8f zero = bc_vset(0.f), max = zero, amax = zero, sumlx = zero, suml2 = zero;
-        for (int i = 0; i < n; ++i) {
-            bc_v8f ax = bc_vabs(X[i]);
-            bc_v8i m = ax > amax;
-            amax = bc_vsel(m, ax, amax); max = bc_vsel(m, X[i], max);
-        }
-        bc_v8i tiny = amax < bc_vset(BC_GROUP_MAX_EPS);
-        bc_v8f iscale = bc_vset((float)-nmax) / max;
-        for (int i = 0; i < n; ++i) {
-            L[i] = bc_vclamp(bc_vnearest(iscale * X[i]), -nmax, nmax - 1);
-            bc_v8f w = X[i] * X[i], lf = bc_vf(L[i]);
-            sumlx += w * X[i] * lf; suml2 += w * lf * lf;
-        }
+        bc_v8f zero = bc_vset(0.f), max, sumlx, suml2;
+        bc_v8i tiny = bc_v8_qx_start(n, nmax, X, L, 0, &max, &sumlx, &suml2);
         for (int itry = 0; itry < 5; ++itry) {
             bc_v8i changed = (bc_v8i){0};
             for (int i = 0; i < n; ++i) {
