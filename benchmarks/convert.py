@@ -707,7 +707,7 @@ def measure(cmd: list[str], env: dict[str, str] | None, log: Path, timeout: floa
 
 def output_files(out: Path) -> list[Path]:
     """The GGUF and what bitconv writes beside it: ``<out>.manifest.json`` and, for tl1/tl2,
-    ``<stem>.kernel_config.ini`` and ``<stem>.codegen.txt`` (bitconv.api.kernel_files_for)."""
+    ``<stem>.kernel_config.ini`` and ``<stem>.codegen.txt`` (bitconv.formats.gguf_split.kernel_files_for)."""
     stem = out.name.removesuffix(".gguf")
     return [out, out.with_name(out.name + ".manifest.json"), out.with_name(stem + ".kernel_config.ini"),
             out.with_name(stem + ".codegen.txt")]

@@ -95,7 +95,7 @@ class GGUFOutput:
         sidecars: dict[Path, str] = {}
         if (lut := self.lut) is not None:
             used = lut.used_config()
-            ini, codegen = gguf_writer.kernel_files_for(Path(result.output))
+            ini, codegen = gguf_split.kernel_files_for(Path(result.output))
             sidecars = {ini: used.to_ini(), codegen: used.codegen_text(lut.layout, self.model_name)}
             for p in sidecars:
                 check_output_path(p, force)

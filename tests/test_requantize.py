@@ -187,3 +187,17 @@ def test_bad_input_is_one_line(sources, problem: str, tmp_path: Path) -> None:
         assert_nothing_written(tmp_path, out)
     else:
         assert out.read_bytes() == before
+
+
+def test_copied_tensors_stream_in_slabs(sources, tmp_path: Path, monkeypatch) -> None:
+    """Tensors copied as they are (the f32 norms, the f16 embedding kept by --token-embedding-type
+    f16) are read and written a slab of bytes at a time: with 4 KiB slabs the file is still
+    llama_model_quantize's."""
+    from bitconv.formats import gguf_writer
+
+    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 4096)
+    ours, ref = tmp_path / "ours.gguf", tmp_path / "ref.gguf"
+    result = quantize(sources["tied-f16"], ours, "q8_0", 1, manifest=False, token_embedding_type="f16")
+    llama_quantize(sources["tied-f16"], ref, "q8_0", token_embedding_type="f16")
+    assert next(t for t in result.tensors if t.name == "token_embd.weight").note == "copied"
+    assert_same_file(ours, ref)

@@ -107,9 +107,10 @@ class GGUFTensor:
     def _payload_nbytes(self) -> int:
         return self.info.nbytes - 32 if self.type_name == "I2_S" else self.info.nbytes
 
-    def raw(self) -> np.ndarray:
-        """The tensor's stored bytes, as they lie in the file."""
-        return _pread(self.path, self.info.offset, self.info.nbytes)
+    def raw(self, lo: int = 0, hi: int | None = None) -> np.ndarray:
+        """The tensor's stored bytes [lo, hi) (all of them by default), as they lie in the file."""
+        hi = self.info.nbytes if hi is None else hi
+        return _pread(self.path, self.info.offset + lo, hi - lo)
 
     def raw_rows(self, lo: int, hi: int) -> np.ndarray:
         """Stored bytes of rows [lo, hi) as [hi - lo, bytes per row] (row-local types)."""

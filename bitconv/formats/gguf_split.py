@@ -64,6 +64,13 @@ def parse_split_size(value: str | int | None) -> int:
     return n
 
 
+def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
+    """`<stem>.kernel_config.ini` and `<stem>.codegen.txt` beside a tl1/tl2 GGUF: one pair per
+    output, so two outputs in one folder never overwrite each other's."""
+    stem = out_path.name[:-len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
+    return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
+
+
 def split_names(path: Path, count: int) -> list[Path]:
     """The files of a set of `count` splits written for output `path` (gguf-py's names); [path]
     for one file."""

@@ -8,6 +8,7 @@ flight are bounded per thread, so peak memory does not grow with the model or it
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import math
@@ -107,13 +108,6 @@ def ggml_type(type_id: int | None) -> Any:
         return gguf.GGMLQuantizationType(type_id)
     except ValueError:
         return int(type_id)
-
-
-def kernel_files_for(out_path: Path) -> tuple[Path, Path]:
-    """`<stem>.kernel_config.ini` and `<stem>.codegen.txt` beside a tl1/tl2 GGUF: one pair per
-    output, so two outputs in one folder never overwrite each other's."""
-    stem = out_path.name[:-len(".gguf")] if out_path.name.endswith(".gguf") else out_path.name
-    return out_path.with_name(f"{stem}.kernel_config.ini"), out_path.with_name(f"{stem}.codegen.txt")
 
 
 def estimated_file_size(plan: TensorPlan) -> int:
@@ -291,9 +285,6 @@ def peak_work_bytes(plan: TensorPlan, threads: int = 0) -> int:
 
 def _whole_item(i: int, pt: PlannedTensor, allow_nonfinite: bool) -> _WorkItem:
     src, q = pt.source, pt.quant
-    if src.raw is not None:  # already in its planned type (a GGUF source): copied as it is
-        raw = src.raw
-        return _WorkItem(i, True, True, 2 * pt.nbytes, lambda: np.asarray(raw()).reshape(-1).view(np.uint8))
     if src.codes is not None and src.known_scale is not None and hasattr(q, "quantize_codes"):
         # a packed ternary linear into a ternary type: its codes are packed as they are, with the
         # checkpoint's scale (the bytes quantize() gives for codes / inv), no float32 round trip
@@ -328,6 +319,11 @@ def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int, indice
     a slab of rows at a time, after a first pass for its per-tensor statistic when it needs one, so no
     tensor sits in memory whole; the rest are one item each."""
     for i, pt in zip(indices, plan.tensors[indices.start:indices.stop]):
+        if (raw := pt.source.raw) is not None:  # already in its planned type: copied a slab of bytes at a time
+            for lo in range(0, pt.nbytes, slab_bytes) or [0]:
+                hi = min(pt.nbytes, lo + slab_bytes)
+                yield _WorkItem(i, lo == 0, hi == pt.nbytes, 2 * (hi - lo), functools.partial(raw, lo, hi))
+            continue
         slabs = _slabs(pt, slab_bytes)
         lazy = _streamable(pt)
         if slabs is None or lazy is None:

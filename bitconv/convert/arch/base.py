@@ -92,9 +92,9 @@ class SourceTensor:
     #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
     #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
     codes: Callable[[], np.ndarray] | None = None
-    #: the tensor's bytes already in the planned type (a GGUF source's tensor llama-quantize would
-    #: copy as it is): written unchanged, never decoded
-    raw: Callable[[], np.ndarray] | None = None
+    #: bytes [lo, hi) of the tensor already in the planned type (a GGUF source's tensor llama-quantize
+    #: would copy as it is): written unchanged, a slab at a time, never decoded
+    raw: Callable[[int, int], np.ndarray] | None = None
 
     def fixed_scale(self, values: Sequence[np.ndarray]) -> Any:
         """The scale this tensor's ternarization must use, or None for the quantizer's own: the one a
