@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import struct
 import subprocess
 import sys
@@ -21,6 +22,12 @@ def cli_env(**extra: str) -> dict[str, str]:
     env.setdefault("HF_HUB_DISABLE_TELEMETRY", "1")
     env.update(extra)
     return env
+
+
+def sigint_as_in_a_terminal() -> None:
+    """A Popen `preexec_fn`: a test runner started in the background (`make test &`, CI) hands its
+    children SIGINT ignored, and Python then installs no Ctrl-C handler; a user's terminal does not."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def run_cli(*args: str | os.PathLike[str], cwd: str | os.PathLike[str] | None = None,

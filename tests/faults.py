@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from cli_helpers import sigint_as_in_a_terminal
+
 TMP_RE = re.compile(r"bitconv-(?:onnx-)?tmp")
 NOBODY = 65534
 
@@ -147,9 +149,7 @@ def command(job: Job, source: Path, output: Path, *extra: str) -> list[str]:
 
 def _preexec(fsize: int | None = None, user: int | None = None) -> Callable[[], None]:
     def run() -> None:
-        # a test runner started in the background hands its children SIGINT ignored: a user's
-        # terminal does not, so give the child the default handler (Python then installs its own)
-        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        sigint_as_in_a_terminal()
         if fsize is not None:
             signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
             resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))

@@ -21,7 +21,7 @@ import pytest
 from safetensors.numpy import save_file as save_numpy
 
 from cli_helpers import (assert_nothing_written, clone_checkpoint, cli_env, error_line, json_result,
-                         read_gguf_tensors, run_cli, write_config, write_raw_safetensors)
+                         read_gguf_tensors, run_cli, sigint_as_in_a_terminal, write_config, write_raw_safetensors)
 
 BAD_INPUT = 2
 INTERRUPTED = 130
@@ -434,11 +434,10 @@ def big_checkpoint(checkpoint_factory: Callable[..., Path]) -> Path:
 def test_ctrl_c_during_write(big_checkpoint: Path, out_dir: Path, delay: float, as_json: bool) -> None:
     out = out_dir / "model.gguf"
     cmd = [sys.executable, "-m", "bitconv", "hf2gguf", str(big_checkpoint), "-o", str(out)] + (["--json"] if as_json else [])
-    # as in a terminal: a runner started in the background (`cmd &`) hands its children SIGINT ignored
     proc = subprocess.Popen(cmd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=cli_env(),
                             stdin=subprocess.DEVNULL,
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                            preexec_fn=sigint_as_in_a_terminal)
     try:
         deadline = time.monotonic() + 60
         while not any(out_dir.glob(".*.bitconv-tmp.*")):

@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import pytest
 
-from cli_helpers import cli_env, error_line, json_result, run_cli
+from cli_helpers import cli_env, error_line, json_result, run_cli, sigint_as_in_a_terminal
 from ray_local_cluster import HOST, LocalCluster, ray_available
 
 pytest.importorskip("onnx")
@@ -192,7 +192,6 @@ def test_a_worker_killed_mid_job_is_retried(cluster: LocalCluster, checkpoint_fa
 
 
 @pytest.mark.slow
-@pytest.mark.skip(reason="flaky in the full suite: the batch finished before SIGINT was handled (rc 0); to fix next stop")
 def test_ctrl_c_cancels_the_tasks_and_leaves_no_temp_files(cluster: LocalCluster,
                                                             checkpoint_factory: Callable[..., Path],
                                                             tmp_path: Path) -> None:
@@ -202,7 +201,7 @@ def test_ctrl_c_cancels_the_tasks_and_leaves_no_temp_files(cluster: LocalCluster
     (tmp_path / "out").mkdir()
     proc = subprocess.Popen([sys.executable, "-m", "bitconv", "batch", str(tmp_path / "jobs.toml"),
                              "--ray", cluster.address], env=cli_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=sigint_as_in_a_terminal)
     _wait_for_temp(tmp_path / "out", proc)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
