@@ -4,9 +4,11 @@ checkpoint's (mapped by bitconv's arch mappings) and their hidden states can be 
 by layer.
 
 Architectures: qwen (Qwen 1: q, k, v fused in attn_qkv), qwen2, qwen3, qwen2moe, qwen3moe, llama,
-bitnet (1bitLLM: SiLU) and bitnet-25 (2B-4T: ReLU²); BitNet embedding models (qwen3 with a BitLinear
-RMSNorm before each projection, `<name>_norm_in.weight`, and a pooling type: `embed` gives the pooled,
-L2-normalized sentence embedding). Ternary models run the BitLinear reference of
+bitnet (1bitLLM: SiLU) and bitnet-25 (2B-4T: ReLU²); BitNet embedding models (qwen3 or gemma3 with a
+BitLinear RMSNorm before each projection, `<name>_norm_in.weight`, and a pooling type: `embed` gives the
+pooled, L2-normalized sentence embedding). gemma3 as llama.cpp runs it: the embedding scaled by
+sqrt(n_embd), GELU (tanh), norms after attention and FFN, and sliding-window layers (all but every
+sixth) with RoPE base 10000 and the file's window, when it names one. Ternary models run the BitLinear reference of
 DESIGN.md: before each ternary linear the activations are quantized per token to int8 (127 /
 absmax), then y = (x_q · W_t) · s / x_scale in exact integer arithmetic. Float32 throughout; weights
 are fetched per layer and dropped, so a large model is never resident as float32.
@@ -25,9 +27,13 @@ from .quant.i2s import pack_i2s
 #: GGUF base names of the linears BitNet b1.58 trains ternary
 TERNARY_LINEARS = ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate", "ffn_up", "ffn_down")
 _ACT = {"qwen": "silu", "qwen2": "silu", "qwen3": "silu", "qwen2moe": "silu", "qwen3moe": "silu",
-        "llama": "silu", "bitnet": "silu", "bitnet-25": "relu2"}
+        "llama": "silu", "bitnet": "silu", "bitnet-25": "relu2", "gemma3": "gelu_tanh"}
 #: llama.cpp rotates q/k halves (NeoX) for these; adjacent pairs (q/k permuted at conversion) for llama
-_NEOX = {"qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "bitnet", "bitnet-25"}
+_NEOX = {"qwen", "qwen2", "qwen3", "qwen2moe", "qwen3moe", "bitnet", "bitnet-25", "gemma3"}
+#: archs whose token embedding is scaled by sqrt(n_embd) before the first block
+_SCALED_EMBEDDING = {"gemma3"}
+#: llama.cpp's fixed sliding-window layout: (every Nth layer is global, RoPE base of the others)
+_SWA_PATTERN = {"gemma3": (6, 10000.0)}
 #: MoE archs that renormalize the chosen experts' weights (llama.cpp's expert_weights_norm)
 _MOE_NORM_TOPK = {"qwen3moe": True, "qwen2moe": False}
 #: archs whose q, k, v rows are one attn_qkv tensor (Qwen 1)
@@ -85,6 +91,16 @@ class Hparams:
     ternary: bool = False
     #: gguf PoolingType of an embedding model (`{arch}.pooling_type`), None for a language model
     pooling: int | None = None
+    #: sliding-window layers attend to this many positions (None: the whole prompt)
+    sliding_window: int | None = None
+
+    def layer_rope_base(self, i: int) -> float:
+        pattern = _SWA_PATTERN.get(self.arch)
+        return pattern[1] if pattern and (i + 1) % pattern[0] else self.rope_base
+
+    def layer_window(self, i: int) -> int | None:
+        pattern = _SWA_PATTERN.get(self.arch)
+        return self.sliding_window if pattern and (i + 1) % pattern[0] else None
 
     @classmethod
     def from_metadata(cls, meta: dict[str, Any], *, ternary: bool) -> "Hparams":
@@ -107,7 +123,9 @@ class Hparams:
                    rope_base=float(get("rope.freq_base", 10000.0)),
                    rope_dim=int(get("rope.dimension_count", head_dim)),
                    n_expert_used=int(meta.get(f"{arch}.expert_used_count", 0) or 0), ternary=ternary,
-                   pooling=None if meta.get(f"{arch}.pooling_type") is None else int(meta[f"{arch}.pooling_type"]))
+                   pooling=None if meta.get(f"{arch}.pooling_type") is None else int(meta[f"{arch}.pooling_type"]),
+                   sliding_window=None if meta.get(f"{arch}.attention.sliding_window") is None
+                   else int(meta[f"{arch}.attention.sliding_window"]))
 
 
 @dataclass
@@ -144,10 +162,11 @@ def rms_norm(x: np.ndarray, w: np.ndarray, eps: float) -> np.ndarray:
     return (x * scale.astype(np.float32)) * w.astype(np.float32, copy=False)
 
 
-def _rope(x: np.ndarray, pos: np.ndarray, hp: Hparams, freq_factors: np.ndarray | None) -> np.ndarray:
+def _rope(x: np.ndarray, pos: np.ndarray, hp: Hparams, freq_factors: np.ndarray | None,
+          base: float | None = None) -> np.ndarray:
     """x: [T, H, D]. llama.cpp's rotation: NeoX halves or adjacent pairs over the first rope_dim dims."""
     d = hp.rope_dim
-    inv = hp.rope_base ** (-np.arange(0, d, 2, dtype=np.float64) / d)
+    inv = (hp.rope_base if base is None else base) ** (-np.arange(0, d, 2, dtype=np.float64) / d)
     if freq_factors is not None:
         inv = inv / freq_factors.astype(np.float64)
     ang = pos[:, None].astype(np.float64) * inv[None, :]
@@ -164,6 +183,14 @@ def _rope(x: np.ndarray, pos: np.ndarray, hp: Hparams, freq_factors: np.ndarray 
 
 def _silu(x: np.ndarray) -> np.ndarray:
     return x / (1.0 + np.exp(-x))
+
+
+def _gelu_tanh(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float32, copy=False)
+    return np.float32(0.5) * x * (1 + np.tanh(np.float32(0.7978845608028654) * (x + np.float32(0.044715) * x ** 3)))
+
+
+_ACTIVATIONS = {"silu": _silu, "relu2": lambda g: np.square(np.maximum(g, 0)), "gelu_tanh": _gelu_tanh}
 
 
 def _softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
@@ -217,18 +244,22 @@ class ReferenceForward:
             q = rms_norm(q, qn, hp.eps)
         if (kn := self.get(p + "attn_k_norm.weight")) is not None:
             k = rms_norm(k, kn, hp.eps)
-        q, k = _rope(q, pos, hp, freq_factors), _rope(k, pos, hp, freq_factors)
+        base = hp.layer_rope_base(i)
+        q, k = _rope(q, pos, hp, freq_factors, base), _rope(k, pos, hp, freq_factors, base)
         rep = hp.n_head // hp.n_head_kv
         k, v = np.repeat(k, rep, axis=1), np.repeat(v, rep, axis=1)
         scores = np.einsum("thd,shd->hts", q, k) / np.float32(np.sqrt(hp.head_dim))
-        scores = np.where(np.tril(np.ones((t, t), dtype=bool))[None], scores, -np.inf)
+        visible = np.tril(np.ones((t, t), dtype=bool))
+        if (window := hp.layer_window(i)) is not None:
+            visible &= (pos[:, None] - pos[None, :]) < window
+        scores = np.where(visible[None], scores, -np.inf)
         out = np.einsum("hts,shd->thd", _softmax(scores).astype(np.float32), v).reshape(t, -1)
         if (sub := self.get(p + "attn_sub_norm.weight")) is not None:
             out = rms_norm(out, sub, hp.eps)
         return self.linear(out, p + "attn_output.weight")
 
     def _act(self, g: np.ndarray) -> np.ndarray:
-        return np.square(np.maximum(g, 0)) if _ACT[self.hp.arch] == "relu2" else _silu(g)
+        return _ACTIVATIONS[_ACT[self.hp.arch]](g)
 
     def _ffn(self, h: np.ndarray, i: int) -> np.ndarray:
         p = f"blk.{i}."
@@ -262,6 +293,11 @@ class ReferenceForward:
             out += shared
         return out
 
+    def _post_norm(self, x: np.ndarray, name: str) -> np.ndarray:
+        """Gemma3's norm of a block's output before the residual add, where the model has one."""
+        w = self.get(name)
+        return x if w is None else rms_norm(x, w, self.hp.eps)
+
     def embed(self, tokens: list[int], normalize: bool = True) -> np.ndarray:
         """The pooled (hp.pooling), L2-normalized sentence embedding of an embedding model."""
         if self.hp.pooling is None:
@@ -274,13 +310,17 @@ class ReferenceForward:
             logits: bool = True) -> ForwardResult:
         hp = self.hp
         h = self.source.rows("token_embd.weight", np.asarray(tokens))
+        if hp.arch in _SCALED_EMBEDDING:
+            h = h * np.float32(np.sqrt(hp.n_embd))
         pos = np.arange(len(tokens))
         freq_factors = self.get("rope_freqs.weight")
         hidden = []
         for i in range(hp.n_layers):
             p = f"blk.{i}."
-            h = h + self._attention(rms_norm(h, self._w(p + "attn_norm.weight"), hp.eps), i, pos, freq_factors)
-            h = h + self._ffn(rms_norm(h, self._w(p + "ffn_norm.weight"), hp.eps), i)
+            h = h + self._post_norm(self._attention(rms_norm(h, self._w(p + "attn_norm.weight"), hp.eps), i, pos,
+                                                    freq_factors), p + "post_attention_norm.weight")
+            h = h + self._post_norm(self._ffn(rms_norm(h, self._w(p + "ffn_norm.weight"), hp.eps), i),
+                                    p + "post_ffw_norm.weight")
             h = h.astype(np.float32, copy=False)
             hidden.append(h)
             if on_layer:

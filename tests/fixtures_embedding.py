@@ -98,7 +98,7 @@ def embedding_tokenizer_files() -> Path:
     return final
 
 
-def _sentence_transformers_files(out: Path, hidden: int, pooling: Pooling | None, normalize: bool) -> None:
+def write_sentence_transformers_files(out: Path, hidden: int, pooling: Pooling | None, normalize: bool) -> None:
     modules = [{"idx": 0, "name": "0", "path": "", "type": "sentence_transformers.models.Transformer"}]
     if pooling is not None:
         modules.append({"idx": 1, "name": "1", "path": "1_Pooling", "type": "sentence_transformers.models.Pooling"})
@@ -158,7 +158,7 @@ def make_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Literal["b
         for f in embedding_tokenizer_files().iterdir():
             if f.is_file():
                 shutil.copyfile(f, out / f.name)
-    _sentence_transformers_files(out, hidden, pooling, normalize)
+    write_sentence_transformers_files(out, hidden, pooling, normalize)
     return out
 
 
@@ -202,7 +202,7 @@ def _ternary_image(w: Any) -> Any:
 
 
 def torch_model(path: str | os.PathLike[str], mode: Reference = "bitlinear") -> Any:
-    """transformers' Qwen3Model (float32, eager attention) with every projection replaced by the
+    """transformers' model of the checkpoint (Qwen3Model or Gemma3TextModel, float32, eager attention) with every projection replaced by the
     BitLinear reference in `mode`: "bitlinear" (ternary weights, int8 activations), "ternary"
     (ternary weights, float activations) or "master" (master weights, float activations)."""
     import torch
@@ -212,12 +212,12 @@ def torch_model(path: str | os.PathLike[str], mode: Reference = "bitlinear") -> 
     path = Path(path)
     config = transformers.AutoConfig.from_pretrained(str(path))
     config._attn_implementation = "eager"
-    model = transformers.Qwen3Model(config).to(torch.float32).eval()
+    model = transformers.AutoModel.from_config(config).to(torch.float32).eval()  # Qwen3Model / Gemma3TextModel
     sd = {k.removeprefix("model."): v.to(torch.float32) for k, v in load_file(str(path / "model.safetensors")).items()}
     norms = {k: sd.pop(k) for k in [k for k in sd if k.endswith("_proj.norm.weight")]}
     missing, unexpected = model.load_state_dict(sd, strict=False)
     if missing or unexpected:
-        raise RuntimeError(f"checkpoint does not fit Qwen3Model: missing {missing}, unexpected {unexpected}")
+        raise RuntimeError(f"checkpoint does not fit {type(model).__name__}: missing {missing}, unexpected {unexpected}")
     eps = float(config.rms_norm_eps)
     for i, layer in enumerate(model.layers):
         for proj in PROJECTIONS:
@@ -226,6 +226,23 @@ def torch_model(path: str | os.PathLike[str], mode: Reference = "bitlinear") -> 
             lin = getattr(parent, attr)
             setattr(parent, attr, _bitlinear_ref(lin.weight.detach(), norms[f"layers.{i}.{proj}.norm.weight"], eps, mode))
     return model
+
+
+def gguf_embeddings(path: Path, ids: list[list[int]], ternary: bool) -> np.ndarray:
+    """bitconv's reference forward on a GGUF's own tensors: the pooled embedding of each id list."""
+    from bitconv.convert.gguf_header import read_gguf_summary
+    from bitconv.forward import Hparams, ReferenceForward
+    from bitconv.quant.tl import KernelConfig
+    from bitconv.validate.sources import GgufWeights
+
+    summary = read_gguf_summary(path)
+    ini = path.with_name(path.name.removesuffix(".gguf") + ".kernel_config.ini")
+    art = GgufWeights(path, summary, KernelConfig.read(ini) if ini.is_file() else None, ternary=ternary)
+    try:
+        fwd = ReferenceForward(Hparams.from_metadata(summary.metadata, ternary=ternary), art)
+        return np.stack([fwd.embed(i) for i in ids])
+    finally:
+        art.close()
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, normalize: bool = True) -> np.ndarray:
@@ -269,7 +286,7 @@ def cos_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 __all__ = ["make_embedding_checkpoint", "embedding_tokenizer_files", "torch_embeddings", "torch_model", "pool",
-           "tokenize", "cos_rows"]
+           "tokenize", "cos_rows", "gguf_embeddings"]
 
 
 # --------------------------------------------------------------------------- GGUF digests (goldens)

@@ -53,22 +53,6 @@ def torch_ref(ckpt: Path):
     return ids, {mode: fe.torch_embeddings(ckpt, ids, mode) for mode in ("bitlinear", "master")}
 
 
-def gguf_embeddings(path: Path, ids: list[list[int]], ternary: bool) -> np.ndarray:
-    from bitconv.convert.gguf_header import read_gguf_summary
-    from bitconv.forward import Hparams, ReferenceForward
-    from bitconv.quant.tl import KernelConfig
-    from bitconv.validate.sources import GgufWeights
-
-    summary = read_gguf_summary(path)
-    ini = path.with_name(path.name.removesuffix(".gguf") + ".kernel_config.ini")
-    art = GgufWeights(path, summary, KernelConfig.read(ini) if ini.is_file() else None, ternary=ternary)
-    try:
-        fwd = ReferenceForward(Hparams.from_metadata(summary.metadata, ternary=ternary), art)
-        return np.stack([fwd.embed(i) for i in ids])
-    finally:
-        art.close()
-
-
 def test_fixture_is_the_golden_one(ckpt):
     assert fe.checkpoint_digest(ckpt) == GOLDEN["fixture"]["inputs"], \
         "the fixture changed: regenerate tests/golden/bitnet_embedding/golden.json (make_golden.py)"
@@ -90,7 +74,7 @@ def test_byte_identical_to_bitnet_cpp_converter(outputs, quant):
                                              ("f32", "master", 0.99999)])
 def test_embeddings_match_the_torch_reference(outputs, torch_ref, quant, mode, need):
     ids, ref = torch_ref
-    got = gguf_embeddings(outputs(quant), ids, ternary=mode == "bitlinear")
+    got = fe.gguf_embeddings(outputs(quant), ids, ternary=mode == "bitlinear")
     assert fe.cos_rows(got, ref[mode]).min() >= need
 
 
@@ -100,7 +84,7 @@ def test_tl2_on_a_k256_fixture(tmp_path):
     tl2 = Path(bitconv.convert(ckpt, "gguf", "tl2", tmp_path / "tl2.gguf", manifest=False).output)
     ids = fe.tokenize(ckpt, SENTENCES[:2])
     ref = fe.torch_embeddings(ckpt, ids, "bitlinear")
-    assert fe.cos_rows(gguf_embeddings(tl2, ids, ternary=True), ref).min() >= 0.9999
+    assert fe.cos_rows(fe.gguf_embeddings(tl2, ids, ternary=True), ref).min() >= 0.9999
     report = bitconv.validate(tl2, ckpt)
     assert report.passed, report.verdict
     assert all(t.codes_identical for t in report.tensors if t.type == "tl2")

@@ -97,3 +97,73 @@ def _merges(model: dict) -> list[str]:
 
 TOKENIZER_KINDS["qwen3-embedding"] = (lambda root: (root / "tokenizer.json").is_file(), "tokenizer.json",
                                       build_qwen3_embedding_vocab)
+
+
+@dataclass
+class GemmaEmbeddingVocab(GGUFVocab):
+    """Gemma's pieces as the script writes them: `add_space_prefix` false between the token types
+    and gguf-py's special-token keys."""
+
+    def add_to(self, w: gguf.GGUFWriter) -> None:
+        w.add_tokenizer_model(self.model)
+        w.add_tokenizer_pre(self.pre)
+        w.add_token_list(self.tokens)
+        w.add_token_scores(self.scores or [])
+        w.add_token_types(self.token_types)
+        w.add_add_space_prefix(False)
+        self.special.add_to_gguf(w, quiet=True)
+
+
+def _is_byte_piece(token: str) -> bool:
+    return len(token) == 6 and token.startswith("<0x") and token.endswith(">")
+
+
+def build_gemma3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = None) -> GemmaEmbeddingVocab:
+    """The script's Gemma3 vocabulary from tokenizer.json: each id of the BPE model's vocabulary (an
+    id only among the added tokens is padding, as there) typed CONTROL / USER_DEFINED (added: score
+    −1000), BYTE (`<0xHH>`), UNKNOWN (`<unk>`) or NORMAL, whose score is minus the rank of the first
+    merge that makes it (0 when none does; rank 0 gives −0.0, as `-float(0)` does)."""
+    data = load_tokenizer_json(root)
+    model = data["model"]
+    vocab = model.get("vocab")
+    if model.get("type") != "BPE" or not isinstance(vocab, dict):
+        raise TokenizerError("tokenizer.json: a BitNet embedding (Gemma3) model needs Gemma's BPE (SentencePiece) "
+                             "tokenizer")
+    merges = model.get("merges") or []
+    merge_scores: dict[str, float] = {}
+    try:
+        for rank, merge in enumerate(merges):
+            piece = "".join(merge) if isinstance(merge, list) else "".join(merge.split(" ", 1))
+            merge_scores.setdefault(piece, -float(rank))
+    except (TypeError, AttributeError):
+        raise TokenizerError("tokenizer.json: unknown merges format") from None
+    by_id: dict[int, str] = {i: t for t, i in vocab.items() if isinstance(i, int)}
+    if by_id and max(by_id) >= vocab_size:
+        raise TokenizerError(f"tokenizer has id {max(by_id)} but config.json vocab_size is {vocab_size}")
+    added: dict[int, bool] = {}
+    for tok in data.get("added_tokens") or []:
+        if not (isinstance(tok, dict) and isinstance(tok.get("id"), int)):
+            raise TokenizerError(f"tokenizer.json: malformed added token {tok!r:.80}")
+        added[tok["id"]] = bool(tok.get("special"))
+    scores: dict[int, float] = {}
+
+    def kind(i: int, token: str) -> tuple[str, int]:
+        if i in added:
+            scores[i] = -1000.0
+            return token, gguf.TokenType.CONTROL if added[i] or looks_special(token) else gguf.TokenType.USER_DEFINED
+        scores[i] = 0.0
+        if _is_byte_piece(token):
+            return token, gguf.TokenType.BYTE
+        if token == "<unk>":
+            return token, gguf.TokenType.UNKNOWN
+        scores[i] = merge_scores.get(token, 0.0)
+        return token, gguf.TokenType.NORMAL
+
+    tokens, types = padded_tokens(by_id, vocab_size, kind)
+    special = _special_vocab(root, None)
+    return GemmaEmbeddingVocab("llama", "default", tokens, types, special,
+                               [scores.get(i, -10000.0) for i in range(vocab_size)])
+
+
+TOKENIZER_KINDS["gemma3-embedding"] = (lambda root: (root / "tokenizer.json").is_file(), "tokenizer.json",
+                                       build_gemma3_embedding_vocab)

@@ -41,7 +41,8 @@ REFERENCE_MASTER = "numpy forward of the HF master weights (float, per-projectio
 
 def sentence_ids(reference: Path, mapping: Any, prompt: str | None, tokens: list[int] | None) -> list[list[int]]:
     """The id lists to embed: `tokens` as given, else the prompt (default: DEFAULT_SENTENCES) through
-    the reference's tokenizer.json, each with the model's EOS appended."""
+    the reference's tokenizer.json, each with the model's EOS appended (and its BOS first, where the
+    runtime puts one: Gemma)."""
     if tokens:
         return [list(tokens)]
     try:
@@ -53,7 +54,8 @@ def sentence_ids(reference: Path, mapping: Any, prompt: str | None, tokens: list
         raise UsageError(f"{reference} has no tokenizer.json; pass --tokens")
     tok = Tokenizer.from_file(str(path))
     texts = [prompt] if prompt else list(DEFAULT_SENTENCES)
-    return [tok.encode(t, add_special_tokens=False).ids + [mapping.eos_id] for t in texts]
+    bos = [] if mapping.bos_id is None else [mapping.bos_id]
+    return [bos + tok.encode(t, add_special_tokens=False).ids + [mapping.eos_id] for t in texts]
 
 
 def _embed(fwd: ReferenceForward, ids: list[int], normalize: bool) -> tuple[np.ndarray, list[np.ndarray]]:

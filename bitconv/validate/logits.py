@@ -221,4 +221,5 @@ def reference_hparams(plan: Any, ternary: bool) -> Hparams:
                    head_dim=m.head_dim, eps=float(c.get("rms_norm_eps") or 1e-6),
                    rope_base=float(m.rope_theta or m.default_rope_theta), rope_dim=m.head_dim,
                    n_expert_used=int(c.get("num_experts_per_tok") or 0), ternary=ternary,
-                   pooling=m.pooling if m.embedding_model else None)
+                   pooling=m.pooling if m.embedding_model else None,
+                   sliding_window=getattr(m, "sliding_window", None))

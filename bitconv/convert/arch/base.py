@@ -37,7 +37,7 @@ def _load_builtins() -> None:
     import importlib
 
     # built-in mappings register on import
-    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "qwen3_next", "bitnet", "llama", "bitnet_embedding"):
+    for module in ("qwen2", "qwen3", "qwen_moe", "qwen1", "qwen3_next", "bitnet", "llama", "bitnet_embedding", "bitnet_embedding_gemma3"):
         importlib.import_module(f"{__package__}.{module}")
 
 
@@ -95,6 +95,9 @@ class SourceTensor:
     #: bytes [lo, hi) of the tensor already in the planned type (a GGUF source's tensor llama-quantize
     #: would copy as it is): written unchanged, a slab at a time, never decoded
     raw: Callable[[int, int], np.ndarray] | None = None
+    #: the checkpoint tensor `decode` derives this one from by a change the runtime needs (Gemma3's
+    #: norm weights + 1): a writer of HF-layout checkpoints copies it as stored
+    hf_stored: LazyTensor | None = None
 
     def fixed_scale(self, values: Sequence[np.ndarray]) -> Any:
         """The scale this tensor's ternarization must use, or None for the quantizer's own: the one a
@@ -282,6 +285,22 @@ class ArchMapping:
 
     def is_ternary_linear(self, gguf_name: str) -> bool:
         return self.ternary_model and re.sub(r"^blk\.\d+\.", "", gguf_name) in self.ternary_linears
+
+    @property
+    def activation(self) -> str:
+        """The MLP's activation, as config.json names it (transformers' ACT2FN keys)."""
+        return str(self.config.get("hidden_act", "silu"))
+
+    @property
+    def embedding_scale(self) -> float | None:
+        """What the token embedding is multiplied by before the first block (None: nothing)."""
+        return None
+
+    @property
+    def sliding_layers(self) -> tuple[int, int, float] | None:
+        """(every Nth layer is global, the others' window, their RoPE base), for a model whose
+        sliding-window layers a graph must mask and rotate on their own; None when there are none."""
+        return None
 
     @property
     def tied_embeddings(self) -> bool:

@@ -110,12 +110,15 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
     ternary_model = True
     ternary_linears = ArchMapping.TERNARY_LINEARS
     tokenizer_kinds = ("qwen3-embedding",)
+    #: HF name after `layers.N.` → GGUF base name
+    layer_names: ClassVar[dict[str, str]] = _LAYER_NAMES
     embedding_model: ClassVar[bool] = True
     standalone_metadata: ClassVar[bool] = True
     skip_suffixes = ArchMapping.skip_suffixes + ("lm_head.weight",)
     layer_tensors = ArchMapping.layer_tensors + ("attn_q_norm.weight", "attn_k_norm.weight") + NORM_IN
     refused_targets: ClassVar[dict[str, str]] = {"llama.cpp": NO_RUNTIME}
     reading_quant: ClassVar[str] = "i2_s"  # its f32 files hold the master weights, not the ternary model
+    backbone: ClassVar[str] = "Qwen3"
 
     def __init__(self, config: dict[str, Any], root: Path | None = None) -> None:
         super().__init__(config)
@@ -126,8 +129,8 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
         if not any(n.endswith("q_proj.norm.weight") for n in checkpoint.tensors):
             raise UnsupportedArchitecture(
                 f"{checkpoint.architecture} without BitLinear per-projection norms (q_proj.norm.weight …): bitconv "
-                "converts BitNet embedding models (microsoft/bitnet-embedding-0.6b); plain Qwen3 embedding models "
-                "are not supported yet")
+                "converts BitNet embedding models (microsoft/bitnet-embedding-0.6b and -270m); plain "
+                f"{cls.backbone} embedding models are not supported yet")
         return cls(checkpoint.config, checkpoint.root)
 
     @property
@@ -139,6 +142,11 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
         """The token llama.cpp appends for last-token pooling (the script's override)."""
         return 151643
 
+    @property
+    def bos_id(self) -> int | None:
+        """The token llama.cpp puts first (`add_bos_token`), None where it puts none (Qwen)."""
+        return None
+
     # --- names and shapes ------------------------------------------------------------------------
 
     def gguf_name(self, hf_name: str) -> str:
@@ -146,9 +154,9 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
         if name in _GLOBAL_NAMES:
             return _GLOBAL_NAMES[name]
         m = _LAYER.match(name)
-        if m and m.group(2) in _LAYER_NAMES and int(m.group(1)) < self.n_layers:
-            return f"blk.{m.group(1)}.{_LAYER_NAMES[m.group(2)]}"
-        raise CheckpointError(f"{hf_name}: tensor not expected in a BitNet embedding (Qwen3) checkpoint")
+        if m and m.group(2) in self.layer_names and int(m.group(1)) < self.n_layers:
+            return f"blk.{m.group(1)}.{self.layer_names[m.group(2)]}"
+        raise CheckpointError(f"{hf_name}: tensor not expected in a BitNet embedding ({self.backbone}) checkpoint")
 
     def expected_shapes(self) -> dict[str, tuple[int, ...]]:
         shapes = super().expected_shapes()

@@ -43,7 +43,8 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         self.eps = float(m.config.get("rms_norm_eps", m.config.get("norm_eps", 1e-6)) or 1e-6)
         theta = m.rope_theta if m.rope_theta is not None else m.default_rope_theta
         self.rope_theta = float(theta)
-        self.act = str(m.config.get("hidden_act", "silu"))
+        self.act = m.activation
+        self.swa = m.sliding_layers
 
     # -- blocks --
 
@@ -55,6 +56,13 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         if self.act == "relu2":
             r = g.op("Relu", [gx], hint + "/act")
             a = g.op("Mul", [r, r], hint + "/act")
+        elif self.act == "gelu_pytorch_tanh":  # 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))
+            c = lambda v: g.const(np.array(v, dtype=self.np_ct))  # noqa: E731
+            cube = g.op("Mul", [g.op("Mul", [gx, gx], hint + "/act"), gx], hint + "/act")
+            inner = g.op("Mul", [g.op("Add", [gx, g.op("Mul", [cube, c(0.044715)], hint + "/act")], hint + "/act"),
+                                 c(0.7978845608028654)], hint + "/act")
+            t = g.op("Add", [g.op("Tanh", [inner], hint + "/act"), c(1.0)], hint + "/act")
+            a = g.op("Mul", [g.op("Mul", [gx, c(0.5)], hint + "/act"), t], hint + "/act")
         else:
             a = g.op("Mul", [gx, g.op("Sigmoid", [gx], hint + "/act")], hint + "/act")
         y = g.op("Mul", [a, ux], hint + "/mlp")
@@ -95,14 +103,16 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         h = g.op("Gather", [table, ids], "embed", axis=0)
         if emb.storage != self.plan.quant.compute:
             h = g.op("Cast", [h], "embed", to=self.ct)
+        if (scale := self.plan.mapping.embedding_scale) is not None:
+            h = g.op("Mul", [h, g.const(np.array(scale, dtype=self.np_ct))], "embed")
         return h
 
-    def rope_tables(self, pos: str) -> tuple[str, str]:
+    def rope_tables(self, pos: str, theta: float | None = None) -> tuple[str, str]:
         """cos / sin [B, 1, S, D/2] of float32 positions [B, S], in the compute dtype."""
         g = self.g
         i64 = lambda v: g.const(np.array(v, dtype=np.int64))  # noqa: E731
         d = self.head_dim
-        inv_freq = (np.float32(1.0) / (np.float32(self.rope_theta) **
+        inv_freq = (np.float32(1.0) / (np.float32(self.rope_theta if theta is None else theta) **
                                        (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d))))
         pos = g.op("Unsqueeze", [pos, i64([-1])], "rope")
         freqs = g.op("Unsqueeze", [g.op("Mul", [pos, g.const(inv_freq.astype(np.float32))], "rope"), i64([1])], "rope")
@@ -111,9 +121,11 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
             cos, sin = g.op("Cast", [cos], "rope", to=self.ct), g.op("Cast", [sin], "rope", to=self.ct)
         return cos, sin
 
-    def layers(self, h: str, cos: str, sin: str, allowed: str, *, cache: bool) -> str:
+    def layers(self, h: str, cos: str, sin: str, allowed: str, *, cache: bool,
+               local: tuple[str, str, str] | None = None) -> str:
         """The decoder blocks over h [B, S, hidden]; `allowed` [B, 1, 1, S, T] masks the scores. With
-        `cache`, K/V are concatenated after past_key_values.{i} and exposed as present.{i}."""
+        `cache`, K/V are concatenated after past_key_values.{i} and exposed as present.{i}. `local`:
+        the (cos, sin, allowed) of the sliding-window layers (mapping.sliding_layers)."""
         from onnx import TensorProto
 
         g = self.g
@@ -125,6 +137,7 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
         src = self.plan.sources
         for i in range(self.n_layers):
             p, hint = f"blk.{i}.", f"layers.{i}"
+            cos_i, sin_i, allowed_i = local if local and self.swa and (i + 1) % self.swa[0] else (cos, sin, allowed)
             x = self.rms_norm(h, p + "attn_norm.weight", hint + "/attn_norm")
             q = self.linear(x, p + "attn_q.weight", hint + "/q_proj")
             k = self.linear(x, p + "attn_k.weight", hint + "/k_proj")
@@ -138,8 +151,8 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
             q = g.op("Transpose", [q], hint + "/q", perm=[0, 2, 1, 3])
             k = g.op("Transpose", [k], hint + "/k", perm=[0, 2, 1, 3])
             v = g.op("Transpose", [v], hint + "/v", perm=[0, 2, 1, 3])
-            q = self.rope(q, cos, sin, hint + "/q_rope")
-            k = self.rope(k, cos, sin, hint + "/k_rope")
+            q = self.rope(q, cos_i, sin_i, hint + "/q_rope")
+            k = self.rope(k, cos_i, sin_i, hint + "/k_rope")
             if cache:
                 k_all = g.op("Concat", [f"past_key_values.{i}.key", k], hint + "/k", axis=2,
                              outputs=[f"present.{i}.key"])
@@ -155,7 +168,7 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
                 qg = g.op("Cast", [qg], hint + "/attn", to=TensorProto.FLOAT)
                 kt = g.op("Cast", [kt], hint + "/attn", to=TensorProto.FLOAT)
             scores = g.op("Mul", [g.op("MatMul", [qg, kt], hint + "/attn"), g.const(scaling)], hint + "/attn")
-            scores = g.op("Where", [allowed, scores, g.const(np.float32(_F32_MIN))], hint + "/attn")
+            scores = g.op("Where", [allowed_i, scores, g.const(np.float32(_F32_MIN))], hint + "/attn")
             probs = g.op("Softmax", [scores], hint + "/attn", axis=-1)
             if self.f16:
                 probs = g.op("Cast", [probs], hint + "/attn", to=ct)
@@ -165,7 +178,8 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
             ctx = g.op("Reshape", [ctx, i64([0, 0, self.n_head * d])], hint + "/attn")
             if p + "attn_sub_norm.weight" in src:
                 ctx = self.rms_norm(ctx, p + "attn_sub_norm.weight", hint + "/attn_sub_norm")
-            h = g.op("Add", [h, self.linear(ctx, p + "attn_output.weight", hint + "/o_proj")], hint + "/residual")
+            h = g.op("Add", [h, self.post_norm(self.linear(ctx, p + "attn_output.weight", hint + "/o_proj"),
+                                               p + "post_attention_norm.weight", hint)], hint + "/residual")
 
             x = self.rms_norm(h, p + "ffn_norm.weight", hint + "/ffn_norm")
             if p + "ffn_gate_inp.weight" in src:
@@ -175,8 +189,12 @@ class DecoderBuilder(MoeBlocks, BitLinearBlocks):
                 sub = p + "ffn_sub_norm.weight"
                 y = self.mlp(x, lin("ffn_gate.weight"), lin("ffn_up.weight"), lin("ffn_down.weight"), hint,
                              sub_norm=sub if sub in src else None)
-            h = g.op("Add", [h, y], hint + "/residual")
+            h = g.op("Add", [h, self.post_norm(y, p + "post_ffw_norm.weight", hint)], hint + "/residual")
         return h
+
+    def post_norm(self, x: str, weight: str, hint: str) -> str:
+        """Gemma3's norm of a block's output before the residual add, where the model has one."""
+        return self.rms_norm(x, weight, hint + "/" + weight.split(".")[-2]) if weight in self.plan.sources else x
 
     def build(self) -> Any:
         from onnx import TensorProto, helper

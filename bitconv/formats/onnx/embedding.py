@@ -35,14 +35,23 @@ class EmbeddingBuilder(DecoderBuilder):
         h = self.embed("input_ids")
         mask = g.op("Cast", ["attention_mask"], "mask", to=TensorProto.FLOAT)
         kept = g.op("CumSum", [mask, i64(1)], "rope")
-        cos, sin = self.rope_tables(g.op("Relu", [g.op("Sub", [kept, g.const(np.float32(1.0))], "rope")], "rope"))
+        kept_pos = g.op("Relu", [g.op("Sub", [kept, g.const(np.float32(1.0))], "rope")], "rope")
+        cos, sin = self.rope_tables(kept_pos)
         # mask [B, 1, 1, S, S]: key j visible to query i iff j <= i and attention_mask[j]
         s_len = g.op("Squeeze", [g.op("Shape", ["input_ids"], "mask", start=1, end=2)], "mask")
         idx = g.op("Range", [g.const(np.int64(0)), s_len, g.const(np.int64(1))], "mask")
         causal = g.op("LessOrEqual", [g.op("Unsqueeze", [idx, i64([0])], "mask"),
                                       g.op("Unsqueeze", [idx, i64([1])], "mask")], "mask")
         pad = g.op("Unsqueeze", [g.op("Cast", ["attention_mask"], "mask", to=TensorProto.BOOL), i64([1, 2, 3])], "mask")
-        h = self.layers(h, cos, sin, g.op("And", [causal, pad], "mask"), cache=False)
+        allowed = g.op("And", [causal, pad], "mask")
+        local = None
+        if (swa := m.sliding_layers) is not None:  # key j visible to query i only within the window
+            _, window, theta = swa
+            near = g.op("Less", [g.op("Sub", [g.op("Unsqueeze", [idx, i64([1])], "mask"),
+                                              g.op("Unsqueeze", [idx, i64([0])], "mask")], "mask"),
+                                 g.const(np.int64(window))], "mask")
+            local = (*self.rope_tables(kept_pos, theta), g.op("And", [allowed, near], "mask"))
+        h = self.layers(h, cos, sin, allowed, cache=False, local=local)
         x = self.rms_norm(h, "output_norm.weight", "final_norm")
         x = g.op("Cast", [x], "final_norm", to=TensorProto.FLOAT, outputs=["last_hidden_state"])
         pooled = self.pool(x, mask, idx, int(m.pooling))

@@ -96,8 +96,9 @@ ONNX_ARCHS: dict[str, str] = {
     "Qwen3MoeForCausalLM": "qwen3",
     "BitNetForCausalLM": "llama",
     "Qwen3Model": "qwen3",  # BitNet embedding models: a sentence-embedding graph (embedding.py), no genai_config
+    "Gemma3TextModel": "gemma3",
 }
-_ACTS = ("silu", "relu2")
+_ACTS = ("silu", "relu2", "gelu_pytorch_tanh")
 #: MoE tensors (GGUF base names, as bitconv's Qwen MoE mapping stacks them)
 _MOE_ROUTERS = ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight")
 _MOE_EXPERTS = ("ffn_gate_exps.weight", "ffn_up_exps.weight", "ffn_down_exps.weight")
@@ -117,7 +118,7 @@ def check_supported(checkpoint: "Checkpoint", mapping: "ArchMapping") -> None:
         raise UnsupportedArchitecture(f"{arch}: partial rotary embeddings are not supported by the ONNX writer yet")
     if c.get("use_sliding_window"):
         raise UnsupportedArchitecture(f"{arch}: sliding-window attention is not supported by the ONNX writer yet")
-    act = str(c.get("hidden_act", "silu"))
+    act = mapping.activation
     if act not in _ACTS:
         raise UnsupportedArchitecture(f"{arch}: activation {act!r} is not supported by the ONNX writer "
                                       f"(supported: {', '.join(_ACTS)})")
@@ -209,6 +210,7 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
                    "attn_k_norm.weight", "attn_sub_norm.weight", "ffn_sub_norm.weight", "ffn_gate.weight",
                    "ffn_up.weight", "ffn_down.weight", *_MOE_ROUTERS, *_MOE_EXPERTS,
                    "ffn_gate_shexp.weight", "ffn_up_shexp.weight", "ffn_down_shexp.weight",
+                   "post_attention_norm.weight", "post_ffw_norm.weight",
                    *(f"{n}_norm_in.weight" for n in ("attn_q", "attn_k", "attn_v", "attn_output", "ffn_gate",
                                                       "ffn_up", "ffn_down"))}
     for name in sources:

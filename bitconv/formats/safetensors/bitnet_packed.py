@@ -22,7 +22,7 @@ from .writer import ST_DTYPE_SIZE, OutTensor, paired, raw_producer
 
 #: architectures whose transformers class reads the packed layout with HF tensor names unchanged
 #: (BitNet embedding models, Qwen3Model: bitconv reads the packed form back; their BitLinear is custom code)
-PACKED_ARCHITECTURES = ("BitNetForCausalLM", "Qwen3Model")
+PACKED_ARCHITECTURES = ("BitNetForCausalLM", "Qwen3Model", "Gemma3TextModel")
 
 
 def _ternary_producer(st: SourceTensor, linear_class: str) -> tuple[Callable[[], bytes], Callable[[], bytes]]:
@@ -67,9 +67,9 @@ def plan_bitnet_packed(checkpoint: Checkpoint, linear_class: str) -> list[OutTen
             out.append(OutTensor(hf_name + "_scale", "F32", (1,), 4, scale_bytes,
                                  "inv = 1/s" if linear_class == "bitlinear" else "s"))
         else:
-            if len(st.sources) != 1 or st.decode is not None or st.combine is not None:
+            lt = st.hf_stored or st.plain
+            if lt is None:
                 raise UsageError(f"{hf_name}: not a plain stored tensor; cannot copy it into bitnet-packed")
-            lt = st.sources[0]
             if lt.dtype not in ST_DTYPE_SIZE:
                 raise UsageError(f"{lt.name}: dtype {lt.dtype} cannot be written to safetensors")
             nbytes = math.prod(lt.shape) * ST_DTYPE_SIZE[lt.dtype]

@@ -1,5 +1,6 @@
-"""Regenerate golden.json: bitnet.cpp's own converter, `utils/convert-bitnet-embedding-to-gguf.py`,
-run on the tiny BitNet embedding fixture (tests/fixtures_embedding.py) for f32, f16 and i2_s.
+"""Regenerate golden.json (Qwen3 backbone) and golden-gemma3.json (Gemma3 backbone): bitnet.cpp's own
+converter, `utils/convert-bitnet-embedding-to-gguf.py`, run on the tiny BitNet embedding fixtures
+(tests/fixtures_embedding.py, tests/fixtures_embedding_gemma3.py) for f32, f16 and i2_s.
 
 Not run in CI (it needs the upstream script and a gguf-py that names I2_S). The files are tens of MB
 (the real Qwen vocabulary), so golden.json keeps their digests: sha256 and size, every metadata key
@@ -22,14 +23,22 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1]))  # tests/
 
 import fixtures_embedding  # noqa: E402
+import fixtures_embedding_gemma3  # noqa: E402
 
 SCRIPT = "utils/convert-bitnet-embedding-to-gguf.py"
-FIXTURE = {"name": "bitnet-embedding-tiny", "dtype": "bf16", "seed": 0}
+#: golden file → (fixture factory, its arguments)
+FIXTURES = {
+    "golden.json": (fixtures_embedding.make_embedding_checkpoint,
+                    {"name": "bitnet-embedding-tiny", "dtype": "bf16", "seed": 0}),
+    "golden-gemma3.json": (fixtures_embedding_gemma3.make_gemma3_embedding_checkpoint,
+                           {"name": "bitnet-embedding-gemma3-tiny", "dtype": "bf16", "seed": 0}),
+}
 OUTTYPES = ("f32", "f16", "i2_s")
 
 
@@ -56,6 +65,7 @@ def main() -> None:
     ap.add_argument("--bitnet-git-dir", required=True, type=Path, help="a microsoft/BitNet git dir (bare mirror)")
     ap.add_argument("--commit", default="HEAD")
     ap.add_argument("--work", required=True, type=Path, help="scratch folder outside the repo")
+    ap.add_argument("--only", choices=sorted(FIXTURES), help="regenerate this golden file only")
     args = ap.parse_args()
     work = args.work.resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -65,9 +75,16 @@ def main() -> None:
     script.write_bytes(subprocess.run(["git", f"--git-dir={args.bitnet_git_dir}", "show", f"{commit}:{SCRIPT}"],
                                       check=True, capture_output=True).stdout)
     gguf_dir = patched_gguf(work)
-    ckpt = work / FIXTURE["name"]
+    for golden_name, (factory, fixture) in FIXTURES.items():
+        if args.only in (None, golden_name):
+            make_one(golden_name, factory, fixture, work, script, gguf_dir, commit)
+
+
+def make_one(golden_name: str, factory: Any, fixture: dict[str, Any], work: Path, script: Path, gguf_dir: Path,
+             commit: str) -> None:
+    ckpt = work / fixture["name"]
     shutil.rmtree(ckpt, ignore_errors=True)
-    fixtures_embedding.make_embedding_checkpoint(ckpt, dtype=FIXTURE["dtype"], seed=FIXTURE["seed"])
+    factory(ckpt, dtype=fixture["dtype"], seed=fixture["seed"])
     files = {}
     for outtype in OUTTYPES:
         out = work / f"upstream-{outtype}.gguf"
@@ -80,11 +97,11 @@ def main() -> None:
         "made_by": {"repo": "microsoft/BitNet", "commit": commit, "script": SCRIPT,
                     "gguf": md.version("gguf") + " + I2_S = 36 (1, 1)",
                     **{p: md.version(p) for p in ("numpy", "torch", "safetensors", "transformers", "tokenizers")}},
-        "fixture": {**FIXTURE, "inputs": fixtures_embedding.checkpoint_digest(ckpt)},
+        "fixture": {**fixture, "inputs": fixtures_embedding.checkpoint_digest(ckpt)},
         "files": files,
     }
-    (HERE / "golden.json").write_text(json.dumps(golden, indent=1) + "\n")
-    print(f"wrote {HERE / 'golden.json'} (upstream {commit[:7]})")
+    (HERE / golden_name).write_text(json.dumps(golden, indent=1) + "\n")
+    print(f"wrote {HERE / golden_name} (upstream {commit[:7]})")
 
 
 if __name__ == "__main__":
