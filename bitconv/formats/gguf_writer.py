@@ -9,7 +9,6 @@ flight are bounded per thread, so peak memory does not grow with the model or it
 from __future__ import annotations
 
 import functools
-import hashlib
 import itertools
 import math
 import os
@@ -30,6 +29,7 @@ from ..convert.tokenizer import GGUFVocab
 from ..errors import BitconvError, QuantizationError
 from ..quant.base import Quantizer
 from ..threads import thread_count
+from .manifest import StreamHasher
 
 if TYPE_CHECKING:
     from .gguf_split import SplitPart
@@ -169,6 +169,8 @@ def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, 
 
     def work(lo: int) -> np.ndarray | None:
         chunk = rows[lo:lo + _ROWS_PER_CHUNK]
+        if stored_dtype is not None and (fused := q.quantize_stored(chunk, stored_dtype, state)) is not None:
+            return np.asarray(fused.data)  # one pass from the stored values (finite ones: no check needed)
         chunk = chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
@@ -224,6 +226,11 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
     without a dtype, floats; each chunk is widened, checked and encoded while in cache (no float32
     copy of the tensor, unless a mapping's scale rule needs one)."""
     rows, rule = _rows_2d(arr), pt.source.scale_rule is not None and pt.quant.needs_prepare
+    if rule and stored_dtype is not None and pt.source.stored_scale_rule is not None:
+        known = pt.source.stored_scale_rule(rows, stored_dtype)  # the rule read from the stored values
+        if known is not None and np.isfinite(known.scale):  # so is every value: no finiteness checks
+            state = pt.quant.prepare([], stored_dtype, known)
+            return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, True, pool), state)
     if rule and stored_dtype is not None:  # the rule sees the whole tensor: widen it once, for rule and encoder
         rows, stored_dtype = to_compute_dtype(rows, stored_dtype), None
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
@@ -369,33 +376,6 @@ def _run_in_order(pool: ThreadPoolExecutor | None, items: Iterator[_WorkItem],
             f.cancel()
 
 
-class _StreamHasher:
-    """sha256 of the file as it is written, on a worker thread (hashlib releases the GIL), so the
-    output is never read back. At most two pieces wait, which bounds the memory it holds."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-sha")
-        self._pending: list[Future[None]] = []
-        self.nbytes = 0
-
-    def update(self, data: np.ndarray | bytes) -> None:
-        while len(self._pending) >= 2:
-            self._pending.pop(0).result()
-        view = memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
-        self.nbytes += len(view)
-        self._pending.append(self._pool.submit(self._h.update, view))
-
-    def hexdigest(self) -> str:
-        for f in self._pending:
-            f.result()
-        self._pool.shutdown(wait=True)
-        return self._h.hexdigest()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
-
-
 def _pad(n: int, align: int) -> int:
     return -(-n // align) * align - n
 
@@ -442,7 +422,7 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
 
     n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
-    hasher = _StreamHasher()
+    hasher = StreamHasher()
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()

@@ -8,6 +8,8 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .atomic import write_text_atomic
 
 _CHUNK = 8 * 1024 * 1024
@@ -48,6 +50,33 @@ class BackgroundHasher:
         for f in self._futures:
             f.cancel()
         self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+class StreamHasher:
+    """sha256 of the file as it is written, on a worker thread (hashlib releases the GIL), so the
+    output is never read back. At most two pieces wait, which bounds the memory it holds."""
+
+    def __init__(self) -> None:
+        self._h = hashlib.sha256()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-sha")
+        self._pending: list[Future[None]] = []
+        self.nbytes = 0
+
+    def update(self, data: np.ndarray | bytes) -> None:
+        while len(self._pending) >= 2:
+            self._pending.pop(0).result()
+        view = memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
+        self.nbytes += len(view)
+        self._pending.append(self._pool.submit(self._h.update, view))
+
+    def hexdigest(self) -> str:
+        for f in self._pending:
+            f.result()
+        self._pool.shutdown(wait=True)
+        return self._h.hexdigest()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def manifest_path_for(artifact: Path) -> Path:
