@@ -136,7 +136,8 @@ def read_json_object(path: Path, missing: str, error: type[BitconvError] = Check
     if not path.is_file():
         raise error(missing)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")  # read_text's result, without its newline decoder's pass
+        data = json.loads(text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text)
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from e
     except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits

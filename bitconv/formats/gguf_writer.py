@@ -43,8 +43,9 @@ F16_OVERFLOW = np.float32(65520.0)
 SLAB_BYTES = 16 * 1024 * 1024
 #: bytes of work in flight per thread (stored slabs, their float32 image, encoded bytes)
 INFLIGHT_PER_THREAD = 256 * 1024 * 1024
-#: bytes between write-back hints (Linux; elsewhere the final fsync does it all)
-WRITEBACK_EVERY = 256 * 1024 * 1024
+#: bytes between write-back hints (Linux; elsewhere the final fsync does it all): early and often,
+#: so the disk writes while tensors are encoded and the final fsync finds little left
+WRITEBACK_EVERY = 32 * 1024 * 1024
 _HAS_FADVISE = hasattr(os, "posix_fadvise")
 #: header + metadata + tensor table are small next to the data; this bounds them for the disk check
 HEADER_ALLOWANCE = 16 * 1024 * 1024
@@ -406,6 +407,8 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
     n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
     hasher = StreamHasher()
+    # the write-back hints run on their own thread: starting write-back can block on a busy disk
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-wb") if _HAS_FADVISE else None
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -444,11 +447,11 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
                 pos += _pad(pt.nbytes, align)
                 if progress:
                     progress(pt, pt.nbytes)
-            if _HAS_FADVISE and pos - written_back >= WRITEBACK_EVERY:
-                # Start the kernel's write-back of what is written (it does not wait), so the disk
-                # works while we encode and the final fsync finds little left to do.
+            if flusher is not None and pos - written_back >= WRITEBACK_EVERY:
+                # Start the kernel's write-back of what is written (it does not wait for the disk)
                 fout.flush()
-                os.posix_fadvise(fout.fileno(), written_back, pos - written_back, os.POSIX_FADV_DONTNEED)
+                flusher.submit(os.posix_fadvise, fout.fileno(), written_back, pos - written_back,
+                               os.POSIX_FADV_DONTNEED)
                 written_back = pos
         fout.flush()
         if fout.tell() != hasher.nbytes:
@@ -458,4 +461,6 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
         hasher.close()
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
+        if flusher:
+            flusher.shutdown(wait=True, cancel_futures=True)  # before the file is closed
         w.close()
