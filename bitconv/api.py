@@ -84,7 +84,11 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
                       allow_pickle=allow_pickle, force_ternarize=force_ternarize, kernel_config=kernel_config,
                       pre=pre, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                       no_tensor_first_split=no_tensor_first_split, hash_inputs=manifest and not dry_run)
-    result = job.result(dry_run=dry_run, threads=threads)
+    try:
+        result = job.result(dry_run=dry_run, threads=threads)
+    except BaseException:
+        job.hasher(False)  # stops the inputs' hashing the planning started
+        raise
     if dry_run:
         return result
     return job.write(result, force=force, manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite,
