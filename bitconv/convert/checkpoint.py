@@ -1,8 +1,9 @@
 """Hugging Face checkpoints read lazily: config, tokenizer files and tensors from (sharded) safetensors.
 
 Headers are parsed and checked against the file size up front, so a truncated or forged file fails
-before anything is written. Tensor bytes are read with ``pread`` only when a tensor is converted
-(safetensors_read.py); nothing stays mapped, so resident memory does not grow with the checkpoint.
+before anything is written. Tensor bytes are read only when a tensor is converted (safetensors_read.py:
+``pread``, or a read-only mapping released after the work item); nothing stays mapped, so resident
+memory does not grow with the checkpoint.
 bf16 is decoded from its raw bits, so the GGUF path needs no torch.
 """
 from __future__ import annotations
