@@ -162,8 +162,9 @@ def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, 
             raise QuantizationError(f"{pt.name}: quantizer {q.name!r} returned shape {res.shape} for "
                                     f"{min(_ROWS_PER_CHUNK, rows.shape[0] - lo)} rows", tensor=pt.name)
         res = res.reshape(res.shape[0], -1)
-        if parts:
-            pieces.append(res.copy() if np.may_share_memory(res, rows) else res)
+        if parts:  # kept past the next chunk: copied if it is a view of the input or a plugin's array
+            own = type(q).__module__.startswith("bitconv.") and not np.may_share_memory(res, rows)
+            pieces.append(np.ascontiguousarray(res) if own else res.copy())
             continue
         if out is None:
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
