@@ -72,9 +72,13 @@ torch_serial_sum = _ext.torch_serial_sum if _ext is not None else None
 _F32_NONFINITE, _BF16_F16_OVERFLOW = 0x7F800000, 0x4780
 
 
+#: the stored-value kernels are in the built extension (an extension built before them lacks them)
+_HAVE_STORED = _ext is not None and hasattr(_ext, "ternary_i2s")
+
+
 def _stored_flat(raw: np.ndarray, stored_dtype: str) -> np.ndarray | None:
     """The flat contiguous values the stored-value kernels read (bf16 bits or float32), or None."""
-    if _ext is None or stored_dtype not in ("BF16", "F32"):
+    if not _HAVE_STORED or stored_dtype not in ("BF16", "F32"):
         return None
     want = np.uint16 if stored_dtype == "BF16" else np.float32
     if raw.dtype != want and raw.dtype != np.dtype(want).newbyteorder("<"):
