@@ -83,8 +83,12 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     job = gguf_output(source, quant, out, target=target, lut=lut, smallest=smallest, revision=revision,
                       allow_pickle=allow_pickle, force_ternarize=force_ternarize, kernel_config=kernel_config,
                       pre=pre, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-                      no_tensor_first_split=no_tensor_first_split)
-    result = job.result(dry_run=dry_run, threads=threads)
+                      no_tensor_first_split=no_tensor_first_split, hash_inputs=manifest and not dry_run)
+    try:
+        result = job.result(dry_run=dry_run, threads=threads)
+    except BaseException:
+        job.hasher(False)  # stops the inputs' hashing the planning started
+        raise
     if dry_run:
         return result
     return job.write(result, force=force, manifest=manifest, threads=threads, allow_nonfinite=allow_nonfinite,
@@ -96,10 +100,11 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
                 allow_pickle: bool = False, force_ternarize: bool = False,
                 kernel_config: str | os.PathLike[str] | KernelConfig | None = None, pre: str | None = None,
                 split_max_size: str | int | None = None, split_max_tensors: int = 0,
-                no_tensor_first_split: bool = False) -> GGUFOutput:
+                no_tensor_first_split: bool = False, hash_inputs: bool = False) -> GGUFOutput:
     """The planned GGUF output of `convert(source, "gguf", ...)` — its tensors, files, metadata and
     manifest options — read from headers only; `.write()` writes it, and any one file of a split
-    set can be written on its own (`gguf_split.write_split`), as a cluster task does on its node."""
+    set can be written on its own (`gguf_split.write_split`), as a cluster task does on its node.
+    `hash_inputs`: start hashing the inputs for the manifest now, while the vocabulary is built."""
     from .convert.gguf_source import is_gguf_source
 
     if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
@@ -115,7 +120,13 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
     quant = plan.quant.name
     splits = gguf_split.plan_for(plan, max_size=split_max_size, max_tensors=split_max_tensors,
                                  no_tensor_first_split=no_tensor_first_split)
-    vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
+    hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if hash_inputs else None
+    try:
+        vocab = export_vocab(checkpoint.root, plan.mapping.vocab_size, prefer=plan.mapping.tokenizer_kinds, pre=pre)
+    except BaseException:
+        if hasher:
+            hasher.cancel()
+        raise
     options: dict[str, Any] = {"target": target, "pre": vocab.pre, "force_ternarize": force_ternarize,
                                "revision": revision}
     if splits.count > 1:
@@ -124,7 +135,7 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
     return GGUFOutput(str(source), checkpoint.name, checkpoint.architecture, plan,
                       gguf_writer.hf_metadata(plan, checkpoint, vocab), plan.mapping.arch_name,
                       plan.quant.llama_ftype is not None, default_name(checkpoint.name, quant, out), splits,
-                      checkpoint.input_files(), checkpoint.root, options)
+                      checkpoint.input_files(), checkpoint.root, options, started_hasher=hasher)
 
 
 DEFAULT_ONNX_QUANT = "f32"

@@ -58,6 +58,8 @@ class GGUFOutput:
     #: the source type a tensor table shows per tensor
     source_dtype: Callable[[PlannedTensor], str] = lambda t: t.source.source_dtype
     notes: list[str] = field(default_factory=list)
+    #: the inputs' hashing, when the planning started it early (`write` takes it over)
+    started_hasher: BackgroundHasher | None = None
 
     @property
     def lut(self) -> LutQuantizer | None:
@@ -104,6 +106,11 @@ class GGUFOutput:
 
     def hasher(self, manifest: bool) -> BackgroundHasher | None:
         """The inputs hashing in the background while the files are written (None: no manifest)."""
+        started, self.started_hasher = self.started_hasher, None
+        if started is not None and not manifest:
+            started.cancel()
+        if started is not None and manifest:
+            return started
         return BackgroundHasher(self.input_files, self.input_base) if manifest else None
 
     def finish(self, result: ConversionResult, records: list[dict[str, Any]], sidecars: dict[Path, str],
@@ -131,12 +138,12 @@ class GGUFOutput:
               on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
         """Write the file(s), the kernel files of tl1/tl2 and the manifest; nothing is left behind
         on failure."""
-        sidecars = self.prepare(result, force=force)
-        start = time.perf_counter()
-        if on_start:
-            on_start(self.plan)
         hasher = self.hasher(manifest)
         try:
+            sidecars = self.prepare(result, force=force)
+            start = time.perf_counter()
+            if on_start:
+                on_start(self.plan)
             with staged_texts(sidecars) as commit_sidecars:
                 # the GGUF files are renamed right after the sidecars: a usable file always has its config
                 records = gguf_split.write_split_set(

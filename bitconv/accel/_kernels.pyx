@@ -3,8 +3,10 @@
 F16C when the CPU has it, chosen at run time), Q8_0 (ggml's quantize_row_q8_0_ref) and the
 k-quants (quantize_row_q{2,3,4,5,6}_K_ref).
 They release the GIL so the writer's thread pool runs them on every core."""
-from libc.stdint cimport int64_t, uint8_t, uint16_t
+from libc.stdint cimport int64_t, uint8_t, uint16_t, uint32_t
 from libc.stdlib cimport free, malloc
+
+import numpy as np
 
 cdef extern from *:
     """
@@ -693,8 +695,181 @@ cdef extern from *:
         for (int l = 0; l < lanes; l++) total += acc[0][l];
         return total;
     }
+
+    /* ---- Straight from a checkpoint's stored values (bf16 as raw bits, or float32), without a
+       float32 copy of the tensor: numpy's float32 sum of |x|, ternary codes packed as I2_S, and
+       bf16 -> f16. Each also reports the largest magnitude's bits (sign cleared), so the caller
+       sees a NaN / Inf (or an f16 overflow) and hands such values to its numpy path instead. ---- */
+    static inline float bc_bf16(uint32_t b) { uint32_t x = b << 16; float f; memcpy(&f, &x, 4); return f; }
+    static inline uint32_t bc_f32_bits(float f) { uint32_t x; memcpy(&x, &f, 4); return x; }
+    #define BC_ABS_BF16(a, i) bc_bf16((a)[i] & 0x7fffu)
+    #define BC_ABS_F32(a, i) fabsf((a)[i])
+
+    /* numpy's pairwise_sum (umath/loops_utils.h.src), the order np.add.reduce sums a contiguous
+       float32 array in: fewer than 8 values one after the other from -0.0; up to 128 in 8
+       accumulators, added ((r0+r1)+(r2+r3))+((r4+r5)+(r6+r7)), then the rest in order; above
+       that, the two halves (the first rounded down to a multiple of 8) summed so and added. */
+    #define BC_PAIRWISE(NAME, T, LOAD, ATTR, LEAF8) \
+    ATTR static float NAME(const T* a, int64_t n) { \
+        if (n < 8) { float res = -0.0f; for (int64_t i = 0; i < n; i++) res += LOAD(a, i); return res; } \
+        if (n <= 128) { \
+            float r[8]; int64_t i = 8; \
+            LEAF8 \
+            float res = ((r[0] + r[1]) + (r[2] + r[3])) + ((r[4] + r[5]) + (r[6] + r[7])); \
+            for (; i < n; i++) res += LOAD(a, i); \
+            return res; \
+        } \
+        int64_t n2 = n / 2; n2 -= n2 % 8; \
+        return NAME(a, n2) + NAME(a + n2, n - n2); \
+    }
+    #define BC_LEAF_SCALAR(LOAD) \
+        for (int j = 0; j < 8; j++) r[j] = LOAD(a, j); \
+        for (; i < n - (n % 8); i += 8) for (int j = 0; j < 8; j++) r[j] += LOAD(a, i + j);
+    BC_PAIRWISE(bc_pairwise_abs_bf16_portable, uint16_t, BC_ABS_BF16, , BC_LEAF_SCALAR(BC_ABS_BF16))
+    BC_PAIRWISE(bc_pairwise_abs_f32_portable, float, BC_ABS_F32, , BC_LEAF_SCALAR(BC_ABS_F32))
+
+    /* I2_S (quant/i2s.py) of n values (a multiple of 128): code = clip(rint(x * inv), -1, 1) + 1,
+       written as 1 + (p > 0.5) - (p < -0.5) (rint rounds 0.5 to 0 and anything above to >= 1; the
+       same for every p that is not NaN); byte j of each 128-value group holds codes j, 32+j, 64+j,
+       96+j in bit pairs 7-6 .. 1-0. Returns the largest |x| as float32 bits (NaN / Inf: >= 0x7f800000). */
+    #define BC_I2S(NAME, T, LOADF, MAGBITS) \
+    static uint32_t NAME(const T* src, int64_t n, float inv, uint8_t* out) { \
+        uint32_t m = 0; \
+        for (int64_t g = 0; g < n / 128; g++) { \
+            const T* s = src + 128 * g; \
+            uint8_t c[128]; \
+            for (int k = 0; k < 128; k++) { \
+                uint32_t b = MAGBITS(s[k]); m = b > m ? b : m; \
+                float p = LOADF(s[k]) * inv; \
+                c[k] = (uint8_t)(1 + (p > 0.5f) - (p < -0.5f)); \
+            } \
+            uint8_t* o = out + 32 * g; \
+            for (int j = 0; j < 32; j++) o[j] = (uint8_t)((c[j] << 6) | (c[32 + j] << 4) | (c[64 + j] << 2) | c[96 + j]); \
+        } \
+        return m; \
+    }
+    #define BC_MAG_BF16(b) ((uint32_t)((b) & 0x7fffu) << 16)
+    #define BC_MAG_F32(f) (bc_f32_bits(f) & 0x7fffffffu)
+    #define BC_ID(x) (x)
+    BC_I2S(bc_i2s_bf16_portable, uint16_t, bc_bf16, BC_MAG_BF16)
+    BC_I2S(bc_i2s_f32_portable, float, BC_ID, BC_MAG_F32)
+
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    #define BC_AVX2 __attribute__((target("avx2")))
+    /* |x| of 8 values as float32: bf16 bits widened by a shift, or float32 with the sign cleared */
+    BC_AVX2 static inline __m256 bc_abs8_bf16(const uint16_t* a) {
+        __m128i b = _mm_and_si128(_mm_loadu_si128((const __m128i*)a), _mm_set1_epi16(0x7fff));
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+    }
+    BC_AVX2 static inline __m256 bc_abs8_f32(const float* a) {
+        return _mm256_castsi256_ps(_mm256_and_si256(_mm256_loadu_si256((const __m256i*)a), _mm256_set1_epi32(0x7fffffff)));
+    }
+    BC_AVX2 static inline __m256 bc_load8_bf16(const uint16_t* a) {
+        return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)a)), 16));
+    }
+    BC_AVX2 static inline __m256 bc_load8_f32(const float* a) { return _mm256_loadu_ps(a); }
+    /* the 8 accumulators as one vector: lane j adds the same values in the same order as r[j] */
+    #define BC_LEAF_AVX2(ABS8) \
+        __m256 acc = ABS8(a); \
+        for (; i < n - (n % 8); i += 8) acc = _mm256_add_ps(acc, ABS8(a + i)); \
+        _mm256_storeu_ps(r, acc);
+    BC_PAIRWISE(bc_pairwise_abs_bf16_avx2, uint16_t, BC_ABS_BF16, BC_AVX2, BC_LEAF_AVX2(bc_abs8_bf16))
+    BC_PAIRWISE(bc_pairwise_abs_f32_avx2, float, BC_ABS_F32, BC_AVX2, BC_LEAF_AVX2(bc_abs8_f32))
+
+    /* codes 1 - [p > 0.5] + [p < -0.5] of 8 values (compare masks are -1), as int32 */
+    #define BC_CODES8(LOAD8, s) ({ \
+        __m256 x_ = LOAD8(s); \
+        vmax = _mm256_max_epu32(vmax, _mm256_and_si256(_mm256_castps_si256(x_), _mm256_set1_epi32(0x7fffffff))); \
+        __m256 p_ = _mm256_mul_ps(x_, vinv); \
+        __m256i gt_ = _mm256_castps_si256(_mm256_cmp_ps(p_, _mm256_set1_ps(0.5f), _CMP_GT_OQ)); \
+        __m256i lt_ = _mm256_castps_si256(_mm256_cmp_ps(p_, _mm256_set1_ps(-0.5f), _CMP_LT_OQ)); \
+        _mm256_add_epi32(_mm256_sub_epi32(_mm256_set1_epi32(1), gt_), lt_); })
+    #define BC_I2S_AVX2(NAME, T, LOAD8) \
+    BC_AVX2 static uint32_t NAME(const T* src, int64_t n, float inv, uint8_t* out) { \
+        __m256 vinv = _mm256_set1_ps(inv); \
+        __m256i vmax = _mm256_setzero_si256(); \
+        const __m256i order = _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7); \
+        for (int64_t g = 0; g < n / 128; g++) { \
+            const T* s = src + 128 * g; \
+            __m256i w[4]; \
+            for (int q = 0; q < 4; q++) { \
+                __m256i c0 = BC_CODES8(LOAD8, s + 8 * q), c1 = BC_CODES8(LOAD8, s + 32 + 8 * q); \
+                __m256i c2 = BC_CODES8(LOAD8, s + 64 + 8 * q), c3 = BC_CODES8(LOAD8, s + 96 + 8 * q); \
+                w[q] = _mm256_or_si256(_mm256_or_si256(_mm256_slli_epi32(c0, 6), _mm256_slli_epi32(c1, 4)), \
+                                       _mm256_or_si256(_mm256_slli_epi32(c2, 2), c3)); \
+            } \
+            __m256i b = _mm256_packus_epi16(_mm256_packs_epi32(w[0], w[1]), _mm256_packs_epi32(w[2], w[3])); \
+            _mm256_storeu_si256((__m256i*)(out + 32 * g), _mm256_permutevar8x32_epi32(b, order)); \
+        } \
+        uint32_t lanes[8], m = 0; \
+        _mm256_storeu_si256((__m256i*)lanes, vmax); \
+        for (int k = 0; k < 8; k++) m = lanes[k] > m ? lanes[k] : m; \
+        return m; \
+    }
+    BC_I2S_AVX2(bc_i2s_bf16_avx2, uint16_t, bc_load8_bf16)
+    BC_I2S_AVX2(bc_i2s_f32_avx2, float, bc_load8_f32)
+    static int bc_have_avx2(void) { __builtin_cpu_init(); return __builtin_cpu_supports("avx2"); }
+    #else
+    #define bc_pairwise_abs_bf16_avx2 bc_pairwise_abs_bf16_portable
+    #define bc_pairwise_abs_f32_avx2 bc_pairwise_abs_f32_portable
+    #define bc_i2s_bf16_avx2 bc_i2s_bf16_portable
+    #define bc_i2s_f32_avx2 bc_i2s_f32_portable
+    static int bc_have_avx2(void) { return 0; }
+    #endif
+    static float bc_pairwise_abs_bf16(const uint16_t* a, int64_t n, int simd) {
+        return simd ? bc_pairwise_abs_bf16_avx2(a, n) : bc_pairwise_abs_bf16_portable(a, n);
+    }
+    static float bc_pairwise_abs_f32(const float* a, int64_t n, int simd) {
+        return simd ? bc_pairwise_abs_f32_avx2(a, n) : bc_pairwise_abs_f32_portable(a, n);
+    }
+    static uint32_t bc_i2s_bf16(const uint16_t* src, int64_t n, float inv, uint8_t* out, int simd) {
+        return simd ? bc_i2s_bf16_avx2(src, n, inv, out) : bc_i2s_bf16_portable(src, n, inv, out);
+    }
+    static uint32_t bc_i2s_f32(const float* src, int64_t n, float inv, uint8_t* out, int simd) {
+        return simd ? bc_i2s_f32_avx2(src, n, inv, out) : bc_i2s_f32_portable(src, n, inv, out);
+    }
+
+    /* bf16 -> f16 bits (exact widening, then bc_f32_to_f16's rounding); returns max(bits & 0x7fff). */
+    static uint32_t bc_bf16_to_f16_portable(const uint16_t* src, uint16_t* dst, size_t n) {
+        uint32_t m = 0;
+        for (size_t i = 0; i < n; i++) { uint32_t b = src[i] & 0x7fffu; m = b > m ? b : m; dst[i] = bc_half(bc_bf16(src[i])); }
+        return m;
+    }
+    #if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
+    __attribute__((target("avx2,f16c")))
+    static uint32_t bc_bf16_to_f16_avx2(const uint16_t* src, uint16_t* dst, size_t n) {
+        size_t i = 0;
+        __m128i vmax = _mm_setzero_si128(), mask = _mm_set1_epi16(0x7fff);
+        for (; i + 8 <= n; i += 8) {
+            __m128i b = _mm_loadu_si128((const __m128i*)(src + i));
+            vmax = _mm_max_epu16(vmax, _mm_and_si128(b, mask));
+            __m256 f = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(b), 16));
+            _mm_storeu_si128((__m128i*)(dst + i), _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC));
+        }
+        uint16_t lanes[8];
+        _mm_storeu_si128((__m128i*)lanes, vmax);
+        uint32_t m = bc_bf16_to_f16_portable(src + i, dst + i, n - i);
+        for (int k = 0; k < 8; k++) m = lanes[k] > m ? lanes[k] : m;
+        return m;
+    }
+    static int bc_have_avx2_f16c(void) {
+        __builtin_cpu_init();
+        return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+    }
+    #else
+    static uint32_t bc_bf16_to_f16_avx2(const uint16_t* src, uint16_t* dst, size_t n) { return bc_bf16_to_f16_portable(src, dst, n); }
+    static int bc_have_avx2_f16c(void) { return 0; }
+    #endif
     """
     int bc_have_f16c() nogil
+    float bc_pairwise_abs_bf16(const uint16_t* a, int64_t n, int simd) nogil
+    float bc_pairwise_abs_f32(const float* a, int64_t n, int simd) nogil
+    uint32_t bc_i2s_bf16(const uint16_t* src, int64_t n, float inv, uint8_t* out, int simd) nogil
+    uint32_t bc_i2s_f32(const float* src, int64_t n, float inv, uint8_t* out, int simd) nogil
+    int bc_have_avx2() nogil
+    uint32_t bc_bf16_to_f16_portable(const uint16_t* src, uint16_t* dst, size_t n) nogil
+    uint32_t bc_bf16_to_f16_avx2(const uint16_t* src, uint16_t* dst, size_t n) nogil
+    int bc_have_avx2_f16c() nogil
     ctypedef struct bc_cursor:
         const float* const* ptrs
         const int64_t* lens
@@ -708,6 +883,8 @@ cdef extern from *:
     int bc_simd_k_supported()
 
 HAVE_F16C = bool(bc_have_f16c())
+HAVE_AVX2_F16C = bool(bc_have_avx2_f16c())
+HAVE_AVX2 = bool(bc_have_avx2())
 #: the k-quant scale searches run 8 sub-blocks per AVX2 instruction (same bytes as the scalar path)
 HAVE_SIMD_K = bool(bc_simd_k_supported())
 bc_simd_k = 1 if HAVE_SIMD_K else 0
@@ -795,3 +972,67 @@ def torch_serial_sum(list parts, long long lo, long long n, bint absolute=False)
     finally:
         free(ptrs)
         free(lens)
+
+
+def abs_sum_pairwise(src, bint simd=True) -> float:
+    """numpy's float32 sum of |x| (np.add.reduce's pairwise order) over a contiguous 1-D array of
+    float32 values or of bf16 raw bits (uint16)."""
+    cdef const uint16_t[::1] b
+    cdef const float[::1] f
+    cdef float total
+    cdef int use = 1 if (simd and HAVE_AVX2) else 0
+    if src.dtype == np.uint16:
+        b = src
+        if b.shape[0] == 0:
+            return 0.0
+        with nogil:
+            total = bc_pairwise_abs_bf16(&b[0], b.shape[0], use)
+        return total
+    f = src
+    if f.shape[0] == 0:
+        return 0.0
+    with nogil:
+        total = bc_pairwise_abs_f32(&f[0], f.shape[0], use)
+    return total
+
+
+def ternary_i2s(src, float inv, uint8_t[::1] dst, bint simd=True) -> int:
+    """I2_S bytes of clip(rint(x * inv), -1, 1) for a contiguous 1-D array of float32 values or bf16
+    raw bits (length a multiple of 128) into dst (a quarter of it); returns the largest |x| as
+    float32 bits (>= 0x7f800000: a NaN or Inf). The bytes are quant/i2s.py's for every value but NaN."""
+    cdef const uint16_t[::1] b
+    cdef const float[::1] f
+    cdef uint32_t m = 0
+    cdef int64_t n = src.shape[0]
+    cdef int use = 1 if (simd and HAVE_AVX2) else 0
+    if n % 128 or dst.shape[0] != n // 4:
+        raise ValueError("ternary_i2s: size mismatch")
+    if n == 0:
+        return 0
+    if src.dtype == np.uint16:
+        b = src
+        with nogil:
+            m = bc_i2s_bf16(&b[0], n, inv, &dst[0], use)
+    else:
+        f = src
+        with nogil:
+            m = bc_i2s_f32(&f[0], n, inv, &dst[0], use)
+    return m
+
+
+def bf16_to_f16_bits(const uint16_t[::1] src, uint16_t[::1] dst, bint simd=True) -> int:
+    """dst[i] = float16 bits of the bf16 value src[i] (f32_to_f16_bits of its exact float32);
+    returns max(src & 0x7fff): >= 0x7f80 means a NaN / Inf, >= 0x4780 a value f16 rounds to inf."""
+    if dst.shape[0] != src.shape[0]:
+        raise ValueError("bf16_to_f16_bits: size mismatch")
+    cdef uint32_t m = 0
+    cdef size_t n = <size_t>src.shape[0]
+    cdef bint use = simd and HAVE_AVX2_F16C
+    if n == 0:
+        return 0
+    with nogil:
+        if use:
+            m = bc_bf16_to_f16_avx2(&src[0], &dst[0], n)
+        else:
+            m = bc_bf16_to_f16_portable(&src[0], &dst[0], n)
+    return m

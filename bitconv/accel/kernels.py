@@ -64,3 +64,60 @@ def quantize_k(x: np.ndarray, qtype: GGMLQuantizationType) -> np.ndarray | None:
 
 #: torch's one-thread float32 sum over the parts of a flat sequence (quant/torch_sum.py), or None
 torch_serial_sum = _ext.torch_serial_sum if _ext is not None else None
+
+
+# --- straight from stored values (bf16 as raw uint16 bits, or float32): no float32 copy -----------
+
+#: float32 bits of the smallest NaN / Inf magnitude; bf16 bits of the smallest value f16 rounds to inf
+_F32_NONFINITE, _BF16_F16_OVERFLOW = 0x7F800000, 0x4780
+
+
+#: the stored-value kernels are in the built extension (an extension built before them lacks them)
+_HAVE_STORED = _ext is not None and hasattr(_ext, "ternary_i2s")
+
+
+def _stored_flat(raw: np.ndarray, stored_dtype: str) -> np.ndarray | None:
+    """The flat contiguous values the stored-value kernels read (bf16 bits or float32), or None."""
+    if not _HAVE_STORED or stored_dtype not in ("BF16", "F32"):
+        return None
+    want = np.uint16 if stored_dtype == "BF16" else np.float32
+    if raw.dtype != want and raw.dtype != np.dtype(want).newbyteorder("<"):
+        return None
+    return np.ascontiguousarray(raw).reshape(-1)
+
+
+def numpy_abs_mean_stored(raw: np.ndarray, stored_dtype: str) -> np.float32 | None:
+    """`np.float32(np.mean(np.abs(w)))` of the float32 values of a stored tensor (the same bits:
+    numpy's pairwise order, then its division by the count), read from bf16 bits or float32 in one
+    pass; None without the extension or for other dtypes (the caller widens and asks numpy)."""
+    flat = _stored_flat(raw, stored_dtype)
+    if flat is None or flat.size == 0:
+        return None
+    total = np.float32(_ext.abs_sum_pairwise(flat))
+    return np.float32(total / np.intp(flat.size))  # numpy's _mean: float32 sum / intp count, rounded to f32
+
+
+def i2s_stored(raw: np.ndarray, stored_dtype: str, inv: np.float32) -> np.ndarray | None:
+    """I2_S packed bytes (quant/i2s.py's) of clip(rint(w · inv), −1, 1) for a stored tensor whose
+    size is a multiple of 128; None without the extension, for other dtypes, or when a value is NaN
+    or ±Inf (the numpy path handles those as it always did)."""
+    flat = _stored_flat(raw, stored_dtype)
+    if flat is None or flat.size % 128:
+        return None
+    out = np.empty(flat.size // 4, dtype=np.uint8)
+    if _ext.ternary_i2s(flat, np.float32(inv), out) >= _F32_NONFINITE:
+        return None
+    return out
+
+
+def bf16_to_f16_stored(raw: np.ndarray) -> np.ndarray | None:
+    """float16 (as `to_f16` of the widened values) of bf16 raw bits, in one pass; None without the
+    extension or when a value is NaN / Inf or would overflow to inf in f16 (≥ 65520): the caller's
+    checked numpy path then runs, and raises or converts as it always did."""
+    flat = _stored_flat(raw, "BF16")
+    if flat is None:
+        return None
+    out = np.empty(flat.shape, dtype=np.uint16)
+    if _ext.bf16_to_f16_bits(flat, out) >= _BF16_F16_OVERFLOW:
+        return None
+    return out.view(np.float16).reshape(raw.shape)

@@ -9,6 +9,7 @@ on the group when it is imported (below, so `import bitconv.cli` gives the whole
 """
 from __future__ import annotations
 
+import gc
 import sys
 
 import click
@@ -21,6 +22,7 @@ from ._common import _emit_json, _fail, cli, command, err, out
 def main() -> None:
     """Entry point: click usage errors become exit 2 (and JSON with --json)."""
     end_cli_startup()
+    gc.freeze()  # what the imports made lives for the whole run: spare it the collector's full scans
     try:
         try:
             cli.main(standalone_mode=False)

@@ -1,8 +1,9 @@
 """Hugging Face checkpoints read lazily: config, tokenizer files and tensors from (sharded) safetensors.
 
 Headers are parsed and checked against the file size up front, so a truncated or forged file fails
-before anything is written. Tensor bytes are read with ``pread`` into a fresh buffer only when a
-tensor is converted; nothing stays mapped, so resident memory does not grow with the checkpoint.
+before anything is written. Tensor bytes are read only when a tensor is converted (safetensors_read.py:
+``pread``, or a read-only mapping released after the work item); nothing stays mapped, so resident
+memory does not grow with the checkpoint.
 bf16 is decoded from its raw bits, so the GGUF path needs no torch.
 """
 from __future__ import annotations
@@ -11,7 +12,6 @@ import json
 import math
 import os
 import re
-import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -20,25 +20,11 @@ import numpy as np
 
 from ..errors import BitconvError, CheckpointError
 from ..quiet import quiet_dependencies
+from .safetensors_read import (MAX_HEADER_BYTES, SAFETENSORS_DTYPES, SafetensorsEntry, _one_line,  # noqa: F401
+                               _pread_reader, _pread_rows, read_safetensors_header)
 from .st_files import ST_FILES, sentence_transformers_files
 
-#: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
-SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("u1"),
-}
 FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-#: A safetensors header beyond this is not a checkpoint (the format itself caps it at 100 MB).
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -116,126 +102,6 @@ class LazyTensor:
         return to_compute_dtype(self.load_raw(), self.dtype)
 
 
-@dataclass(frozen=True)
-class SafetensorsEntry:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute file offset
-    end: int
-
-
-def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
-    """Parse and check one safetensors header against the file's real size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path.name}: truncated safetensors file ({size} bytes, no header)")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8:
-                raise CheckpointError(
-                    f"{path.name}: header length {header_len} is larger than the file ({size} bytes): "
-                    "truncated or not a safetensors file")
-            if header_len > MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path.name}: header length {header_len} exceeds {MAX_HEADER_BYTES} bytes")
-            raw = f.read(header_len)
-    except OSError as e:
-        raise CheckpointError(f"{path.name}: cannot read: {e.strerror or e}") from e
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
-        raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({_one_line(e)})") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name}: safetensors header is not a JSON object")
-    data_start = 8 + header_len
-    entries: list[SafetensorsEntry] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        entries.append(_check_entry(path, name, info, data_start, size))
-    ordered = sorted(entries, key=lambda e: (e.begin, e.end))
-    for prev, cur in zip(ordered, ordered[1:]):
-        if cur.begin < prev.end:
-            raise CheckpointError(f"{path.name}: tensors {prev.name} and {cur.name} overlap in the file")
-    return entries
-
-
-def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -> SafetensorsEntry:
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path.name}: {name}: malformed header entry")
-    dtype = info.get("dtype")
-    shape = info.get("shape")
-    offsets = info.get("data_offsets")
-    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{path.name}: {name}: unsupported dtype {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
-        raise CheckpointError(f"{path.name}: {name}: malformed shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise CheckpointError(f"{path.name}: {name}: malformed data_offsets {offsets!r}")
-    begin, end = offsets
-    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
-    if begin < 0 or end < begin:
-        raise CheckpointError(f"{path.name}: {name}: invalid data_offsets {offsets}")
-    if end - begin != expected:
-        raise CheckpointError(
-            f"{path.name}: {name}: {end - begin} bytes stored but shape {tuple(shape)} {dtype} needs {expected}")
-    if data_start + end > size:
-        raise CheckpointError(
-            f"{path.name}: {name}: data runs past the end of the file ({data_start + end} > {size} bytes): "
-            "the file is truncated")
-    return SafetensorsEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
-
-
-def _pread_into(fd: int, view: memoryview, offset: int, entry: SafetensorsEntry, path: Path) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise CheckpointError(f"{entry.name}: {path.name} ended early (was it truncated during the run?)")
-        done += n
-
-
-def _open_fd(path: Path, entry: SafetensorsEntry) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
-
-
-def _pread_range(path: Path, entry: SafetensorsEntry, begin: int, count: int) -> np.ndarray:
-    np_dtype = SAFETENSORS_DTYPES[entry.dtype]
-    buf = np.empty(count, dtype=np_dtype)
-    fd = _open_fd(path, entry)
-    try:
-        _pread_into(fd, memoryview(buf).cast("B"), begin, entry, path)
-    finally:
-        os.close(fd)
-    return buf
-
-
-def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
-    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
-
-    def read() -> np.ndarray:
-        return _pread_range(path, entry, entry.begin, (entry.end - entry.begin) // itemsize).reshape(entry.shape)
-
-    return read
-
-
-def _pread_rows(path: Path, entry: SafetensorsEntry) -> Callable[[int, int], np.ndarray]:
-    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
-    k = entry.shape[-1] if entry.shape else 1
-
-    def read_rows(lo: int, hi: int) -> np.ndarray:
-        return _pread_range(path, entry, entry.begin + lo * k * itemsize, (hi - lo) * k).reshape(hi - lo, k)
-
-    return read_rows
-
-
 def _inside(root: Path, rel: str) -> Path:
     """Resolve a file named by an index, refusing names that leave the checkpoint directory."""
     try:  # a NUL byte or a lone surrogate: the OS cannot name it (os.stat raises ValueError, not OSError)
@@ -271,7 +137,8 @@ def read_json_object(path: Path, missing: str, error: type[BitconvError] = Check
     if not path.is_file():
         raise error(missing)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")  # read_text's result, without its newline decoder's pass
+        data = json.loads(text.replace("\r\n", "\n").replace("\r", "\n") if "\r" in text else text)
     except OSError as e:
         raise error(f"{path}: cannot read ({e.strerror or e})") from e
     except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
@@ -279,12 +146,6 @@ def read_json_object(path: Path, missing: str, error: type[BitconvError] = Check
     if not isinstance(data, dict):
         raise error(f"{path}: must hold a JSON object")
     return data
-
-
-def _one_line(e: BaseException) -> str:
-    """A parser's message cut to one line (errors are printed in one)."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    return text or type(e).__name__
 
 
 def load_config(root: Path) -> dict[str, Any]:

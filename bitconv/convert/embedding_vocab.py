@@ -13,6 +13,7 @@ Qwen vocabulary that is the identity (checked against its output in tests/golden
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,7 +21,7 @@ import gguf
 
 from ..errors import TokenizerError
 from .tokenizer import (TOKENIZER_KINDS, GGUFVocab, _quiet_gguf, _special_vocab, detect_pre_tokenizer,
-                        load_tokenizer_json, padded_tokens)
+                        load_tokenizer_json, padded_tokens_fast)
 
 QWEN3_EOS = "<|endoftext|>"
 
@@ -49,7 +50,10 @@ def build_qwen3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = N
     vocab = model.get("vocab")
     if model.get("type") != "BPE" or not isinstance(vocab, dict):
         raise TokenizerError("tokenizer.json: a BitNet embedding (Qwen3) model needs a byte-level BPE tokenizer")
-    by_id: dict[int, str] = {i: t for t, i in vocab.items() if isinstance(i, int)}
+    if set(map(type, vocab.values())) <= {int}:
+        by_id: dict[int, str] = dict(zip(vocab.values(), vocab.keys()))
+    else:
+        by_id = {i: t for t, i in vocab.items() if isinstance(i, int)}
     added: dict[int, dict] = {}
     for tok in data.get("added_tokens") or []:
         if not (isinstance(tok, dict) and isinstance(tok.get("id"), int) and isinstance(tok.get("content"), str)):
@@ -66,8 +70,8 @@ def build_qwen3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = N
             return token, gguf.TokenType.CONTROL
         return token.replace("\u2581", " "), gguf.TokenType.USER_DEFINED
 
-    tokens, types = padded_tokens(by_id, vocab_size, kind)
-    special = _special_vocab(root, None)  # the script's has no vocabulary bound
+    tokens, types = padded_tokens_fast(by_id, vocab_size, added, kind)
+    special = _special_vocab(root, None, tokenizer_json=data)  # the script's has no vocabulary bound
     special.merges = _merges(model)  # as SpecialVocab(load_merges=True) reads them, from the parsed file
     eos = next((i for i, t in added.items() if t["content"] == QWEN3_EOS), None)
     if eos is None:
@@ -90,7 +94,10 @@ def _merges(model: dict) -> list[str]:
     if isinstance(merges[0], str):
         return merges
     try:
-        return [f"{a.replace(' ', chr(288))} {b.replace(' ', chr(288))}" for a, b in merges]
+        if set(map(len, merges)) == {2} and " " not in "".join(itertools.chain.from_iterable(merges)):
+            return list(map(" ".join, merges))  # no space to encode: the same strings, in bulk
+        g = chr(288)
+        return [f"{a.replace(' ', g)} {b.replace(' ', g)}" for a, b in merges]
     except (ValueError, TypeError, AttributeError):  # not [a, b] string pairs
         raise TokenizerError("tokenizer.json: unknown merges format") from None
 

@@ -8,13 +8,11 @@ flight are bounded per thread, so peak memory does not grow with the model or it
 """
 from __future__ import annotations
 
+import contextlib
 import functools
-import hashlib
 import itertools
 import math
 import os
-import struct
-import sys
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -26,10 +24,13 @@ import numpy as np
 
 from ..convert.checkpoint import Checkpoint, LazyTensor, to_compute_dtype
 from ..convert.plan import PlannedTensor, TensorPlan
+from ..convert.safetensors_read import transient_reads
 from ..convert.tokenizer import GGUFVocab
 from ..errors import BitconvError, QuantizationError
 from ..quant.base import Quantizer
 from ..threads import thread_count
+from .gguf_file import FastGGUFWriter
+from .manifest import StreamHasher
 
 if TYPE_CHECKING:
     from .gguf_split import SplitPart
@@ -39,11 +40,12 @@ _ROWS_PER_CHUNK = 512
 #: the smallest magnitude float16 rounds to inf
 F16_OVERFLOW = np.float32(65520.0)
 #: stored bytes one work item reads from a large tensor: a 2 GB embedding is read a slab at a time
-SLAB_BYTES = 64 * 1024 * 1024
+SLAB_BYTES = 16 * 1024 * 1024
 #: bytes of work in flight per thread (stored slabs, their float32 image, encoded bytes)
 INFLIGHT_PER_THREAD = 256 * 1024 * 1024
-#: bytes between write-back hints (Linux; elsewhere the final fsync does it all)
-WRITEBACK_EVERY = 256 * 1024 * 1024
+#: bytes between write-back hints (Linux; elsewhere the final fsync does it all): early and often,
+#: so the disk writes while tensors are encoded and the final fsync finds little left
+WRITEBACK_EVERY = 32 * 1024 * 1024
 _HAS_FADVISE = hasattr(os, "posix_fadvise")
 #: header + metadata + tensor table are small next to the data; this bounds them for the disk check
 HEADER_ALLOWANCE = 16 * 1024 * 1024
@@ -51,52 +53,6 @@ HEADER_ALLOWANCE = 16 * 1024 * 1024
 ProgressFn = Callable[[PlannedTensor, int], None]
 #: adds the file's metadata (everything but the tensor infos) to a writer
 MetadataFn = Callable[[gguf.GGUFWriter], None]
-
-
-class FastGGUFWriter(gguf.GGUFWriter):
-    """gguf-py's writer with a vectorized packer for long arrays (a Qwen vocabulary is 300k
-    strings; the per-value path costs about a second). Same bytes, little-endian only."""
-
-    _ARRAY_DTYPES = {gguf.GGUFValueType.INT32: "<i4", gguf.GGUFValueType.UINT32: "<u4",
-                     gguf.GGUFValueType.FLOAT32: "<f4", gguf.GGUFValueType.INT64: "<i8",
-                     gguf.GGUFValueType.UINT64: "<u8"}
-
-    def _pack_val(self, val: Any, vtype: gguf.GGUFValueType, add_vtype: bool,
-                  sub_type: gguf.GGUFValueType | None = None) -> bytes:
-        if (vtype != gguf.GGUFValueType.ARRAY or self.endianess != gguf.GGUFEndian.LITTLE
-                or not isinstance(val, (list, tuple)) or len(val) < 64):
-            return super()._pack_val(val, vtype, add_vtype, sub_type)
-        ltype = sub_type if sub_type is not None else gguf.GGUFValueType.get_type(val[0])
-        head = (struct.pack("<I", vtype) if add_vtype else b"") + struct.pack("<IQ", ltype, len(val))
-        if ltype == gguf.GGUFValueType.STRING and all(isinstance(v, str) for v in val):
-            encoded = [v.encode("utf-8") for v in val]
-            lengths = np.fromiter(map(len, encoded), dtype="<u8", count=len(encoded))
-            parts = [b""] * (2 * len(encoded))
-            parts[0::2] = [lengths[i:i + 1].tobytes() for i in range(len(encoded))]
-            parts[1::2] = encoded
-            return head + b"".join(parts)
-        if ltype in self._ARRAY_DTYPES and all(type(v) is int or type(v) is float for v in val):
-            return head + np.asarray(val, dtype=self._ARRAY_DTYPES[ltype]).tobytes()
-        return super()._pack_val(val, vtype, add_vtype, sub_type)
-
-    # gguf-py writes a tensor's data in one call; these write it in pieces (a slab at a time)
-    def begin_tensor_data(self, nbytes: int) -> None:
-        if self.state is not gguf.WriterState.TI_DATA and self.state is not gguf.WriterState.WEIGHTS:
-            raise ValueError(f"Expected output file to contain tensor info or weights, got {self.state}")
-        assert self.fout is not None and len(self.fout) == 1
-        ti = self.tensors[0].pop(next(iter(self.tensors[0])))
-        assert ti.nbytes == nbytes
-        self.write_padding(self.fout[0], self.fout[0].tell())
-        self.state = gguf.WriterState.WEIGHTS
-
-    def write_tensor_chunk(self, data: np.ndarray) -> None:
-        # file.write, not ndarray.tofile: tofile loses the errno of a failed write (disk full)
-        assert self.fout is not None and sys.byteorder == "little"
-        self.fout[0].write(memoryview(np.ascontiguousarray(data)).cast("B"))
-
-    def end_tensor_data(self, nbytes: int) -> None:
-        assert self.fout is not None
-        self.write_padding(self.fout[0], nbytes)
 
 
 def ggml_type(type_id: int | None) -> Any:
@@ -159,17 +115,22 @@ def _prepare(pt: PlannedTensor, chunks: Iterable[np.ndarray], stored_dtype: str 
 
 
 def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, state: Any,
-                 allow_nonfinite: bool, pool: ThreadPoolExecutor | None = None) -> np.ndarray:
+                 allow_nonfinite: bool, pool: ThreadPoolExecutor | None = None, parts: bool = False) -> Any:
     """Widen, check and quantize `rows` (stored values, [n, K]) a cache-sized chunk at a time into
-    one [n, bytes per row] buffer; chunks run on `pool` when given. Rows are independent for every
-    GGUF type, so the bytes never depend on how a tensor is split."""
+    one [n, bytes per row] buffer, or with `parts` the chunks' own [rows, bytes] arrays in order (none
+    a view of `rows`, which may be a transient read); chunks run on `pool` when given. Rows
+    are independent for every GGUF type, so the bytes never depend on how a tensor is split."""
     q = pt.quant
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
     to_f16 = q.ggml_type == int(gguf.GGMLQuantizationType.F16) and stored_dtype != "F16"
 
     def work(lo: int) -> np.ndarray | None:
         chunk = rows[lo:lo + _ROWS_PER_CHUNK]
+        if stored_dtype is not None and (fused := q.quantize_stored(chunk, stored_dtype, state)) is not None:
+            return np.asarray(fused.data)  # one pass from the stored values (finite ones: no check needed)
         chunk = chunk if stored_dtype is None else to_compute_dtype(chunk, stored_dtype)
+        if not chunk.flags.writeable and not type(q).__module__.startswith("bitconv."):
+            chunk = chunk.copy()  # a plugin may write into its input; a transient (mapped) read is read-only
         if not allow_nonfinite and chunk.dtype.kind == "f" and not np.isfinite(chunk).all():
             return None
         if to_f16 and not allow_nonfinite and chunk.size and max(chunk.max(), -chunk.min()) >= F16_OVERFLOW:
@@ -189,6 +150,7 @@ def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, 
 
     results = _ordered_map(pool, work, starts) if pool is not None and len(starts) > 1 else map(work, starts)
     out: np.ndarray | None = None
+    pieces: list[np.ndarray] = []
     for lo, res in zip(starts, results):
         if res is None:
             values = rows if stored_dtype is None else to_compute_dtype(rows, stored_dtype)
@@ -200,9 +162,15 @@ def _encode_rows(pt: PlannedTensor, rows: np.ndarray, stored_dtype: str | None, 
             raise QuantizationError(f"{pt.name}: quantizer {q.name!r} returned shape {res.shape} for "
                                     f"{min(_ROWS_PER_CHUNK, rows.shape[0] - lo)} rows", tensor=pt.name)
         res = res.reshape(res.shape[0], -1)
+        if parts:  # kept past the next chunk: copied if it is a view of the input or a plugin's array
+            own = type(q).__module__.startswith("bitconv.") and not np.may_share_memory(res, rows)
+            pieces.append(np.ascontiguousarray(res) if own else res.copy())
+            continue
         if out is None:
             out = np.empty((rows.shape[0], res.shape[1]), dtype=res.dtype)
         out[lo:lo + res.shape[0]] = res
+    if parts:
+        return pieces
     assert out is not None
     return out
 
@@ -218,12 +186,33 @@ def _finish(pt: PlannedTensor, out: np.ndarray, state: Any) -> np.ndarray:
     return out
 
 
+def _finish_parts(pt: PlannedTensor, pieces: list[np.ndarray], state: Any) -> list[np.ndarray]:
+    """`_finish` of a row-local layout, unjoined: the row pieces, then the trailer."""
+    if (tail := pt.quant.trailer(state)):
+        pieces = pieces + [np.frombuffer(tail, dtype=np.uint8)]
+    if (n := sum(p.nbytes for p in pieces)) != pt.nbytes:
+        raise QuantizationError(f"{pt.name}: {pt.quant.name} produced {n} bytes, planned {pt.nbytes}")
+    return pieces
+
+
 def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None,
                   allow_nonfinite: bool, stored_dtype: str | None = None) -> np.ndarray:
     """A whole tensor's bytes. `arr` holds the stored values (`stored_dtype`, bf16 as raw bits) or,
     without a dtype, floats; each chunk is widened, checked and encoded while in cache (no float32
     copy of the tensor, unless a mapping's scale rule needs one)."""
+    return _encode_tensor(pt, arr, pool, allow_nonfinite, stored_dtype, False)
+
+
+def _encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor | None, allow_nonfinite: bool,
+                   stored_dtype: str | None, parts: bool) -> Any:
+    """`encode_tensor`, or with `parts` (row-local layouts) its pieces in order, never joined."""
+    finish = functools.partial(_finish_parts if parts else _finish, pt)
     rows, rule = _rows_2d(arr), pt.source.scale_rule is not None and pt.quant.needs_prepare
+    if rule and stored_dtype is not None and pt.source.stored_scale_rule is not None:
+        known = pt.source.stored_scale_rule(rows, stored_dtype)  # the rule read from the stored values
+        if known is not None and np.isfinite(known.scale):  # so is every value: no finiteness checks
+            state = pt.quant.prepare([], stored_dtype, known)
+            return finish(_encode_rows(pt, rows, stored_dtype, state, True, pool, parts), state)
     if rule and stored_dtype is not None:  # the rule sees the whole tensor: widen it once, for rule and encoder
         rows, stored_dtype = to_compute_dtype(rows, stored_dtype), None
     starts = range(0, rows.shape[0], _ROWS_PER_CHUNK)
@@ -232,20 +221,21 @@ def encode_tensor(pt: PlannedTensor, arr: np.ndarray, pool: ThreadPoolExecutor |
                                               for lo in starts), stored_dtype)
     # the rule's mean over every value is finite: so is every value (no second finiteness pass)
     allow_nonfinite = allow_nonfinite or (rule and bool(np.isfinite(getattr(state, "scale", np.nan))))
-    return _finish(pt, _encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool), state)
+    return finish(_encode_rows(pt, rows, stored_dtype, state, allow_nonfinite, pool, parts), state)
 
 
 # --- the conversion pipeline: work items in plan order, run in parallel, written in order ----------
 
 @dataclass
 class _WorkItem:
-    """A slab of rows of a large tensor, or a whole tensor; `cost` bounds the bytes it holds."""
+    """A slab of rows of a large tensor, or a whole tensor; `cost` bounds the bytes it holds. `run`
+    gives its bytes: one array, or arrays written one after the other."""
 
     index: int
     first: bool
     last: bool
     cost: int
-    run: Callable[[], np.ndarray]
+    run: Callable[[], np.ndarray | list[np.ndarray]]
 
 
 def _streamable(pt: PlannedTensor) -> LazyTensor | None:
@@ -294,9 +284,12 @@ def _whole_item(i: int, pt: PlannedTensor, allow_nonfinite: bool) -> _WorkItem:
             return _finish(pt, np.asarray(q.quantize_codes(codes, state).data), state)  # type: ignore[attr-defined]
         return _WorkItem(i, True, True, pt.stored_nbytes + math.prod(pt.shape) + pt.nbytes, from_codes)
 
-    def run() -> np.ndarray:
-        arr, stored_dtype = pt.source.load_stored()
-        return encode_tensor(pt, arr, None, allow_nonfinite, stored_dtype)
+    def run() -> np.ndarray | list[np.ndarray]:
+        # one plain tensor, read transiently (mapped): its bytes are encoded before the next read
+        with transient_reads() if pt.source.plain is not None else contextlib.nullcontext():
+            arr, stored_dtype = pt.source.load_stored()
+            return _encode_tensor(pt, arr, None, allow_nonfinite, stored_dtype,
+                                  type(pt.quant).assemble is Quantizer.assemble)
     return _WorkItem(i, True, True, _work_cost(pt), run)
 
 
@@ -304,12 +297,11 @@ def _slab_item(i: int, pt: PlannedTensor, lazy: LazyTensor, rows: tuple[int, int
                state: Any, allow_nonfinite: bool) -> _WorkItem:
     lo, hi = rows
 
-    def run() -> np.ndarray:
-        out = _encode_rows(pt, lazy.load_rows(lo, hi), lazy.dtype, state, allow_nonfinite)
+    def run() -> list[np.ndarray]:
+        with transient_reads():
+            out = _encode_rows(pt, lazy.load_rows(lo, hi), lazy.dtype, state, allow_nonfinite, parts=True)
         tail = pt.quant.trailer(state) if last else b""
-        if tail:
-            return np.concatenate([out.reshape(-1).view(np.uint8), np.frombuffer(tail, dtype=np.uint8)])
-        return out
+        return out + [np.frombuffer(tail, dtype=np.uint8)] if tail else out
 
     return _WorkItem(i, first, last, _work_cost(pt, (hi - lo) / lazy.n_rows), run)
 
@@ -342,7 +334,7 @@ def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int, indice
 
 
 def _run_in_order(pool: ThreadPoolExecutor | None, items: Iterator[_WorkItem],
-                  budget: int) -> Iterator[tuple[_WorkItem, np.ndarray]]:
+                  budget: int) -> Iterator[tuple[_WorkItem, Any]]:
     """Run work items on the pool and yield their results in plan order. New items start while the
     bytes in flight stay within `budget` (one item always may), so memory is bounded by the thread
     count, not by the model, and a slow disk cannot make finished work pile up."""
@@ -351,7 +343,7 @@ def _run_in_order(pool: ThreadPoolExecutor | None, items: Iterator[_WorkItem],
             yield item, item.run()
         return
     max_items = 2 * (pool._max_workers or 1)
-    pending: deque[tuple[_WorkItem, Future[np.ndarray]]] = deque()
+    pending: deque[tuple[_WorkItem, Future[Any]]] = deque()
     inflight = 0
     nxt = next(items, None)
     try:
@@ -367,33 +359,6 @@ def _run_in_order(pool: ThreadPoolExecutor | None, items: Iterator[_WorkItem],
     finally:
         for _, f in pending:
             f.cancel()
-
-
-class _StreamHasher:
-    """sha256 of the file as it is written, on a worker thread (hashlib releases the GIL), so the
-    output is never read back. At most two pieces wait, which bounds the memory it holds."""
-
-    def __init__(self) -> None:
-        self._h = hashlib.sha256()
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-sha")
-        self._pending: list[Future[None]] = []
-        self.nbytes = 0
-
-    def update(self, data: np.ndarray | bytes) -> None:
-        while len(self._pending) >= 2:
-            self._pending.pop(0).result()
-        view = memoryview(data).cast("B") if isinstance(data, np.ndarray) else memoryview(data)
-        self.nbytes += len(view)
-        self._pending.append(self._pool.submit(self._h.update, view))
-
-    def hexdigest(self) -> str:
-        for f in self._pending:
-            f.result()
-        self._pool.shutdown(wait=True)
-        return self._h.hexdigest()
-
-    def close(self) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def _pad(n: int, align: int) -> int:
@@ -442,7 +407,9 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
 
     n_threads = thread_count(threads)
     pool = ThreadPoolExecutor(max_workers=n_threads, thread_name_prefix="bitconv-q") if n_threads > 1 else None
-    hasher = _StreamHasher()
+    hasher = StreamHasher()
+    # the write-back hints run on their own thread: starting write-back can block on a busy disk
+    flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bitconv-wb") if _HAS_FADVISE else None
     try:
         w.write_header_to_file()
         w.write_kv_data_to_file()
@@ -465,11 +432,13 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
                 hasher.update(bytes(_pad(pos, align)))
                 pos += _pad(pos, align)
                 tensor_bytes = 0
-            w.write_tensor_chunk(data)
-            hasher.update(data)
-            pos += data.nbytes
-            tensor_bytes += data.nbytes
-            del data
+            parts = data if isinstance(data, list) else [data]
+            for part in parts:
+                w.write_tensor_chunk(part)
+            hasher.update(parts)
+            pos += (n := sum(part.nbytes for part in parts))
+            tensor_bytes += n
+            del data, parts
             if item.last:
                 if tensor_bytes != pt.nbytes:
                     raise QuantizationError(f"{pt.name}: {pt.quant.name} produced {tensor_bytes} bytes, "
@@ -479,11 +448,11 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
                 pos += _pad(pt.nbytes, align)
                 if progress:
                     progress(pt, pt.nbytes)
-            if _HAS_FADVISE and pos - written_back >= WRITEBACK_EVERY:
-                # Start the kernel's write-back of what is written (it does not wait), so the disk
-                # works while we encode and the final fsync finds little left to do.
+            if flusher is not None and pos - written_back >= WRITEBACK_EVERY:
+                # Start the kernel's write-back of what is written (it does not wait for the disk)
                 fout.flush()
-                os.posix_fadvise(fout.fileno(), written_back, pos - written_back, os.POSIX_FADV_DONTNEED)
+                flusher.submit(os.posix_fadvise, fout.fileno(), written_back, pos - written_back,
+                               os.POSIX_FADV_DONTNEED)
                 written_back = pos
         fout.flush()
         if fout.tell() != hasher.nbytes:
@@ -493,4 +462,6 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
         hasher.close()
         if pool:
             pool.shutdown(wait=True, cancel_futures=True)
+        if flusher:
+            flusher.shutdown(wait=True, cancel_futures=True)  # before the file is closed
         w.close()

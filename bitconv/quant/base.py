@@ -84,6 +84,13 @@ class Quantizer:
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def quantize_stored(self, raw: np.ndarray, stored_dtype: str, state: Any = None) -> QuantizedTensor | None:
+        """`quantize` of the values a checkpoint stores as `raw` (`stored_dtype`; bf16 as raw bits), where
+        a kernel reads them in one pass with no float32 copy; the same bytes. None where there is no
+        such path (the default), and for chunks it leaves to the checked numpy path (NaN / Inf):
+        the caller then widens the chunk, checks it and calls `quantize`."""
+        return None
+
     def dequantize(self, q: QuantizedTensor, shape: tuple[int, ...]) -> np.ndarray:  # pragma: no cover
         raise NotImplementedError
 

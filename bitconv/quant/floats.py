@@ -30,6 +30,13 @@ class F16(GGUFNativeQuantizer):
     def quantize(self, w: np.ndarray, state: Any = None) -> QuantizedTensor:
         return QuantizedTensor(kernels.to_f16(w))
 
+    def quantize_stored(self, raw: np.ndarray, stored_dtype: str, state: Any = None) -> QuantizedTensor | None:
+        """bf16 → f16 in one pass (values that are not finite or overflow f16 are left to the checks)."""
+        if stored_dtype != "BF16" or type(self).quantize is not F16.quantize:
+            return None
+        out = kernels.bf16_to_f16_stored(raw)
+        return None if out is None else QuantizedTensor(out)
+
 
 @register_quantizer()
 class BF16(GGUFNativeQuantizer):

@@ -17,6 +17,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
+from ..accel import kernels
 from ..errors import QuantizationError
 from .base import QuantizedTensor, Quantizer
 from .registry import register_quantizer
@@ -73,6 +74,13 @@ class I2S(Quantizer):
         out |= g[:, 2] << np.uint8(2)
         out |= g[:, 3]
         return QuantizedTensor(out.reshape(w.shape[0], -1))
+
+    def quantize_stored(self, raw: np.ndarray, stored_dtype: str, state: Any = None) -> QuantizedTensor | None:
+        """The same bytes from bf16 bits / float32 in one C pass (NaN / Inf chunks: None, numpy's path)."""
+        if not isinstance(state, TernaryScale) or raw.ndim != 2 or type(self).quantize is not I2S.quantize:
+            return None
+        out = kernels.i2s_stored(raw, stored_dtype, state.inv)
+        return None if out is None else QuantizedTensor(out.reshape(raw.shape[0], -1))
 
     def quantize_codes(self, codes: np.ndarray, state: Any = None) -> QuantizedTensor:
         """The bytes `quantize` gives for codes / inv under the same scale (packed checkpoints)."""

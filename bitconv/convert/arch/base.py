@@ -89,6 +89,9 @@ class SourceTensor:
     #: a converter's own ternary scale rule (a TernaryScale from the tensor's values), where the
     #: reference converter computes it otherwise than the quantizers do (BitNet embedding: numpy's mean)
     scale_rule: Callable[[np.ndarray], Any] | None = None
+    #: the same rule read from the stored values (bf16 as raw bits) without a float32 copy, where it
+    #: can: returns None otherwise (the writer then widens the tensor for `scale_rule`)
+    stored_scale_rule: Callable[[np.ndarray, str], Any] | None = None
     #: the ternary codes (int8, rows in runtime order) of a packed linear: `decode()` is
     #: codes / inv, so a ternary type can pack these directly instead of re-rounding floats
     codes: Callable[[], np.ndarray] | None = None

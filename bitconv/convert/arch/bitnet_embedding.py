@@ -22,6 +22,7 @@ from typing import Any, ClassVar, Iterator
 import gguf
 import numpy as np
 
+from ...accel import kernels
 from ...errors import CheckpointError, UnsupportedArchitecture, UsageError
 from ...quant.base import Quantizer
 from ...quant.registry import get_quantizer
@@ -73,7 +74,17 @@ def script_absmean_scale(w: np.ndarray) -> TernaryScale:
     flat = np.ascontiguousarray(w, dtype=np.float32).reshape(-1)
     if flat.size == 0:
         raise CheckpointError("cannot ternarize an empty tensor")
-    mean = np.float32(np.mean(np.abs(flat)))
+    return _script_scale(np.float32(np.mean(np.abs(flat))))
+
+
+def script_absmean_scale_stored(raw: np.ndarray, stored_dtype: str) -> TernaryScale | None:
+    """`script_absmean_scale` read straight from the stored values (bf16 bits or float32) in one C
+    pass, numpy's summation order reproduced (the same bits); None where the kernel cannot read them."""
+    mean = kernels.numpy_abs_mean_stored(raw, stored_dtype)
+    return None if mean is None else _script_scale(mean)
+
+
+def _script_scale(mean: np.float32) -> TernaryScale:
     mean = EPS if mean < EPS else mean  # max(mean, 1e-5) as Python's max: a NaN mean stays NaN
     return TernaryScale(inv=np.float32(np.float32(1.0) / mean), scale=np.float32(mean))
 
@@ -170,7 +181,7 @@ class BitnetEmbeddingQwen3Mapping(PackedTernaryMixin):
         name = self.gguf_name(lt.name)
         src = SourceTensor(name, lt.shape, [lt], hf_names=[lt.name])
         if re.sub(r"^blk\.\d+\.", "", name) in self.ternary_linears:
-            src.scale_rule = script_absmean_scale
+            src.scale_rule, src.stored_scale_rule = script_absmean_scale, script_absmean_scale_stored
         yield src
 
     # --- the plan's per-quant rules --------------------------------------------------------------
