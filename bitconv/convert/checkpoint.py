@@ -1,44 +1,28 @@
 """Hugging Face checkpoints read lazily: config, tokenizer files and tensors from (sharded) safetensors.
 
-Headers are parsed and checked against the file size up front, so a truncated or forged file fails
-before anything is written. Tensor bytes are read with ``pread`` into a fresh buffer only when a
-tensor is converted; nothing stays mapped, so resident memory does not grow with the checkpoint.
-bf16 is decoded from its raw bits, so the GGUF path needs no torch.
+Headers are parsed and checked against the file size up front (safetensors_file.py), so a truncated
+or forged file fails before anything is written. Tensor bytes are read with ``pread`` into a fresh
+buffer only when a tensor is converted; nothing stays mapped, so resident memory does not grow with
+the checkpoint. bf16 is decoded from its raw bits, so the GGUF path needs no torch. A GPTQ / AWQ /
+FP8 checkpoint's quantized linears are read as lazy float weights (dequant.py).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-import struct
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import BitconvError, CheckpointError
 from ..quiet import quiet_dependencies
+from .lazy import LazyTensor, bf16_bits_to_f32, to_compute_dtype  # noqa: F401
+from .safetensors_file import (FLOAT_DTYPES, MAX_HEADER_BYTES, SAFETENSORS_DTYPES, SafetensorsEntry,  # noqa: F401
+                               _one_line, _pread_cols, _pread_reader, _pread_rows, read_safetensors_header)
 from .st_files import ST_FILES, sentence_transformers_files
-
-#: safetensors dtype → (numpy dtype of the raw bytes, itemsize). BF16 is kept as raw uint16 bits.
-SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "F64": np.dtype("<f8"),
-    "F32": np.dtype("<f4"),
-    "F16": np.dtype("<f2"),
-    "BF16": np.dtype("<u2"),
-    "I64": np.dtype("<i8"),
-    "I32": np.dtype("<i4"),
-    "I16": np.dtype("<i2"),
-    "I8": np.dtype("i1"),
-    "U8": np.dtype("u1"),
-    "BOOL": np.dtype("u1"),
-}
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
-
-#: A safetensors header beyond this is not a checkpoint (the format itself caps it at 100 MB).
-MAX_HEADER_BYTES = 100 * 1024 * 1024
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -61,179 +45,6 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.tiktoken", "chat_template*",
                 "README.md", "LICENSE*", *ST_FILES, "*_Pooling/config.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bf16 is the top half of an f32: widening is a 16-bit shift, exact."""
-    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
-
-
-def to_compute_dtype(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored values (bf16 as raw bits) → what llama.cpp's converter computes with: f16 and f32
-    kept as they are, everything else widened to f32. Cheap enough to apply per row chunk."""
-    if dtype == "BF16":
-        return bf16_bits_to_f32(raw)
-    if dtype in ("F16", "F32"):
-        return raw
-    return raw.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class LazyTensor:
-    """A tensor known by name, dtype and shape; its bytes are read only by `load()`."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    source: Path
-    _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    #: reads rows [lo, hi) of the tensor seen as [numel / shape[-1], shape[-1]]
-    _rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def n_rows(self) -> int:
-        return math.prod(self.shape[:-1]) if self.shape else 1
-
-    def load_raw(self) -> np.ndarray:
-        """The stored values in their stored numpy dtype (bf16 as uint16 bits), shaped."""
-        return self._reader()
-
-    def load_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of the stored values as a 2-D [hi - lo, shape[-1]] array: the writer reads
-        a large tensor a slab at a time, so it never holds the whole of it."""
-        if self._rows is not None:
-            return self._rows(lo, hi)
-        k = self.shape[-1] if self.shape else 1
-        return self._reader().reshape(-1, k)[lo:hi]
-
-    def load(self) -> np.ndarray:
-        """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
-        return to_compute_dtype(self.load_raw(), self.dtype)
-
-
-@dataclass(frozen=True)
-class SafetensorsEntry:
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute file offset
-    end: int
-
-
-def read_safetensors_header(path: Path) -> list[SafetensorsEntry]:
-    """Parse and check one safetensors header against the file's real size."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as f:
-            head = f.read(8)
-            if len(head) < 8:
-                raise CheckpointError(f"{path.name}: truncated safetensors file ({size} bytes, no header)")
-            (header_len,) = struct.unpack("<Q", head)
-            if header_len > size - 8:
-                raise CheckpointError(
-                    f"{path.name}: header length {header_len} is larger than the file ({size} bytes): "
-                    "truncated or not a safetensors file")
-            if header_len > MAX_HEADER_BYTES:
-                raise CheckpointError(f"{path.name}: header length {header_len} exceeds {MAX_HEADER_BYTES} bytes")
-            raw = f.read(header_len)
-    except OSError as e:
-        raise CheckpointError(f"{path.name}: cannot read: {e.strerror or e}") from e
-    try:
-        header = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON or UTF-8, an int of over 4300 digits
-        raise CheckpointError(f"{path.name}: safetensors header is not valid JSON ({_one_line(e)})") from e
-    if not isinstance(header, dict):
-        raise CheckpointError(f"{path.name}: safetensors header is not a JSON object")
-    data_start = 8 + header_len
-    entries: list[SafetensorsEntry] = []
-    for name, info in header.items():
-        if name == "__metadata__":
-            continue
-        entries.append(_check_entry(path, name, info, data_start, size))
-    ordered = sorted(entries, key=lambda e: (e.begin, e.end))
-    for prev, cur in zip(ordered, ordered[1:]):
-        if cur.begin < prev.end:
-            raise CheckpointError(f"{path.name}: tensors {prev.name} and {cur.name} overlap in the file")
-    return entries
-
-
-def _check_entry(path: Path, name: str, info: Any, data_start: int, size: int) -> SafetensorsEntry:
-    if not isinstance(info, dict):
-        raise CheckpointError(f"{path.name}: {name}: malformed header entry")
-    dtype = info.get("dtype")
-    shape = info.get("shape")
-    offsets = info.get("data_offsets")
-    if not isinstance(dtype, str) or dtype not in SAFETENSORS_DTYPES:
-        raise CheckpointError(f"{path.name}: {name}: unsupported dtype {dtype!r}")
-    if (not isinstance(shape, list) or len(shape) > 8
-            or not all(isinstance(d, int) and not isinstance(d, bool) and 0 <= d < 2**40 for d in shape)):
-        raise CheckpointError(f"{path.name}: {name}: malformed shape {shape!r}")
-    if (not isinstance(offsets, list) or len(offsets) != 2
-            or not all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)):
-        raise CheckpointError(f"{path.name}: {name}: malformed data_offsets {offsets!r}")
-    begin, end = offsets
-    expected = math.prod(shape) * SAFETENSORS_DTYPES[dtype].itemsize
-    if begin < 0 or end < begin:
-        raise CheckpointError(f"{path.name}: {name}: invalid data_offsets {offsets}")
-    if end - begin != expected:
-        raise CheckpointError(
-            f"{path.name}: {name}: {end - begin} bytes stored but shape {tuple(shape)} {dtype} needs {expected}")
-    if data_start + end > size:
-        raise CheckpointError(
-            f"{path.name}: {name}: data runs past the end of the file ({data_start + end} > {size} bytes): "
-            "the file is truncated")
-    return SafetensorsEntry(name, dtype, tuple(shape), data_start + begin, data_start + end)
-
-
-def _pread_into(fd: int, view: memoryview, offset: int, entry: SafetensorsEntry, path: Path) -> None:
-    done = 0
-    while done < len(view):
-        n = os.preadv(fd, [view[done:]], offset + done)
-        if n <= 0:
-            raise CheckpointError(f"{entry.name}: {path.name} ended early (was it truncated during the run?)")
-        done += n
-
-
-def _open_fd(path: Path, entry: SafetensorsEntry) -> int:
-    try:
-        return os.open(path, os.O_RDONLY)
-    except OSError as e:
-        raise CheckpointError(f"{entry.name}: cannot open {path.name}: {e.strerror or e}") from e
-
-
-def _pread_range(path: Path, entry: SafetensorsEntry, begin: int, count: int) -> np.ndarray:
-    np_dtype = SAFETENSORS_DTYPES[entry.dtype]
-    buf = np.empty(count, dtype=np_dtype)
-    fd = _open_fd(path, entry)
-    try:
-        _pread_into(fd, memoryview(buf).cast("B"), begin, entry, path)
-    finally:
-        os.close(fd)
-    return buf
-
-
-def _pread_reader(path: Path, entry: SafetensorsEntry) -> Callable[[], np.ndarray]:
-    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
-
-    def read() -> np.ndarray:
-        return _pread_range(path, entry, entry.begin, (entry.end - entry.begin) // itemsize).reshape(entry.shape)
-
-    return read
-
-
-def _pread_rows(path: Path, entry: SafetensorsEntry) -> Callable[[int, int], np.ndarray]:
-    itemsize = SAFETENSORS_DTYPES[entry.dtype].itemsize
-    k = entry.shape[-1] if entry.shape else 1
-
-    def read_rows(lo: int, hi: int) -> np.ndarray:
-        return _pread_range(path, entry, entry.begin + lo * k * itemsize, (hi - lo) * k).reshape(hi - lo, k)
-
-    return read_rows
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -281,12 +92,6 @@ def read_json_object(path: Path, missing: str, error: type[BitconvError] = Check
     return data
 
 
-def _one_line(e: BaseException) -> str:
-    """A parser's message cut to one line (errors are printed in one)."""
-    text = str(e).splitlines()[0] if str(e) else ""
-    return text or type(e).__name__
-
-
 def load_config(root: Path) -> dict[str, Any]:
     return read_json_object(root / CONFIG_FILE,
                             f"no {CONFIG_FILE} in {root}: not a Hugging Face checkpoint directory")
@@ -304,13 +109,19 @@ class Checkpoint:
 
     @classmethod
     def open(cls, source: str | os.PathLike[str], *, revision: str | None = None,
-             allow_pickle: bool = False) -> "Checkpoint":
+             allow_pickle: bool = False, dequantize: bool = True) -> "Checkpoint":
+        """`dequantize`: a GPTQ / AWQ / FP8 checkpoint's quantized linears read as lazy float weights
+        (convert/dequant.py); False keeps the stored parts (validate reads layouts it decodes itself)."""
         root, repo_id = resolve_source(source, revision)
         for name in (CONFIG_FILE, *TOKENIZER_FILES):  # what we read besides weights must stay inside too
             if (root / name).is_symlink():
                 _check_link(root, root / name)
         config = load_config(root)
         tensors, files = _index_tensors(root, allow_pickle)
+        if dequantize:
+            from .dequant import dequantized_tensors
+
+            tensors = dequantized_tensors(config, tensors)
         return cls(root=root, config=config, tensors=tensors, weight_files=files, repo_id=repo_id)
 
     @property
@@ -404,7 +215,8 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
-                                             path, _pread_reader(path, entry), _pread_rows(path, entry))
+                                             path, _pread_reader(path, entry), _pread_rows(path, entry),
+                                             _pread_cols(path, entry))
     if index.is_file():
         _check_index_complete(index, tensors)
     return tensors, files
