@@ -11,7 +11,9 @@ Stored per linear with input dimension K and N output rows (`<module>.` prefix):
 W[n, k] = scales[g_idx[k], n] · (q[k, n] − z[g_idx[k], n]), in float32. The "v1" format
 (`checkpoint_format: "gptq"`, AutoGPTQ's and the hub's Qwen*-GPTQ-Int4/Int8) stores each zero point
 minus one, so the reader adds 1 (a symmetric 4-bit model stores 7 for a zero point of 8);
-`gptq_v2` stores it as it is.
+`gptq_v2` stores it as it is. The format is read from `checkpoint_format` (transformers' and
+llama.cpp's key), else GPTQModel's `format`; other layouts (marlin, bitblas, …) are refused.
+Without `g_idx` (allowed only without desc_act) column k is in group k // group_size.
 
 Reference: llama.cpp's converter, `conversion/base.py` `dequant_model` → `dequant_gptq` (itself after
 GPTQModel's `nn_modules/qlinear/__init__.py` dequantize_weight): `(scales[g_idx].float() · (weight −
