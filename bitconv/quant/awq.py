@@ -39,14 +39,22 @@ def unpack_columns(words: np.ndarray) -> np.ndarray:
     return nibbles.reshape(rows, n // 8, 8)[:, :, AWQ_REVERSE_ORDER].reshape(rows, n)
 
 
+def unpack_rows(words: np.ndarray) -> np.ndarray:
+    """The same codes transposed, uint8 [8·cols, rows], built in that layout (the output's)."""
+    rows, cols = words.shape
+    nibbles = unpack_words(np.ascontiguousarray(words.T), 4, axis=1)  # [cols, 8·rows]: word-major
+    per_word = nibbles.reshape(cols, rows, 8)[:, :, AWQ_REVERSE_ORDER]  # [cols, rows, 8] in column order
+    return np.ascontiguousarray(per_word.transpose(0, 2, 1)).reshape(cols * 8, rows)
+
+
 def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
-    """float32 [n, K] from qweight [K, n/8], qzeros [G, n/8], scales [G, n] (float32)."""
-    q = unpack_columns(qweight).astype(np.int16)  # [K, n]
-    z = unpack_columns(qzeros).astype(np.int16)  # [G, n]
-    groups = np.arange(q.shape[0]) // group
-    w = (q - z[groups]).astype(np.float32)
-    w *= scales[groups]
-    return np.ascontiguousarray(w.T)
+    """float32 [n, K] from qweight [K, n/8], qzeros [G, n/8], scales [G, n] (float32), K = G · group."""
+    q = unpack_rows(qweight)  # [n, K]
+    n, k = q.shape
+    z = unpack_columns(qzeros).T.astype(np.float32)  # [n, G]; q − z is exact in float32
+    w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
+    w *= np.ascontiguousarray(scales.T)[:, :, None]
+    return w.reshape(n, k)
 
 
 class AwqScheme(SourceScheme):

@@ -41,16 +41,25 @@ def words_for(values: int, bits: int) -> int:
     return values * bits // 32
 
 
-def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx: np.ndarray, bits: int,
-               zero_offset: int) -> np.ndarray:
+def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, bits: int,
+               zero_offset: int, group: int = 0) -> np.ndarray:
     """float32 [n, K] from qweight [K·bits/32, n], qzeros [G, n·bits/32], scales [G, n] (float32) and
-    g_idx [K] (checked in range)."""
-    q = unpack_words(qweight, bits, axis=0)  # [K, n]
-    z = unpack_words(qzeros, bits, axis=1).astype(np.int16)  # [G, n]
+    g_idx [K] (in range; None: column k in group k // `group`, which is also taken when g_idx says so)."""
+    q = unpack_words(np.ascontiguousarray(qweight.T), bits, axis=1)  # [n, K]: the output's own layout
+    z = unpack_words(qzeros, bits, axis=1).T.astype(np.float32)  # [n, G]; q − z is exact in float32
     z += zero_offset
-    w = (q.astype(np.int16) - z[g_idx]).astype(np.float32)
-    w *= scales[g_idx]
-    return np.ascontiguousarray(w.T)
+    s = np.ascontiguousarray(scales.T)  # [n, G]
+    n, k = q.shape
+    runs = group > 0 and k % group == 0 and (g_idx is None or np.array_equal(g_idx, np.arange(k) // group))
+    if runs:  # groups are runs of `group` columns (no act-order): broadcast, no gather
+        w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
+        w *= s[:, :, None]
+        return w.reshape(n, k)
+    if g_idx is None:
+        g_idx = np.arange(k) // group
+    w = np.subtract(q, z[:, g_idx], dtype=np.float32)
+    w *= s[:, g_idx]
+    return w
 
 
 class GptqScheme(SourceScheme):
@@ -108,7 +117,6 @@ class GptqScheme(SourceScheme):
         zword = 1 if bits != 3 else 3
         slices = {"qweight": PartSlice(1), "qzeros": PartSlice(1, per_word, zword), "scales": PartSlice(1),
                   "g_idx": PartSlice(None)}
-        default_idx = np.arange(k, dtype=np.int64) // group
         zero_offset = self.zero_offset
         scale_dtype = scales.dtype
 
@@ -120,8 +128,8 @@ class GptqScheme(SourceScheme):
 
         def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
             idx = arrays.get("g_idx")
-            idx = default_idx if idx is None else idx.reshape(-1).astype(np.int64)
+            idx = None if idx is None else idx.reshape(-1).astype(np.int64)
             return dequantize(arrays["qweight"], arrays["qzeros"], scale_to_f32(arrays["scales"], scale_dtype),
-                              idx, bits, zero_offset)
+                              idx, bits, zero_offset, group)
 
         return LinearLayout((n, k), slices, run, [check])

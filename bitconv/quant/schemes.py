@@ -131,19 +131,21 @@ def scale_to_f32(raw: np.ndarray, dtype: str) -> np.ndarray:
 def unpack_words(words: np.ndarray, bits: int, axis: int) -> np.ndarray:
     """int32 words holding `bits`-bit codes, lowest bits first, unpacked along `axis` (each word
     becomes 32 / bits codes there; for 3 bits, each run of 3 words one little-endian 96-bit stream
-    of 32 codes, as GPTQ packs them). Returns uint8 (uint16 would never be needed: bits <= 8)."""
-    w = np.moveaxis(np.ascontiguousarray(words).view(np.uint32), axis, -1)
-    if 32 % bits == 0:
-        per = 32 // bits
-        shifts = np.arange(0, 32, bits, dtype=np.uint32)
-        codes = (w[..., None] >> shifts) & np.uint32((1 << bits) - 1)
-        out = codes.astype(np.uint8).reshape(*w.shape[:-1], w.shape[-1] * per)
+    of 32 codes, as GPTQ packs them). Returns uint8 codes."""
+    w = np.moveaxis(np.asarray(words), axis, -1)
+    raw = np.ascontiguousarray(w).astype("<i4", copy=False).view(np.uint8)  # little-endian bytes, in order
+    if bits == 8:
+        out = raw
+    elif 8 % bits == 0:  # 2 / 4 bits: 8 / bits codes per byte, lowest first
+        per, mask = 8 // bits, np.uint8((1 << bits) - 1)
+        codes = np.empty((*raw.shape, per), dtype=np.uint8)
+        for i in range(per):  # one pass per code position (2 or 4), each over every byte
+            np.bitwise_and(raw >> np.uint8(i * bits), mask, out=codes[..., i])
+        out = codes.reshape(*raw.shape[:-1], -1)
     else:  # 3 bits: a bit stream over each group of 3 words
         if w.shape[-1] % bits:
             raise ValueError(f"{bits}-bit codes need a multiple of {bits} words")
-        raw = np.ascontiguousarray(w).astype("<u4").view(np.uint8)
         stream = np.unpackbits(raw, axis=-1, bitorder="little")
-        n = stream.shape[-1] // bits
-        grouped = stream.reshape(*w.shape[:-1], n, bits)
-        out = (grouped * (np.uint8(1) << np.arange(bits, dtype=np.uint8))).sum(axis=-1, dtype=np.uint8)
+        grouped = stream.reshape(*raw.shape[:-1], -1, bits)
+        out = (grouped << np.arange(bits, dtype=np.uint8)).sum(axis=-1, dtype=np.uint8)
     return np.moveaxis(out, -1, axis)
