@@ -40,6 +40,9 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
             if f"{m}.{p}" in tensors:
                 owned[f"{m}.{p}"] = m
     _check_strays(scheme, tensors, owned)
+    for m in modules:  # a stored float weight beside a quantized one would be written twice
+        if scheme.appends and f"{m}.{scheme.output}" in tensors:
+            raise CheckpointError(f"{m}: both a float {m}.{scheme.output} and {scheme.method} {m}.{scheme.marker}")
     linears = {m: _linear(scheme, m, tensors) for m in modules}
     out: dict[str, LazyTensor] = {}
     for name, lt in tensors.items():
@@ -55,9 +58,6 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
     if scheme.appends:
         for m in modules:
             out[f"{m}.{scheme.output}"] = linears[m]
-    for m in modules:  # a stored float weight beside a quantized one would be written twice
-        if scheme.appends and f"{m}.{scheme.output}" in tensors:
-            raise CheckpointError(f"{m}: both a float {m}.{scheme.output} and {scheme.method} {m}.{scheme.marker}")
     return out
 
 
