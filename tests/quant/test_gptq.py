@@ -75,6 +75,14 @@ def test_dequantize_matches_packer(bits: int, sym: bool, desc_act: bool, v1: boo
     got = gptq.dequantize(q["qweight"], q["qzeros"], scales, q["g_idx"].astype(np.int64), bits, 1 if v1 else 0)
     assert got.dtype == np.float32 and got.shape == (n, k)
     assert np.array_equal(got, q["expected"])
+    # groups as runs of columns (broadcast, no gather): g_idx = k // group given, or left out
+    size = k if group == -1 else group
+    for idx in (q["g_idx"], None):
+        ran = gptq.dequantize(q["qweight"], q["qzeros"], scales, idx, bits, 1 if v1 else 0, size)
+        if desc_act and idx is None:  # act-order without its g_idx is another weight
+            assert not np.array_equal(ran, q["expected"])
+        else:
+            assert np.array_equal(ran, q["expected"])
     # the float weights within half a step, but where the grid clips (GPTQ's symmetric grid puts +max at
     # 2^(bits-1) - 1/2 steps; v1 cannot store a zero point of 0): there within one step
     step = scales[q["g_idx"]].T
