@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .convert.quantization_config import st_format
+from .convert.quantization_config import SOURCE_SCHEMES, describe, scheme_class, st_format
 from .errors import ArtifactError, BitconvError
 
 
@@ -185,7 +185,8 @@ class SafetensorsSummary:
     n_tensors: int
     n_elements: int
     data_bytes: int
-    #: bitnet-packed: packed ternary linears; compressed-tensors: weight_packed tensors
+    #: bitnet-packed: packed ternary linears; compressed-tensors: weight_packed tensors; gptq / awq / fp8:
+    #: quantized linears (qweight / weight_scale_inv tensors)
     n_quantized: int
     kind: str = "safetensors"
     notes: list[str] = field(default_factory=list)
@@ -229,6 +230,8 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
         ignore = _items(qc.get("ignore"))
         return (f"{qc.get('format', '?')}, {qc.get('quantization_status', '?')}; " + "; ".join(parts)
                 + (f"; ignore {', '.join(map(str, ignore))}" if ignore else ""))
+    if fmt in SOURCE_SCHEMES and (line := describe(qc)):
+        return line
     return ", ".join(f"{k}={v}" for k, v in qc.items() if isinstance(v, (str, int, float, bool)))
 
 
@@ -264,6 +267,9 @@ def inspect_safetensors(path: Path) -> SafetensorsSummary:
         n_quantized = sum(n.endswith(".weight_packed") for n in names)
     elif fmt == "bitnet-packed":
         n_quantized = sum(e[1] == "U8" and e[0] + "_scale" in names for e in entries)
+    elif fmt in SOURCE_SCHEMES:
+        marker = "." + getattr(scheme_class(fmt), "marker", "qweight")
+        n_quantized = sum(n.endswith(marker) for n in names)
     else:
         n_quantized = 0
     index = folder / SAFETENSORS_INDEX

@@ -1,30 +1,28 @@
 """Hugging Face checkpoints read lazily: config, tokenizer files and tensors from (sharded) safetensors.
 
-Headers are parsed and checked against the file size up front, so a truncated or forged file fails
-before anything is written. Tensor bytes are read only when a tensor is converted (safetensors_read.py:
-``pread``, or a read-only mapping released after the work item); nothing stays mapped, so resident
-memory does not grow with the checkpoint.
-bf16 is decoded from its raw bits, so the GGUF path needs no torch.
+Headers are parsed and checked against the file size up front (safetensors_read.py), so a truncated
+or forged file fails before anything is written. Tensor bytes are read only when a tensor is converted
+(``pread``, or a read-only mapping released after the work item); nothing stays mapped, so resident
+memory does not grow with the checkpoint. bf16 is decoded from its raw bits, so the GGUF path needs no
+torch. A GPTQ / AWQ / FP8 checkpoint's quantized linears are read as lazy float weights (dequant.py).
 """
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 
 from ..errors import BitconvError, CheckpointError
 from ..quiet import quiet_dependencies
-from .safetensors_read import (MAX_HEADER_BYTES, SAFETENSORS_DTYPES, SafetensorsEntry, _one_line,  # noqa: F401
-                               _pread_reader, _pread_rows, read_safetensors_header)
+from .lazy import LazyTensor, bf16_bits_to_f32, to_compute_dtype  # noqa: F401
+from .safetensors_read import (FLOAT_DTYPES, MAX_HEADER_BYTES, SAFETENSORS_DTYPES, SafetensorsEntry,  # noqa: F401
+                               _one_line, _pread_cols, _pread_reader, _pread_rows, read_safetensors_header)
 from .st_files import ST_FILES, sentence_transformers_files
-
-FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 
 CONFIG_FILE = "config.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -47,59 +45,6 @@ HUB_PATTERNS = ["config.json", "generation_config.json", "*.safetensors", "model
                 "tokenizer*", "special_tokens_map.json", "vocab.json", "merges.txt", "*.tiktoken", "chat_template*",
                 "README.md", "LICENSE*", *ST_FILES, "*_Pooling/config.json"]
 _REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*/[A-Za-z0-9][A-Za-z0-9_.-]*$")
-
-
-def bf16_bits_to_f32(bits: np.ndarray) -> np.ndarray:
-    """bf16 is the top half of an f32: widening is a 16-bit shift, exact."""
-    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
-
-
-def to_compute_dtype(raw: np.ndarray, dtype: str) -> np.ndarray:
-    """Stored values (bf16 as raw bits) → what llama.cpp's converter computes with: f16 and f32
-    kept as they are, everything else widened to f32. Cheap enough to apply per row chunk."""
-    if dtype == "BF16":
-        return bf16_bits_to_f32(raw)
-    if dtype in ("F16", "F32"):
-        return raw
-    return raw.astype(np.float32)
-
-
-@dataclass(frozen=True)
-class LazyTensor:
-    """A tensor known by name, dtype and shape; its bytes are read only by `load()`."""
-
-    name: str
-    dtype: str
-    shape: tuple[int, ...]
-    nbytes: int
-    source: Path
-    _reader: Callable[[], np.ndarray] = field(repr=False, compare=False)
-    #: reads rows [lo, hi) of the tensor seen as [numel / shape[-1], shape[-1]]
-    _rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
-
-    @property
-    def numel(self) -> int:
-        return math.prod(self.shape)
-
-    @property
-    def n_rows(self) -> int:
-        return math.prod(self.shape[:-1]) if self.shape else 1
-
-    def load_raw(self) -> np.ndarray:
-        """The stored values in their stored numpy dtype (bf16 as uint16 bits), shaped."""
-        return self._reader()
-
-    def load_rows(self, lo: int, hi: int) -> np.ndarray:
-        """Rows [lo, hi) of the stored values as a 2-D [hi - lo, shape[-1]] array: the writer reads
-        a large tensor a slab at a time, so it never holds the whole of it."""
-        if self._rows is not None:
-            return self._rows(lo, hi)
-        k = self.shape[-1] if self.shape else 1
-        return self._reader().reshape(-1, k)[lo:hi]
-
-    def load(self) -> np.ndarray:
-        """Floats as llama.cpp's converter sees them: f16 and f32 kept, everything else → f32."""
-        return to_compute_dtype(self.load_raw(), self.dtype)
 
 
 def _inside(root: Path, rel: str) -> Path:
@@ -165,13 +110,19 @@ class Checkpoint:
 
     @classmethod
     def open(cls, source: str | os.PathLike[str], *, revision: str | None = None,
-             allow_pickle: bool = False) -> "Checkpoint":
+             allow_pickle: bool = False, dequantize: bool = True) -> "Checkpoint":
+        """`dequantize`: a GPTQ / AWQ / FP8 checkpoint's quantized linears read as lazy float weights
+        (convert/dequant.py); False keeps the stored parts (validate reads layouts it decodes itself)."""
         root, repo_id = resolve_source(source, revision)
         for name in (CONFIG_FILE, *TOKENIZER_FILES):  # what we read besides weights must stay inside too
             if (root / name).is_symlink():
                 _check_link(root, root / name)
         config = load_config(root)
         tensors, files = _index_tensors(root, allow_pickle)
+        if dequantize:
+            from .dequant import dequantized_tensors
+
+            tensors = dequantized_tensors(config, tensors)
         return cls(root=root, config=config, tensors=tensors, weight_files=files, repo_id=repo_id)
 
     @property
@@ -265,7 +216,8 @@ def _index_tensors(root: Path, allow_pickle: bool) -> tuple[dict[str, LazyTensor
             if entry.name in tensors:
                 raise CheckpointError(f"tensor {entry.name} appears in more than one shard")
             tensors[entry.name] = LazyTensor(entry.name, entry.dtype, entry.shape, entry.end - entry.begin,
-                                             path, _pread_reader(path, entry), _pread_rows(path, entry))
+                                             path, _pread_reader(path, entry), _pread_rows(path, entry),
+                                             _pread_cols(path, entry))
     if index.is_file():
         _check_index_complete(index, tensors)
     return tensors, files

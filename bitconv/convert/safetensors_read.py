@@ -38,9 +38,13 @@ SAFETENSORS_DTYPES: dict[str, np.dtype] = {
     "I8": np.dtype("i1"),
     "U8": np.dtype("u1"),
     "BOOL": np.dtype("u1"),
+    "F8_E4M3": np.dtype("u1"),  # float8_e4m3fn bytes (FP8 checkpoints), decoded by quant/fp8.py
+    "F8_E5M2": np.dtype("u1"),
 }
+FLOAT_DTYPES = ("F64", "F32", "F16", "BF16")
 #: A safetensors header beyond this is not a checkpoint (the format itself caps it at 100 MB).
 MAX_HEADER_BYTES = 100 * 1024 * 1024
+
 
 @dataclass(frozen=True)
 class SafetensorsEntry:
@@ -217,3 +221,28 @@ def _one_line(e: BaseException) -> str:
     """A parser's message cut to one line (errors are printed in one)."""
     text = str(e).splitlines()[0] if str(e) else ""
     return text or type(e).__name__
+
+
+def _pread_cols(path: Path, entry: SafetensorsEntry) -> Callable[[int, int], np.ndarray]:
+    """Columns [lo, hi) of a 2-D view: one read per stored row of just those bytes, so a slab of a
+    quantized linear touches only its share of the file."""
+    np_dtype = SAFETENSORS_DTYPES[entry.dtype]
+    itemsize = np_dtype.itemsize
+    k = entry.shape[-1] if entry.shape else 1
+    n_rows = math.prod(entry.shape[:-1]) if entry.shape else 1
+
+    def read_cols(lo: int, hi: int) -> np.ndarray:
+        buf = np.empty((n_rows, hi - lo), dtype=np_dtype)
+        if hi <= lo:
+            return buf
+        fd = _open_fd(path, entry)
+        try:
+            view = memoryview(buf).cast("B")
+            width = (hi - lo) * itemsize
+            for r in range(n_rows):
+                _pread_into(fd, view[r * width:(r + 1) * width], entry.begin + (r * k + lo) * itemsize, entry, path)
+        finally:
+            os.close(fd)
+        return buf
+
+    return read_cols

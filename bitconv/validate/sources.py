@@ -169,7 +169,7 @@ class StArtifact:
 
     def __init__(self, path: Path) -> None:
         folder = path if path.is_dir() else path.parent
-        self.raw = Checkpoint.open(folder)
+        self.raw = Checkpoint.open(folder, dequantize=False)  # the stored layout: decoded here
         qc = self.raw.config.get("quantization_config")
         self.qc: dict[str, Any] | None = qc if isinstance(qc, dict) else None
         self.format = st_format(self.qc, set(self.raw.tensors))

@@ -1,0 +1,116 @@
+"""A quantized checkpoint (GPTQ, AWQ, FP8) seen as float tensors: each quantized linear becomes one
+lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
+
+The scheme (quant/<scheme>.py, chosen by convert/quantization_config.py) says which stored parts
+make a linear, how they are sliced for a slab of rows and how they are dequantized; this module
+does the reading: for rows [lo, hi) of the weight it reads only the matching slices of its parts
+(for GPTQ/AWQ the columns of qweight/qzeros/scales, for FP8 the rows of the weight and of its
+block scales), so no float copy of a whole model, or even of a whole large tensor, is ever made.
+The writers stream such a tensor like any plain one (`SourceTensor.plain`).
+
+Tensor order is llama.cpp's converter's (`dequant_model`): a scheme that names a new tensor (GPTQ)
+appends the dequantized linears after the stored tensors, one that replaces the weight (FP8) keeps
+its place.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import CheckpointError
+from ..quant.schemes import LinearLayout, SourceScheme
+from .lazy import LazyTensor
+from .quantization_config import source_scheme
+
+
+def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) -> dict[str, LazyTensor]:
+    """`tensors` with every quantized linear replaced by its lazy float32 weight (unchanged when the
+    checkpoint is not quantized with a source scheme)."""
+    scheme = source_scheme(config)
+    if scheme is None:
+        return tensors
+    modules = [n.removesuffix("." + scheme.marker) for n in tensors if n.endswith("." + scheme.marker)]
+    if not modules:
+        raise CheckpointError(f"config.json says quant_method {scheme.method!r} but no tensor is named "
+                              f"*.{scheme.marker}: not a {scheme.method} checkpoint")
+    owned: dict[str, str] = {}  # stored part name → its module
+    for m in modules:
+        for p in scheme.parts:
+            if f"{m}.{p}" in tensors:
+                owned[f"{m}.{p}"] = m
+    _check_strays(scheme, tensors, owned)
+    for m in modules:  # a stored float weight beside a quantized one would be written twice
+        if scheme.appends and f"{m}.{scheme.output}" in tensors:
+            raise CheckpointError(f"{m}: both a float {m}.{scheme.output} and {scheme.method} {m}.{scheme.marker}")
+    linears = {m: _linear(scheme, m, tensors) for m in modules}
+    out: dict[str, LazyTensor] = {}
+    for name, lt in tensors.items():
+        if name.endswith(tuple("." + d for d in scheme.dropped)):
+            continue
+        module = owned.get(name)
+        if module is None:
+            out[name] = lt
+        elif not scheme.appends and name == f"{module}.{scheme.marker}":
+            pass  # the weight itself takes its place below
+        elif not scheme.appends and name == f"{module}.{scheme.output}":
+            out[name] = linears[module]
+    if scheme.appends:
+        for m in modules:
+            out[f"{m}.{scheme.output}"] = linears[m]
+    return out
+
+
+def _check_strays(scheme: SourceScheme, tensors: dict[str, LazyTensor], owned: dict[str, str]) -> None:
+    """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear."""
+    for name in tensors:
+        module, _, part = name.rpartition(".")
+        if part in scheme.parts and part != scheme.output and name not in owned:
+            raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{scheme.marker}")
+
+
+def _linear(scheme: SourceScheme, module: str, tensors: dict[str, LazyTensor]) -> LazyTensor:
+    parts = {p: tensors[f"{module}.{p}"] for p in scheme.parts if f"{module}.{p}" in tensors}
+    missing = [p for p in scheme.parts if p not in parts and p not in scheme.optional]
+    if missing:
+        raise CheckpointError(f"{module}: {scheme.method} {scheme.marker} without "
+                              f"{' / '.join(f'{module}.{p}' for p in missing)}")
+    layout = scheme.layout(module, parts)
+    n, k = layout.shape
+    marker = parts[scheme.marker]
+    reader = _SlabReader(module, layout, parts)
+    return LazyTensor(f"{module}.{scheme.output}", "F32", (n, k), n * k * 4, marker.source,
+                      lambda: reader.rows(0, n), reader.rows)
+
+
+class _SlabReader:
+    """Rows [lo, hi) of one dequantized linear, from the slices of its parts that hold them."""
+
+    def __init__(self, module: str, layout: LinearLayout, parts: dict[str, LazyTensor]) -> None:
+        self.module, self.layout, self.parts = module, layout, parts
+        self.checked = not layout.checks
+        self.whole: dict[str, np.ndarray] = {}
+
+    def rows(self, lo: int, hi: int) -> np.ndarray:
+        n = self.layout.shape[0]
+        if not 0 <= lo <= hi <= n:
+            raise CheckpointError(f"{self.module}: rows [{lo}, {hi}) outside its {n} rows")
+        unit = self.layout.row_unit
+        a_lo, a_hi = lo // unit * unit, min(n, -(-hi // unit) * unit)
+        arrays = {p: self._read(p, a_lo, a_hi) for p in self.parts}
+        if not self.checked:
+            for check in self.layout.checks:
+                check(arrays)
+            self.checked = True
+        out = self.layout.dequantize(arrays, a_lo, a_hi)
+        return out if (a_lo, a_hi) == (lo, hi) else np.ascontiguousarray(out[lo - a_lo:hi - a_lo])
+
+    def _read(self, part: str, lo: int, hi: int) -> np.ndarray:
+        lt, s = self.parts[part], self.layout.slices[part]
+        if s.axis is None:  # small (g_idx, a per-row scale): read once, kept
+            if part not in self.whole:
+                self.whole[part] = lt.load_raw()
+            return self.whole[part]
+        extent = lt.shape[s.axis]
+        b, e = lo // s.rows * s.entries, min(extent, -(-hi // s.rows) * s.entries)
+        return lt.load_rows(b, e) if s.axis == 0 else lt.load_cols(b, e)

@@ -1,0 +1,303 @@
+"""GPTQ / AWQ / FP8 checkpoints as conversion sources (bitconv/convert/dequant.py, quant/gptq.py,
+awq.py, fp8.py), end to end on tiny Qwen2 / Qwen3 checkpoints rewritten by the test packer
+(tests/fixtures_quantized.py):
+
+- the dequantized weights in the GGUF equal the packer's (codes, zero points, rounded scales), read a
+  slab of rows at a time as well as whole;
+- any GGUF type: the file equals converting a float checkpoint that holds those weights;
+- byte identity with llama.cpp's convert_hf_to_gguf.py (slow): f16 / bf16 / q8_0 of GPTQ and FP8;
+- inspect names the scheme; bad input gets one line, exit 2 and nothing written.
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import fixtures_quantized as fq  # noqa: E402
+from cli_helpers import assert_nothing_written, error_line, read_gguf_tensors, run_cli  # noqa: E402
+from turns import share  # noqa: E402
+
+import bitconv  # noqa: E402
+from bitconv.errors import CheckpointError  # noqa: E402
+
+GGML_F32 = 0
+
+
+@pytest.fixture(scope="module")
+def qwen2(checkpoint_factory: Callable[..., Path]) -> Path:
+    return checkpoint_factory("qwen2", "bf16", 1, "hub")
+
+
+@pytest.fixture(scope="module")
+def qwen3(checkpoint_factory: Callable[..., Path]) -> Path:
+    return checkpoint_factory("qwen3", "bf16", 2, "hub")  # shared with the byte-identity matrix
+
+
+@pytest.fixture(scope="module")
+def packed(qwen2: Path, qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+    """name → (checkpoint folder, expected float weights by HF name)."""
+    root = tmp_path_factory.mktemp("quantized")
+    return {
+        # Qwen2.5-*-GPTQ-Int4 keys; asymmetric, act-order, v1 zero points, groups of 32 along K
+        "gptq-qwen2": fq.make_gptq(qwen2, root / "Qwen2-GPTQ-Int4", bits=4, group_size=32, sym=False, desc_act=True),
+        "gptq3-qwen3": fq.make_gptq(qwen3, root / "Qwen3-GPTQ-Int3", bits=3, group_size=64, sym=True),
+        "awq-qwen2": fq.make_awq(qwen2, root / "Qwen2-AWQ", group_size=32),
+        "fp8-qwen3": fq.make_fp8(qwen3, root / "Qwen3-FP8", block=(128, 128), scale_dtype="BF16"),
+    }
+
+
+def gguf_f32(path: Path) -> dict[str, np.ndarray]:
+    return {n: np.frombuffer(data, np.float32).reshape(shape) for n, (t, shape, data) in read_gguf_tensors(path).items()
+            if t == GGML_F32}
+
+
+def gguf_name(hf: str) -> str:
+    layer, module = hf.split(".")[2], hf.split(".")[-2]
+    names = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj": "attn_output",
+             "gate_proj": "ffn_gate", "up_proj": "ffn_up", "down_proj": "ffn_down"}
+    return f"blk.{layer}.{names[module]}.weight"
+
+
+@pytest.mark.parametrize("name", ["gptq-qwen2", "gptq3-qwen3", "awq-qwen2", "fp8-qwen3"])
+def test_dequantized_weights(name: str, packed: dict, qwen2: Path, qwen3: Path) -> None:
+    """Each linear read whole and in slabs of rows that start and end anywhere = the packer's weights;
+    the float tensors pass through as they are, in llama.cpp's order (GPTQ/AWQ: dequantized linears
+    appended after the stored tensors; FP8: in the weight's place)."""
+    from bitconv.convert.checkpoint import Checkpoint
+
+    src, expected = packed[name]
+    ck = Checkpoint.open(src)
+    flt = Checkpoint.open(qwen2 if name.endswith("qwen2") else qwen3)
+    assert set(ck.tensors) == set(flt.tensors)
+    for hf, want in expected.items():
+        lt = ck.tensors[hf]
+        assert (lt.dtype, lt.shape) == ("F32", want.shape)
+        assert np.array_equal(lt.load(), want), hf
+        n = want.shape[0]
+        cuts = sorted({0, n, *np.random.default_rng(n).integers(1, n, size=3).tolist()})
+        assert np.array_equal(np.concatenate([lt.load_rows(a, b) for a, b in zip(cuts, cuts[1:])]), want), hf
+    for n, lt in ck.tensors.items():
+        if n not in expected:
+            assert np.array_equal(lt.load_raw(), flt.tensors[n].load_raw()), n
+    # the packed checkpoint is one file: its tensors come in name order
+    plain = sorted(n for n in ck.tensors if n not in expected)
+    assert list(ck.tensors) == (sorted(ck.tensors) if name.startswith("fp8") else plain + sorted(expected))
+
+
+def test_gguf_streams_dequantized_linears(packed: dict, qwen2: Path, tmp_path: Path,
+                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer reads a dequantized linear a slab of rows at a time (a linear's slab needs only its
+    columns of qweight/qzeros/scales) and the f32 GGUF holds the packer's weights; for AWQ, which
+    llama.cpp's converter does not read, also within half a step of the float weights."""
+    from bitconv.convert import dequant
+    from bitconv.formats import gguf_writer
+
+    src, expected = packed["awq-qwen2"]
+    slabs: list[tuple[int, int, int]] = []
+    rows = dequant._SlabReader.rows
+
+    def spy(self: Any, lo: int, hi: int) -> np.ndarray:
+        slabs.append((lo, hi, self.layout.shape[0]))
+        return rows(self, lo, hi)
+
+    monkeypatch.setattr(dequant._SlabReader, "rows", spy)
+    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 1 << 15)  # gate/up/down: 48 KiB in f32, 2 slabs each
+    out = tmp_path / "out.gguf"
+    bitconv.convert(src, "gguf", "f32", out, manifest=False)
+    got = gguf_f32(out)
+    for hf, want in expected.items():
+        assert np.array_equal(got[gguf_name(hf)], want), hf
+    assert any(hi - lo < n for lo, hi, n in slabs), "no linear was read a slab at a time"
+    from bitconv.convert.checkpoint import Checkpoint
+
+    flt, g = Checkpoint.open(qwen2), 32
+    for hf, want in expected.items():
+        w = flt.tensors[hf].load()
+        r = w.reshape(w.shape[0], -1, g)
+        step = np.repeat((r.max(-1) - r.min(-1)) / 15, g, axis=1)
+        assert (np.abs(want - w) <= step * 0.5 * 1.01 + 1e-6).all(), hf
+
+
+def write_float_copy(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Path:
+    """`src` (quantized) as a float checkpoint: its float tensors and the dequantized linears (f32)."""
+    from safetensors.numpy import save_file
+
+    from bitconv.convert.checkpoint import Checkpoint
+
+    shutil.copytree(src, dst)
+    (dst / "model.safetensors").unlink()
+    ck = Checkpoint.open(src, dequantize=False)
+    tensors: dict[str, np.ndarray] = {}
+    for name, lt in ck.tensors.items():
+        if name.rpartition(".")[2] in ("qweight", "qzeros", "scales", "g_idx", "weight_scale_inv") or name in weights:
+            continue
+        tensors[name] = lt.load_raw().view(np.float16) if lt.dtype == "F16" else lt.load().astype(np.float32)
+    tensors.update(weights)
+    save_file(tensors, str(dst / "model.safetensors"))
+    cfg = json.loads((dst / "config.json").read_text())
+    del cfg["quantization_config"]
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_any_type_is_dequantize_then_encode(packed: dict, tmp_path: Path) -> None:
+    """-q q4_k_m from GPTQ: the same tensors as from a float checkpoint of the dequantized weights."""
+    src, expected = packed["gptq-qwen2"]
+    flt = write_float_copy(src, tmp_path / src.name, expected)
+    ours = bitconv.convert(src, "gguf", "q4_k_m", tmp_path / "q.gguf", manifest=False)
+    ref = bitconv.convert(flt, "gguf", "q4_k_m", tmp_path / "f.gguf", manifest=False)
+    a, b = read_gguf_tensors(Path(ours.output)), read_gguf_tensors(Path(ref.output))
+    assert list(a) == list(b) and a == b
+
+
+def test_inspect(packed: dict) -> None:
+    lines = {k: bitconv.inspect(packed[k][0]) for k in packed}
+    gptq = lines["gptq-qwen2"]
+    assert gptq.format == "gptq" and gptq.n_quantized == 14
+    for phrase in ("gptq", "bits 4", "group size 32", "symmetric no", "act-order yes", "minus 1"):
+        assert phrase in gptq.quantization, gptq.quantization
+    assert "bits 3" in lines["gptq3-qwen3"].quantization and "symmetric yes" in lines["gptq3-qwen3"].quantization
+    assert "awq" in lines["awq-qwen2"].quantization and "group size 32" in lines["awq-qwen2"].quantization
+    fp8 = lines["fp8-qwen3"]
+    assert fp8.n_quantized == 14 and "fp8" in fp8.quantization and "128×128 blocks" in fp8.quantization
+    proc = run_cli("inspect", str(packed["awq-qwen2"][0]))
+    assert proc.returncode == 0 and "awq, bits 4, group size 32" in proc.stdout, proc.stdout
+
+
+# --- bad input ------------------------------------------------------------------------------------
+
+L0 = "model.layers.0.self_attn.q_proj"
+
+
+def _variant(src: Path, dst: Path, qc: dict[str, Any] | None = None,
+             edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
+    """A copy of `src` with quantization_config keys replaced and/or its tensors (torch) edited."""
+    dst.mkdir(parents=True)
+    for f in src.iterdir():
+        if f.name != "config.json" and not (edit and f.name == "model.safetensors"):
+            (dst / f.name).hardlink_to(f)
+    cfg = json.loads((src / "config.json").read_text())
+    if qc is not None:
+        cfg["quantization_config"] = {**cfg["quantization_config"], **qc}
+    (dst / "config.json").write_text(json.dumps(cfg))
+    if edit:
+        from safetensors.torch import load_file, save_file
+
+        tensors = load_file(str(src / "model.safetensors"))
+        edit(tensors)
+        save_file(tensors, str(dst / "model.safetensors"))
+    return dst
+
+
+def _drop(name: str) -> Callable[[dict[str, Any]], None]:
+    return lambda t: t.pop(name)
+
+
+def _set(name: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any]], None]:
+    def edit(t: dict[str, Any]) -> None:
+        t[name] = value(t[name]).contiguous()
+    return edit
+
+
+def _g_idx_out_of_range(a: Any) -> Any:
+    a = a.clone()
+    a[5] = 6
+    return a
+
+
+def _half_k(t: dict[str, Any]) -> None:
+    """q_proj with K = 32 (config says 64): every part cut consistently."""
+    t[f"{L0}.qweight"], t[f"{L0}.qzeros"] = t[f"{L0}.qweight"][:4].clone(), t[f"{L0}.qzeros"][:1].clone()
+    t[f"{L0}.scales"], t[f"{L0}.g_idx"] = t[f"{L0}.scales"][:1].clone(), t[f"{L0}.g_idx"][:32].clone() * 0
+
+
+BAD_API = [
+    ("gptq-qwen2", {"bits": 5}, None, "bits 5 is not supported"),
+    ("gptq-qwen2", {"checkpoint_format": "marlin"}, None, "checkpoint_format 'marlin'"),
+    ("awq-qwen2", {"version": "gemv"}, None, "version 'gemv' is not supported"),
+    ("fp8-qwen3", {"fmt": "e5m2"}, None, "fmt 'e5m2'"),
+    ("gptq-qwen2", None, _drop(f"{L0}.scales"), f"{L0}.scales"),
+    ("awq-qwen2", None, _drop(f"{L0}.qzeros"), f"{L0}.qzeros"),
+    ("fp8-qwen3", None, _drop(f"{L0}.weight"), f"{L0}.weight"),
+    ("gptq-qwen2", {"group_size": 16}, None, "down_proj.scales: shape (6, 64) disagrees"),
+    ("awq-qwen2", None, _set(f"{L0}.scales", lambda a: a[:, :32]), "scales: shape (2, 32) disagrees"),
+    ("fp8-qwen3", {"weight_block_size": [64, 64]}, None, "down_proj.weight_scale_inv: shape (1, 2) disagrees"),
+    ("gptq-qwen2", None, _half_k, "shape (64, 32) disagrees with config.json"),
+    ("gptq-qwen2", {"desc_act": True}, _drop(f"{L0}.g_idx"), "no model.layers.0.self_attn.q_proj.g_idx"),
+    ("gptq-qwen2", {"quant_method": "compressed-tensors"}, None, "not read compressed-tensors checkpoints"),
+    ("gptq-qwen2", None, _drop(f"{L0}.qweight"), f"{L0}.g_idx: a gptq g_idx without {L0}.qweight"),
+    ("gptq-qwen2", None, lambda t: t.__setitem__(f"{L0}.weight", t[f"{L0}.scales"].clone()), "both a float"),
+]
+
+
+@pytest.mark.parametrize("base,qc,edit,phrase", BAD_API, ids=[c[3][:32] for c in BAD_API])
+def test_bad_input_api(base: str, qc: Any, edit: Any, phrase: str, packed: dict, tmp_path: Path) -> None:
+    src = _variant(packed[base][0], tmp_path / "src", qc, edit)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    with pytest.raises(CheckpointError) as e:
+        bitconv.convert(src, "gguf", "q8_0", out_dir / "m.gguf")
+    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
+    assert list(out_dir.iterdir()) == []
+
+
+@pytest.mark.parametrize("case", ["unknown-method", "g_idx-out-of-range"])
+def test_bad_input_cli(case: str, packed: dict, tmp_path: Path) -> None:
+    """One line on stderr, exit 2, nothing written — g_idx is checked when its linear is read, after
+    the output file was started."""
+    if case == "unknown-method":
+        src, phrase = _variant(packed["gptq-qwen2"][0], tmp_path / "src", {"quant_method": "hqq"}), "unknown quant_method 'hqq'"
+    else:
+        name = "model.layers.1.mlp.down_proj.g_idx"
+        src = _variant(packed["gptq-qwen2"][0], tmp_path / "src", None,
+                       _set(name, _g_idx_out_of_range))
+        phrase = f"{name}: group 6 out of range (the scales hold 6 groups)"
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    out = out_dir / "m.gguf"
+    proc = run_cli("hf2gguf", str(src), "-q", "f16", "-o", str(out))
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert phrase in error_line(proc), proc.stderr
+    assert_nothing_written(out_dir, out)
+    assert list(out_dir.iterdir()) == []
+
+
+# --- byte identity with llama.cpp's converter ------------------------------------------------------
+
+#: each run compares one output type per scheme (tests/turns.py: all three within three runs;
+#: BITCONV_TEST_TURN=all for the whole matrix): llama.cpp's converter costs ~13 s a file here
+IDENTITY = [(name, t) for i, name in enumerate(("gptq-qwen2", "fp8-qwen3")) for t in share(("f16", "bf16", "q8_0"), 1, i)]
+
+
+@pytest.fixture(scope="module")
+def references(packed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    """llama.cpp's GGUFs of the GPTQ and FP8 fixtures, all made by one converter process."""
+    from llamacpp_oracle import ReferenceUnavailable, run_reference_converter_batch, skip_or_fail
+
+    root = tmp_path_factory.mktemp("llamacpp-quantized")
+    jobs = [(packed[n][0], t, root / f"{n}-{t}.gguf") for n, t in IDENTITY]
+    try:
+        outs = run_reference_converter_batch(jobs, root / "convert.log")
+    except ReferenceUnavailable as e:
+        skip_or_fail(str(e))
+    return dict(zip(IDENTITY, outs))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,outtype", IDENTITY)
+def test_identical_to_llamacpp_converter(name: str, outtype: str, packed: dict, references: dict,
+                                         tmp_path: Path) -> None:
+    from llamacpp_oracle import compare_gguf, format_diffs
+
+    ours = tmp_path / "ours.gguf"
+    bitconv.convert(packed[name][0], "gguf", outtype, ours, manifest=False)
+    diffs = compare_gguf(ours, references[(name, outtype)])
+    assert not diffs, format_diffs(diffs)
