@@ -21,7 +21,7 @@ import gguf
 
 from ..errors import TokenizerError
 from .tokenizer import (TOKENIZER_KINDS, GGUFVocab, _quiet_gguf, _special_vocab, detect_pre_tokenizer,
-                        load_tokenizer_json, padded_tokens_fast)
+                        load_tokenizer_json, padded_tokens, padded_tokens_fast)
 
 QWEN3_EOS = "<|endoftext|>"
 
@@ -167,7 +167,7 @@ def build_gemma3_embedding_vocab(root: Path, vocab_size: int, pre: str | None = 
         return token, gguf.TokenType.NORMAL
 
     tokens, types = padded_tokens(by_id, vocab_size, kind)
-    special = _special_vocab(root, None)
+    special = _special_vocab(root, None, tokenizer_json=data)
     return GemmaEmbeddingVocab("llama", "default", tokens, types, special,
                                [scores.get(i, -10000.0) for i in range(vocab_size)])
 
