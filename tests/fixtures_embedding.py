@@ -75,18 +75,15 @@ def _write_embedding_tokenizer(out: Path) -> None:
         shutil.copyfile(base / name, out / name)
 
 
-@functools.cache
-def embedding_tokenizer_files() -> Path:
-    """Qwen3-Embedding-style tokenizer files, built once per machine from the Qwen tokenizer cache."""
-    import transformers
-
-    final = fixtures._cache_root() / f"qwen3-embedding-tokenizer-{EMBED_TOKENIZER_VERSION}-tf{transformers.__version__}"
+def cached_files(final: Path, write: Any) -> Path:
+    """`final`, a folder of fixture files `write(folder)` makes, built once per machine: in a temp
+    folder beside it, then renamed (a concurrent builder's folder wins)."""
     if (final / "tokenizer_config.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
     try:
-        _write_embedding_tokenizer(tmp)
+        write(tmp)
         tmp.chmod(0o755)
         try:
             os.rename(tmp, final)
@@ -96,6 +93,15 @@ def embedding_tokenizer_files() -> Path:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return final
+
+
+@functools.cache
+def embedding_tokenizer_files() -> Path:
+    """Qwen3-Embedding-style tokenizer files, built once per machine from the Qwen tokenizer cache."""
+    import transformers
+
+    return cached_files(fixtures._cache_root() / f"qwen3-embedding-tokenizer-{EMBED_TOKENIZER_VERSION}-tf"
+                        f"{transformers.__version__}", _write_embedding_tokenizer)
 
 
 def write_sentence_transformers_files(out: Path, hidden: int, pooling: Pooling | None, normalize: bool) -> None:
@@ -243,6 +249,21 @@ def gguf_embeddings(path: Path, ids: list[list[int]], ternary: bool) -> np.ndarr
         return np.stack([fwd.embed(i) for i in ids])
     finally:
         art.close()
+
+
+def ort_embeddings(folder: Path, ids: list[list[int]], side: str = "right") -> np.ndarray:
+    """onnxruntime's `sentence_embedding` of one batch, right- or left-padded."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+    width = max(map(len, ids))
+    x, m = np.zeros((len(ids), width), np.int64), np.zeros((len(ids), width), np.int64)
+    for r, s in enumerate(ids):
+        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
+        x[r, cols], m[r, cols] = s, 1
+    hidden, emb = sess.run(["last_hidden_state", "sentence_embedding"], {"input_ids": x, "attention_mask": m})
+    assert hidden.shape[:2] == (len(ids), width) and emb.dtype == np.float32
+    return emb
 
 
 def pool(hidden: np.ndarray, mask: np.ndarray, pooling: Pooling, normalize: bool = True) -> np.ndarray:

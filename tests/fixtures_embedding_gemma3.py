@@ -25,7 +25,6 @@ import functools
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 from typing import Literal
@@ -116,22 +115,8 @@ def gemma_tokenizer_files() -> Path:
     """The Gemma-style tokenizer files, built once per machine."""
     import tokenizers
 
-    final = fixtures._cache_root() / f"gemma-embedding-tokenizer-{GEMMA_TOKENIZER_VERSION}-tk{tokenizers.__version__}"
-    if (final / "tokenizer_config.json").is_file():
-        return final
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".build-", dir=final.parent))
-    try:
-        _write_gemma_tokenizer(tmp)
-        tmp.chmod(0o755)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "tokenizer_config.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return final
+    return fe.cached_files(fixtures._cache_root() / f"gemma-embedding-tokenizer-{GEMMA_TOKENIZER_VERSION}-tk"
+                           f"{tokenizers.__version__}", _write_gemma_tokenizer)
 
 
 def _hub_config(config: object, dtype: str) -> dict:

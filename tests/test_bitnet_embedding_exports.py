@@ -43,20 +43,6 @@ def onnx_export(ckpt: Path, tmp_path_factory: pytest.TempPathFactory):
     return get
 
 
-def ort_embeddings(folder: Path, ids: list[list[int]], side: str = "right") -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    width = max(map(len, ids))
-    x, m = np.zeros((len(ids), width), np.int64), np.zeros((len(ids), width), np.int64)
-    for r, s in enumerate(ids):
-        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        x[r, cols], m[r, cols] = s, 1
-    hidden, emb = sess.run(["last_hidden_state", "sentence_embedding"], {"input_ids": x, "attention_mask": m})
-    assert hidden.shape == (len(ids), width, 128) and emb.dtype == np.float32
-    return emb
-
-
 def onnx_numpy_embeddings(folder: Path, ids: list[list[int]]) -> np.ndarray:
     from bitconv.formats.onnx.reader import OnnxArtifact
     from bitconv.forward import Hparams, ReferenceForward
@@ -82,7 +68,7 @@ def test_onnx_int2_graph(onnx_export, ref):
     # the export's own weights (exact 2-bit codes + per-block scale), through bitconv's forward
     assert fe.cos_rows(onnx_numpy_embeddings(folder, ids), want).min() >= 0.9999
     # onnxruntime (MatMulNBits at accuracy level 4: int8 activation blocks on top of BitLinear's)
-    right, left = ort_embeddings(folder, ids, "right"), ort_embeddings(folder, ids, "left")
+    right, left = fe.ort_embeddings(folder, ids, "right"), fe.ort_embeddings(folder, ids, "left")
     assert fe.cos_rows(right, want).min() >= 0.999
     assert np.allclose(np.linalg.norm(right, axis=1), 1.0, atol=1e-5)
     assert fe.cos_rows(left, right).min() >= 0.99999  # positions count kept tokens: padding side does not matter
@@ -91,7 +77,7 @@ def test_onnx_int2_graph(onnx_export, ref):
 @pytest.mark.parametrize("quant,need", [("f32", 0.9999), ("int8", 0.999), ("int4", 0.999)])
 def test_onnx_other_types(onnx_export, ref, quant, need):
     ids, want = ref
-    assert fe.cos_rows(ort_embeddings(onnx_export(quant), ids), want).min() >= need
+    assert fe.cos_rows(fe.ort_embeddings(onnx_export(quant), ids), want).min() >= need
 
 
 def test_validate_onnx_embeddings(onnx_export, ckpt):

@@ -60,18 +60,6 @@ def torch_ref(ckpt: Path):
     return ids, {mode: fe.torch_embeddings(ckpt, ids, mode) for mode in ("bitlinear", "master")}
 
 
-def ort_embeddings(folder: Path, ids: list[list[int]], side: str) -> np.ndarray:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
-    width = max(map(len, ids))
-    x, m = np.zeros((len(ids), width), np.int64), np.zeros((len(ids), width), np.int64)
-    for r, s in enumerate(ids):
-        cols = slice(0, len(s)) if side == "right" else slice(width - len(s), width)
-        x[r, cols], m[r, cols] = s, 1
-    return sess.run(["sentence_embedding"], {"input_ids": x, "attention_mask": m})[0]
-
-
 def test_fixture_is_the_golden_one(ckpt):
     assert fe.checkpoint_digest(ckpt) == GOLDEN["fixture"]["inputs"], \
         "the fixture changed: regenerate tests/golden/bitnet_embedding/golden-gemma3.json (make_golden.py)"
@@ -126,7 +114,7 @@ def test_onnx_sentence_embeddings(outputs, torch_ref, quant):
     pytest.importorskip("onnxruntime")
     ids, ref = torch_ref
     for side in ("right", "left"):
-        assert fe.cos_rows(ort_embeddings(outputs(quant, "onnx"), ids, side), ref["bitlinear"]).min() >= 0.9999
+        assert fe.cos_rows(fe.ort_embeddings(outputs(quant, "onnx"), ids, side), ref["bitlinear"]).min() >= 0.9999
 
 
 def test_validate_gguf_onnx_and_packed(outputs, ckpt):
@@ -182,7 +170,7 @@ def test_sliding_windows_and_two_rope_bases(tmp_path):
     if importlib.util.find_spec("onnxruntime") is not None:
         onnx = Path(bitconv.convert(ckpt, "onnx", "int2", tmp_path / "onnx", manifest=False).output)
         for side in ("right", "left"):
-            assert fe.cos_rows(ort_embeddings(onnx, ids, side), ref).min() >= 0.9999
+            assert fe.cos_rows(fe.ort_embeddings(onnx, ids, side), ref).min() >= 0.9999
 
 
 def test_refusals(ckpt, tmp_path):
