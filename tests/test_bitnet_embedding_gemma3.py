@@ -117,6 +117,17 @@ def test_onnx_sentence_embeddings(outputs, torch_ref, quant):
         assert fe.cos_rows(fe.ort_embeddings(outputs(quant, "onnx"), ids, side), ref["bitlinear"]).min() >= 0.9999
 
 
+def test_tl2_on_a_k256_fixture(tmp_path):
+    """TL2 needs K ≥ 256: hidden 256; its codes and scales are i2_s's, so are the embeddings."""
+    ckpt = fg.make_gemma3_embedding_checkpoint(tmp_path / "g256", hidden=256, intermediate=512, layers=1)
+    tl2 = Path(bitconv.convert(ckpt, "gguf", "tl2", tmp_path / "tl2.gguf", manifest=False).output)
+    ids = fe.tokenize(ckpt, SENTENCES[:2])
+    ref = fe.torch_embeddings(ckpt, ids, "bitlinear")
+    assert fe.cos_rows(fe.gguf_embeddings(tl2, ids, ternary=True), ref).min() >= 0.9999
+    report = bitconv.validate(tl2, ckpt)
+    assert report.passed, report.verdict
+
+
 def test_validate_gguf_onnx_and_packed(outputs, ckpt):
     for artifact in (outputs("i2_s"), outputs("f16"), outputs("int2", "onnx"), outputs("bitnet-packed", "safetensors")):
         report = bitconv.validate(artifact, ckpt)
