@@ -25,8 +25,11 @@ from .formats import atomic
 INSTALL_HINT = "pip install 'bitconv[ray]'"
 #: seconds to reach the cluster's head before ray.init (which retries a dead address for minutes)
 CONNECT_TIMEOUT = 10.0
-#: seconds a cancelled task gets to remove its temp files (KeyboardInterrupt) before it is killed
-CANCEL_GRACE = 10.0
+#: seconds a cancelled task gets to remove its temp files (KeyboardInterrupt) before it is killed.
+#: Under load a running conversion was seen to finish inside a 10 s grace (the interrupt reaches the
+#: worker late), leaving an output the user had cancelled; a killed worker's temps are swept from
+#: every node afterwards (`sweep`), so a short grace loses nothing
+CANCEL_GRACE = 2.0
 _REMOTE: dict[Callable[..., Any], Any] = {}
 
 
