@@ -126,6 +126,35 @@ def write_sentence_transformers_files(out: Path, hidden: int, pooling: Pooling |
         "default_prompt_name": None, "similarity_fn_name": "cosine"})
 
 
+def save_with_bitlinear_norms(path: str | os.PathLike[str], state: dict[str, Any], layers: int, gen: Any,
+                              dtype: Literal["bf16", "f32"], prefix: str) -> Path:
+    """Adds each projection's BitLinear RMSNorm (width = its input, weights near 1) to a backbone's
+    state dict and writes it as model.safetensors in `dtype`, names sorted, into `path`."""
+    import torch
+    from safetensors.torch import save_file
+
+    for i in range(layers):
+        for proj in PROJECTIONS:
+            k_in = state[f"layers.{i}.{proj}.weight"].shape[1]
+            state[f"layers.{i}.{proj}.norm.weight"] = 1.0 + 0.1 * torch.randn(k_in, generator=gen)
+    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
+    out = Path(path)
+    out.mkdir(parents=True, exist_ok=True)
+    save_file({prefix + k: v.to(torch_dtype).contiguous() for k, v in sorted(state.items())},
+              str(out / "model.safetensors"), metadata={"format": "pt"})
+    return out
+
+
+def assert_same_gguf_digest(got: dict[str, Any], want: dict[str, Any]) -> None:
+    """A GGUF's digest (gguf_digest) against a golden one: metadata, tensor table, tensor bytes, file."""
+    assert got["metadata"] == want["metadata"]
+    assert [t[:4] for t in got["tensors"]] == [t[:4] for t in want["tensors"]]
+    assert [t[0] for t in got["tensors"] if t[4]] == [t[0] for t in want["tensors"] if t[4]]
+    differing = [g[0] for g, w in zip(got["tensors"], want["tensors"]) if g[4] != w[4]]
+    assert not differing, f"tensor bytes differ: {differing}"
+    assert (got["sha256"], got["bytes"]) == (want["sha256"], want["bytes"])
+
+
 def make_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Literal["bf16", "f32"] = "bf16", seed: int = 0,
                               hidden: int = 128, layers: int = 2, heads: int = 4, kv_heads: int = 2,
                               head_dim: int = 64, intermediate: int = 384, pooling: Pooling | None = "lasttoken",
@@ -134,7 +163,6 @@ def make_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Literal["b
     """A tiny random bitnet-embedding-0.6b-shaped checkpoint (Qwen3Model + per-projection norms)."""
     import torch
     import transformers
-    from safetensors.torch import save_file
 
     config = transformers.Qwen3Config(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -145,16 +173,7 @@ def make_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Literal["b
     model = transformers.Qwen3Model(config)
     fixtures.randomize(model, seed)
     state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    gen = torch.Generator().manual_seed(seed + 1)
-    for i in range(layers):
-        for proj in PROJECTIONS:
-            k_in = state[f"layers.{i}.{proj}.weight"].shape[1]
-            state[f"layers.{i}.{proj}.norm.weight"] = 1.0 + 0.1 * torch.randn(k_in, generator=gen)
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({prefix + k: v.to(torch_dtype).contiguous() for k, v in sorted(state.items())},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
+    out = save_with_bitlinear_norms(path, state, layers, torch.Generator().manual_seed(seed + 1), dtype, prefix)
     cfg = config.to_dict()
     cfg["dtype"] = "bfloat16" if dtype == "bf16" else "float32"
     cfg = fixtures._to_hub_config(cfg)

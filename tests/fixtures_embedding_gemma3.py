@@ -146,7 +146,6 @@ def make_gemma3_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Lit
     10000); `rope_theta` is the global layers' base (the guide's 10000 for the real model)."""
     import torch
     import transformers
-    from safetensors.torch import save_file
 
     config = transformers.Gemma3TextConfig(
         vocab_size=vocab_size, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
@@ -167,15 +166,7 @@ def make_gemma3_embedding_checkpoint(path: str | os.PathLike[str], *, dtype: Lit
             state[k] = 0.1 * torch.randn(state[k].shape, generator=gen)
             if k.endswith(_POST_NORMS):  # residual-dominated, as trained models are (fixtures.randomize)
                 state[k] = state[k] * 0.5 + (fixtures.RESIDUAL_SCALE - 1.0)
-    for i in range(layers):
-        for proj in fe.PROJECTIONS:
-            k_in = state[f"layers.{i}.{proj}.weight"].shape[1]
-            state[f"layers.{i}.{proj}.norm.weight"] = 1.0 + 0.1 * torch.randn(k_in, generator=gen)
-    torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float32
-    out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({prefix + k: v.to(torch_dtype).contiguous() for k, v in sorted(state.items())},
-              str(out / "model.safetensors"), metadata={"format": "pt"})
+    out = fe.save_with_bitlinear_norms(path, state, layers, gen, dtype, prefix)
     fixtures._write_json(out / "config.json", _hub_config(config, "bfloat16" if dtype == "bf16" else "float32"),
                          sort_keys=True)
     for f in gemma_tokenizer_files().iterdir():
