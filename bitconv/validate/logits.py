@@ -222,4 +222,4 @@ def reference_hparams(plan: Any, ternary: bool) -> Hparams:
                    rope_base=float(m.rope_theta or m.default_rope_theta), rope_dim=m.head_dim,
                    n_expert_used=int(c.get("num_experts_per_tok") or 0), ternary=ternary,
                    pooling=m.pooling if m.embedding_model else None,
-                   sliding_window=getattr(m, "sliding_window", None))
+                   sliding_window=m.sliding_layers[1] if m.sliding_layers else None)
