@@ -14,12 +14,13 @@ its place.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from ..errors import CheckpointError
-from ..quant.schemes import LinearLayout, SourceScheme
+from ..quant.schemes import IntGrid, LinearLayout, SourceScheme
 from .lazy import LazyTensor
 from .quantization_config import source_scheme
 
@@ -80,7 +81,8 @@ def _linear(scheme: SourceScheme, module: str, tensors: dict[str, LazyTensor]) -
     marker = parts[scheme.marker]
     reader = _SlabReader(module, layout, parts)
     return LazyTensor(f"{module}.{scheme.output}", "F32", (n, k), n * k * 4, marker.source,
-                      lambda: reader.rows(0, n), reader.rows)
+                      lambda: reader.rows(0, n), reader.rows,
+                      grid=reader.grid_rows if layout.grid is not None else None)
 
 
 class _SlabReader:
@@ -92,6 +94,23 @@ class _SlabReader:
         self.whole: dict[str, np.ndarray] = {}
 
     def rows(self, lo: int, hi: int) -> np.ndarray:
+        a_lo, a_hi, arrays = self._parts_for(lo, hi)
+        out = self.layout.dequantize(arrays, a_lo, a_hi)
+        return out if (a_lo, a_hi) == (lo, hi) else np.ascontiguousarray(out[lo - a_lo:hi - a_lo])
+
+    def grid_rows(self, lo: int, hi: int) -> IntGrid:
+        """Rows [lo, hi) on the source's integer grid (the layout has one)."""
+        assert self.layout.grid is not None
+        a_lo, a_hi, arrays = self._parts_for(lo, hi)
+        g = self.layout.grid(arrays, a_lo, a_hi)
+        if (a_lo, a_hi) != (lo, hi):
+            cut = slice(lo - a_lo, hi - a_lo)
+            g = replace(g, codes=np.ascontiguousarray(g.codes[cut]), scales=np.ascontiguousarray(g.scales[cut]),
+                        zeros=np.ascontiguousarray(g.zeros[cut]))
+        return g
+
+    def _parts_for(self, lo: int, hi: int) -> tuple[int, int, dict[str, np.ndarray]]:
+        """The aligned row range holding [lo, hi) and its parts' slices, checked once."""
         n = self.layout.shape[0]
         if not 0 <= lo <= hi <= n:
             raise CheckpointError(f"{self.module}: rows [{lo}, {hi}) outside its {n} rows")
@@ -102,8 +121,7 @@ class _SlabReader:
             for check in self.layout.checks:
                 check(arrays)
             self.checked = True
-        out = self.layout.dequantize(arrays, a_lo, a_hi)
-        return out if (a_lo, a_hi) == (lo, hi) else np.ascontiguousarray(out[lo - a_lo:hi - a_lo])
+        return a_lo, a_hi, arrays
 
     def _read(self, part: str, lo: int, hi: int) -> np.ndarray:
         lt, s = self.parts[part], self.layout.slices[part]

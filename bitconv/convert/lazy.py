@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -45,6 +45,9 @@ class LazyTensor:
     _rows: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
     #: reads columns [lo, hi) of the tensor seen as [numel / shape[-1], shape[-1]]
     _cols: Callable[[int, int], np.ndarray] | None = field(default=None, repr=False, compare=False)
+    #: a dequantized linear of a quantized checkpoint on a uniform integer grid (GPTQ, AWQ, int
+    #: compressed-tensors): rows [lo, hi) as a quant.schemes.IntGrid (codes, scales, zero points)
+    grid: Callable[[int, int], Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def numel(self) -> int:

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .schemes import SCALE_DTYPES, LinearLayout, PartSlice, SourceScheme, expect, scale_to_f32, unpack_words
+from .schemes import SCALE_DTYPES, IntGrid, LinearLayout, PartSlice, SourceScheme, expect, scale_to_f32, unpack_words
 
 #: nibble i of a word holds column AWQ_ORDER[i] of its group of 8
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)
@@ -47,11 +47,15 @@ def unpack_rows(words: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(per_word.transpose(0, 2, 1)).reshape(cols * 8, rows)
 
 
+def unpack(qweight: np.ndarray, qzeros: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8 [n, K], zero points float32 [n, G]) from qweight [K, n/8] and qzeros [G, n/8]."""
+    return unpack_rows(qweight), unpack_columns(qzeros).T.astype(np.float32)  # q − z is exact in float32
+
+
 def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
     """float32 [n, K] from qweight [K, n/8], qzeros [G, n/8], scales [G, n] (float32), K = G · group."""
-    q = unpack_rows(qweight)  # [n, K]
+    q, z = unpack(qweight, qzeros)
     n, k = q.shape
-    z = unpack_columns(qzeros).T.astype(np.float32)  # [n, G]; q − z is exact in float32
     w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
     w *= np.ascontiguousarray(scales.T)[:, :, None]
     return w.reshape(n, k)
@@ -100,4 +104,9 @@ class AwqScheme(SourceScheme):
         def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
             return dequantize(arrays["qweight"], arrays["qzeros"], scale_to_f32(arrays["scales"], scale_dtype), group)
 
-        return LinearLayout((n, k), slices, run)
+        def grid(arrays: dict[str, np.ndarray], lo: int, hi: int) -> IntGrid:
+            q, z = unpack(arrays["qweight"], arrays["qzeros"])
+            s = np.ascontiguousarray(scale_to_f32(arrays["scales"], scale_dtype).T)
+            return IntGrid(4, group, q, s, z, None, scale_dtype)
+
+        return LinearLayout((n, k), slices, run, grid=grid)

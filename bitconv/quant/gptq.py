@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from .schemes import SCALE_DTYPES, LinearLayout, PartSlice, SourceScheme, expect, scale_to_f32, unpack_words
+from .schemes import SCALE_DTYPES, IntGrid, LinearLayout, PartSlice, SourceScheme, expect, scale_to_f32, unpack_words
 
 BITS = (2, 3, 4, 8)
 #: checkpoint_format → zero-point offset added on reading
@@ -41,17 +41,23 @@ def words_for(values: int, bits: int) -> int:
     return values * bits // 32
 
 
+def unpack(qweight: np.ndarray, qzeros: np.ndarray, bits: int, zero_offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """(codes uint8 [n, K], zero points float32 [n, G]) from qweight [K·bits/32, n] and qzeros
+    [G, n·bits/32], the format's zero-point offset applied."""
+    q = unpack_words(np.ascontiguousarray(qweight.T), bits, axis=1)  # [n, K]: the output's own layout
+    z = unpack_words(qzeros, bits, axis=1).T.astype(np.float32)  # [n, G]; q − z is exact in float32
+    z += zero_offset
+    return q, z
+
+
 def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_idx: np.ndarray | None, bits: int,
                zero_offset: int, group: int = 0) -> np.ndarray:
     """float32 [n, K] from qweight [K·bits/32, n], qzeros [G, n·bits/32], scales [G, n] (float32) and
     g_idx [K] (in range; None: column k in group k // `group`, which is also taken when g_idx says so)."""
-    q = unpack_words(np.ascontiguousarray(qweight.T), bits, axis=1)  # [n, K]: the output's own layout
-    z = unpack_words(qzeros, bits, axis=1).T.astype(np.float32)  # [n, G]; q − z is exact in float32
-    z += zero_offset
+    q, z = unpack(qweight, qzeros, bits, zero_offset)
     s = np.ascontiguousarray(scales.T)  # [n, G]
     n, k = q.shape
-    runs = group > 0 and k % group == 0 and (g_idx is None or np.array_equal(g_idx, np.arange(k) // group))
-    if runs:  # groups are runs of `group` columns (no act-order): broadcast, no gather
+    if runs_of_groups(g_idx, k, group):  # groups are runs of `group` columns (no act-order): broadcast, no gather
         w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
         w *= s[:, :, None]
         return w.reshape(n, k)
@@ -60,6 +66,11 @@ def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_id
     w = np.subtract(q, z[:, g_idx], dtype=np.float32)
     w *= s[:, g_idx]
     return w
+
+
+def runs_of_groups(g_idx: np.ndarray | None, k: int, group: int) -> bool:
+    """Whether column k is in group k // group (no act-order permutation), so groups are runs."""
+    return group > 0 and k % group == 0 and (g_idx is None or np.array_equal(g_idx, np.arange(k) // group))
 
 
 class GptqScheme(SourceScheme):
@@ -132,4 +143,11 @@ class GptqScheme(SourceScheme):
             return dequantize(arrays["qweight"], arrays["qzeros"], scale_to_f32(arrays["scales"], scale_dtype),
                               idx, bits, zero_offset, group)
 
-        return LinearLayout((n, k), slices, run, [check])
+        def grid(arrays: dict[str, np.ndarray], lo: int, hi: int) -> IntGrid:
+            idx = arrays.get("g_idx")
+            idx = None if idx is None else idx.reshape(-1).astype(np.int64)
+            q, z = unpack(arrays["qweight"], arrays["qzeros"], bits, zero_offset)
+            s = np.ascontiguousarray(scale_to_f32(arrays["scales"], scale_dtype).T)
+            return IntGrid(bits, group, q, s, z, None if runs_of_groups(idx, k, group) else idx, scale_dtype)
+
+        return LinearLayout((n, k), slices, run, [check], grid)

@@ -36,6 +36,38 @@ class PartSlice:
 
 
 @dataclass
+class IntGrid:
+    """Rows of a quantized linear on its source's integer grid, exactly what `dequantize` computes
+    from: W[n, k] = scales[n, g] · (codes[n, k] − zeros[n, g]) with g = g_idx[k] (None: k // group).
+    Outputs that can hold the grid as it is (`hf2gguf --keep-grid`, ONNX MatMulNBits) take it from
+    here instead of re-rounding the float weights."""
+
+    bits: int
+    #: input columns per group (K for one group per output row)
+    group: int
+    codes: np.ndarray  # uint8 [rows, K], 0 … 2^bits − 1
+    scales: np.ndarray  # float32 [rows, G]: the stored scales, widened exactly
+    zeros: np.ndarray  # float32 [rows, G]: integer zero points in code units (format offsets applied)
+    #: the group of each input column when it is not k // group (GPTQ act-order), else None
+    g_idx: np.ndarray | None
+    #: the stored scales' dtype (F16 / BF16 / F32): an output that keeps the scales at f16 is exact
+    #: only when they are F16 (or fit it)
+    scale_dtype: str
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.scales.shape[1])
+
+    def dequantize(self) -> np.ndarray:
+        """float32 [rows, K] from the grid (the same values as the scheme's own dequantize)."""
+        rows, k = self.codes.shape
+        g = np.arange(k) // self.group if self.g_idx is None else self.g_idx
+        w = np.subtract(self.codes, self.zeros[:, g], dtype=np.float32)
+        w *= self.scales[:, g]
+        return w
+
+
+@dataclass
 class LinearLayout:
     """One quantized linear: its float shape [N, K] (numpy order, N output rows), how each stored part
     is sliced, and `dequantize(parts, lo, hi)` → float32 [hi - lo, K] for rows [lo, hi) aligned to
@@ -46,6 +78,10 @@ class LinearLayout:
     dequantize: Callable[[dict[str, np.ndarray], int, int], np.ndarray]
     #: checks on a part's values that need them read (g_idx range); run once, on first decode
     checks: list[Callable[[dict[str, np.ndarray]], None]] = field(default_factory=list)
+    #: `grid(parts, lo, hi)` → IntGrid of rows [lo, hi) (aligned as for `dequantize`), for schemes
+    #: whose weights lie on a uniform integer grid (GPTQ, AWQ, int compressed-tensors); None for
+    #: those that do not (FP8)
+    grid: Callable[[dict[str, np.ndarray], int, int], IntGrid] | None = None
 
     @property
     def row_unit(self) -> int:

@@ -84,6 +84,13 @@ def test_dequantized_weights(name: str, packed: dict, qwen2: Path, qwen3: Path) 
         n = want.shape[0]
         cuts = sorted({0, n, *np.random.default_rng(n).integers(1, n, size=3).tolist()})
         assert np.array_equal(np.concatenate([lt.load_rows(a, b) for a, b in zip(cuts, cuts[1:])]), want), hf
+        if name.startswith("fp8"):  # not a uniform grid
+            assert lt.grid is None
+            continue
+        grids = [lt.grid(a, b) for a, b in zip(cuts, cuts[1:])]  # the integer grid, in the same slabs
+        assert np.array_equal(np.concatenate([g.dequantize() for g in grids]), want), hf
+        assert all(g.codes.dtype == np.uint8 and int(g.codes.max()) < 2 ** g.bits for g in grids)
+        assert (grids[0].g_idx is not None) == (name == "gptq-qwen2")  # act-order only there
     for n, lt in ck.tensors.items():
         if n not in expected:
             assert np.array_equal(lt.load_raw(), flt.tensors[n].load_raw()), n
