@@ -202,3 +202,22 @@ def make_fp8(src: Path, dst: Path, *, block: tuple[int, int] = (128, 128),
         expected[name] = q["expected"]
     qc = {"activation_scheme": "dynamic", "fmt": "e4m3", "quant_method": "fp8", "weight_block_size": list(block)}
     return _write(src, dst, tensors, qc), expected
+
+
+def float_copy(src: Path, dst: Path, expected: dict[str, np.ndarray], parts: tuple[str, ...]) -> Path:
+    """`src` (quantized) as the float checkpoint it stands for: its float tensors in their stored
+    dtypes, every quantized linear as its dequantized float32 `expected` weight (the stored `parts`
+    of the linears dropped), no quantization_config."""
+    import torch
+
+    tensors = {k: v for k, v in _load(src).items() if k not in expected and k.rpartition(".")[2] not in parts}
+    tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()})
+    out = _write(src, dst, tensors, {})
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["quantization_config"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return out
+
+
+#: the stored parts of a quantized linear beside (or instead of) its float weight, per packer
+STORED_PARTS = ("qweight", "qzeros", "scales", "g_idx", "weight_scale_inv")

@@ -34,6 +34,7 @@ import numpy as np
 
 from ...convert.arch import mapping_for
 from ...convert.checkpoint import Checkpoint, LazyTensor
+from ...convert.quantization_config import source_scheme
 from ...errors import QuantizationError, UsageError
 from ...quant.bnb import BNB_BLOCK, NF4_CODE, int8_quantize, nf4_quantize
 from ...quant.compressed import ct_pack, ct_quantize
@@ -272,9 +273,10 @@ def bnb_quant_state(shape: tuple[int, ...], dtype: str) -> bytes:
 def _check_bnb_source(checkpoint: Checkpoint, fmt: str) -> None:
     cfg = checkpoint.config
     arch = checkpoint.architecture
-    if cfg.get("quantization_config"):
+    if cfg.get("quantization_config") and source_scheme(cfg) is None:  # packed BitNet: not dequantized here
         method = (cfg["quantization_config"] or {}).get("quant_method", "?")
-        raise UsageError(f"{arch}: the source is already quantized ({method}); {fmt} needs a float checkpoint")
+        raise UsageError(f"{arch}: the source is already quantized ({method}); {fmt} needs a float checkpoint "
+                         "or one bitconv dequantizes (GPTQ, AWQ, FP8, compressed-tensors, bitsandbytes)")
     text_cfg = cfg.get("text_config") if isinstance(cfg.get("text_config"), dict) else cfg
     if any(text_cfg.get(k) for k in ("num_experts", "num_local_experts", "n_routed_experts")):
         raise UsageError(f"{arch} is a mixture-of-experts model; {fmt} output supports dense decoder models only")
