@@ -14,7 +14,7 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import UsageError
+from ..errors import BitconvError, UsageError
 from ..forward import Hparams, ReferenceForward, WeightSource
 from ..quiet import quiet_dependencies
 from .checks import cos
@@ -90,6 +90,19 @@ class TransformersRun:
     ternary: bool  # the ternary model (BitLinear), not the full-precision one
 
 
+def _dequantized_reference(config: dict[str, Any]) -> bool:
+    """A quantized checkpoint bitconv dequantizes (GPTQ, AWQ, FP8, …): its dequantized weights are the
+    reference. transformers would run it through the scheme's own kernels instead (FP8 quantizes the
+    activations too; GPTQ needs its packages), which is not what a conversion of those weights
+    computes."""
+    from ..convert.quantization_config import source_scheme
+
+    try:
+        return source_scheme(config) is not None
+    except BitconvError:
+        return True
+
+
 def transformers_logits(reference: Path, tokens: list[int]) -> TransformersRun | None:
     """All-position float32 logits from transformers (eager attention, float32) and what ran, or None
     when it is not installed or has no class for this checkpoint. A ternary-trained checkpoint runs
@@ -111,7 +124,7 @@ def _transformers_logits(reference: Path, tokens: list[int]) -> TransformersRun 
         return None
     cfg = json.loads((reference / "config.json").read_text())
     arch = (cfg.get("architectures") or [""])[0]
-    if not hasattr(transformers, arch):
+    if not hasattr(transformers, arch) or _dequantized_reference(cfg):
         return None
     kwargs: dict[str, Any] = {}
     label = "transformers float32"
