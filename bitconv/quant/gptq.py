@@ -148,6 +148,7 @@ class GptqScheme(SourceScheme):
             idx = None if idx is None else idx.reshape(-1).astype(np.int64)
             q, z = unpack(arrays["qweight"], arrays["qzeros"], bits, zero_offset)
             s = np.ascontiguousarray(scale_to_f32(arrays["scales"], scale_dtype).T)
-            return IntGrid(bits, group, q, s, z, None if runs_of_groups(idx, k, group) else idx, scale_dtype)
+            plain = idx is None or np.array_equal(idx, np.arange(k) // group)  # no act-order (a last group may be short)
+            return IntGrid(bits, group, q, s, z, None if plain else idx, scale_dtype)
 
         return LinearLayout((n, k), slices, run, [check], grid)

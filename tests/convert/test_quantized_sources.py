@@ -42,10 +42,24 @@ def qwen3(checkpoint_factory: Callable[..., Path]) -> Path:
 
 
 @pytest.fixture(scope="module")
-def packed(qwen2: Path, qwen3: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
+def qwen3moe(checkpoint_factory: Callable[..., Path]) -> Path:
+    return checkpoint_factory("qwen3moe", "bf16", 3, "hub")  # experts one tensor per expert and projection
+
+
+@pytest.fixture(scope="module")
+def floats(qwen2: Path, qwen3: Path, qwen3moe: Path) -> dict[str, Path]:
+    """The float checkpoint each packed fixture was made from, by the fixture name's suffix."""
+    return {"qwen2": qwen2, "qwen3": qwen3, "qwen3moe": qwen3moe}
+
+
+@pytest.fixture(scope="module")
+def packed(qwen2: Path, qwen3: Path, qwen3moe: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, dict]]:
     """name → (checkpoint folder, expected float weights by HF name)."""
     root = tmp_path_factory.mktemp("quantized")
     return {
+        # MoE: every expert's projections quantized, the router (mlp.gate) left float, as GPTQModel does
+        "gptq-qwen3moe": fq.make_gptq(qwen3moe, root / "Qwen3MoE-GPTQ-Int4", bits=4, group_size=32, sym=True),
+        "fp8-qwen3moe": fq.make_fp8(qwen3moe, root / "Qwen3MoE-FP8", block=(128, 128), scale_dtype="BF16"),
         # Qwen2.5-*-GPTQ-Int4 keys; asymmetric, act-order, v1 zero points, groups of 32 along K
         "gptq-qwen2": fq.make_gptq(qwen2, root / "Qwen2-GPTQ-Int4", bits=4, group_size=32, sym=False, desc_act=True),
         "gptq3-qwen3": fq.make_gptq(qwen3, root / "Qwen3-GPTQ-Int3", bits=3, group_size=64, sym=True),
@@ -66,8 +80,8 @@ def gguf_name(hf: str) -> str:
     return f"blk.{layer}.{names[module]}.weight"
 
 
-@pytest.mark.parametrize("name", ["gptq-qwen2", "gptq3-qwen3", "awq-qwen2", "fp8-qwen3"])
-def test_dequantized_weights(name: str, packed: dict, qwen2: Path, qwen3: Path) -> None:
+@pytest.mark.parametrize("name", ["gptq-qwen2", "gptq3-qwen3", "awq-qwen2", "fp8-qwen3", "gptq-qwen3moe"])
+def test_dequantized_weights(name: str, packed: dict, floats: dict[str, Path]) -> None:
     """Each linear read whole and in slabs of rows that start and end anywhere = the packer's weights;
     the float tensors pass through as they are, in llama.cpp's order (GPTQ/AWQ: dequantized linears
     appended after the stored tensors; FP8: in the weight's place)."""
@@ -75,7 +89,7 @@ def test_dequantized_weights(name: str, packed: dict, qwen2: Path, qwen3: Path) 
 
     src, expected = packed[name]
     ck = Checkpoint.open(src)
-    flt = Checkpoint.open(qwen2 if name.endswith("qwen2") else qwen3)
+    flt = Checkpoint.open(floats[name.rpartition("-")[2]])
     assert set(ck.tensors) == set(flt.tensors)
     for hf, want in expected.items():
         lt = ck.tensors[hf]
@@ -281,7 +295,8 @@ def test_bad_input_cli(case: str, packed: dict, tmp_path: Path) -> None:
 
 #: each run compares one output type per scheme (tests/turns.py: all three within three runs;
 #: BITCONV_TEST_TURN=all for the whole matrix): llama.cpp's converter costs ~13 s a file here
-IDENTITY = [(name, t) for i, name in enumerate(("gptq-qwen2", "fp8-qwen3")) for t in share(("f16", "bf16", "q8_0"), 1, i)]
+IDENTITY = [(name, t) for i, name in enumerate(("gptq-qwen2", "fp8-qwen3", "gptq-qwen3moe", "fp8-qwen3moe"))
+            for t in share(("f16", "bf16", "q8_0"), 1, i)]
 
 
 @pytest.fixture(scope="module")
