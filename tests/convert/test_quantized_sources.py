@@ -323,3 +323,15 @@ def test_identical_to_llamacpp_converter(name: str, outtype: str, packed: dict, 
     bitconv.convert(packed[name][0], "gguf", outtype, ours, manifest=False)
     diffs = compare_gguf(ours, references[(name, outtype)])
     assert not diffs, format_diffs(diffs)
+
+
+@pytest.mark.parametrize("to,quant", [("gguf", "i2_s"), ("gguf", "tq2_0"), ("onnx", "int2")])
+def test_ternary_outputs_refused(to: str, quant: str, packed: dict, tmp_path: Path) -> None:
+    """A quantized non-ternary source is refused a ternary type as its float checkpoint would be."""
+    from bitconv.errors import UsageError
+
+    out = tmp_path / "out"
+    out.mkdir()
+    with pytest.raises(UsageError, match="not a ternary-trained model"):
+        bitconv.convert(packed["gptq-qwen2"][0], to, quant, out / "m")
+    assert list(out.iterdir()) == []
