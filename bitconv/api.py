@@ -48,7 +48,7 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
             format: str | None = None, block_size: int | None = None,
             max_shard_size: str | int | None = None, linear_class: str = "bitlinear",
             split_max_size: str | int | None = None, split_max_tensors: int = 0, no_tensor_first_split: bool = False,
-            progress: Callable[[PlannedTensor, int], None] | None = None,
+            keep_grid: bool = False, progress: Callable[[PlannedTensor, int], None] | None = None,
             on_start: Callable[[TensorPlan], None] | None = None) -> ConversionResult:
     """Convert a HF checkpoint (local directory or hub repo id) into an artifact. `target` names a
     preset (`bitconv targets`) that implies the format and, unless `quant` is given, the quant type.
@@ -56,8 +56,13 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     its weight type (compressed-tensors: int4 / int8), `block_size` the group size,
     `max_shard_size` ("2GB", "1.5GiB", bytes) splits the weights into shards.
     GGUF: `split_max_size` ("45G", bytes) / `split_max_tensors` write a split set as llama.cpp's
-    converter does (`<stem>-00001-of-0000N.gguf` …; formats/gguf_split.py), one manifest for it."""
+    converter does (`<stem>-00001-of-0000N.gguf` …; formats/gguf_split.py), one manifest for it.
+    `keep_grid` (GGUF from a GPTQ / AWQ checkpoint): linears whose integer grid a q4_0 / q4_1 / q8_0
+    block holds exactly keep their codes (scales and mins at f16) instead of being dequantized and
+    rounded again; the result's `keep_grid` names the tensors carried over and those re-rounded."""
     fmt = to or (get_target(target).format if target else "gguf")
+    if keep_grid and fmt != "gguf":
+        raise UsageError("keep_grid applies to GGUF output")
     if target and get_target(target).format != fmt:
         raise UsageError(f"target {target} writes {get_target(target).format}, not {fmt}")
     if fmt != "gguf" and (split_max_size or split_max_tensors or no_tensor_first_split):
@@ -83,7 +88,8 @@ def convert(source: str | os.PathLike[str], to: str | None = None, quant: str | 
     job = gguf_output(source, quant, out, target=target, lut=lut, smallest=smallest, revision=revision,
                       allow_pickle=allow_pickle, force_ternarize=force_ternarize, kernel_config=kernel_config,
                       pre=pre, split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-                      no_tensor_first_split=no_tensor_first_split, hash_inputs=manifest and not dry_run)
+                      no_tensor_first_split=no_tensor_first_split, hash_inputs=manifest and not dry_run,
+                      keep_grid=keep_grid)
     try:
         result = job.result(dry_run=dry_run, threads=threads)
     except BaseException:
@@ -100,14 +106,18 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
                 allow_pickle: bool = False, force_ternarize: bool = False,
                 kernel_config: str | os.PathLike[str] | KernelConfig | None = None, pre: str | None = None,
                 split_max_size: str | int | None = None, split_max_tensors: int = 0,
-                no_tensor_first_split: bool = False, hash_inputs: bool = False) -> GGUFOutput:
+                no_tensor_first_split: bool = False, hash_inputs: bool = False, keep_grid: bool = False) -> GGUFOutput:
     """The planned GGUF output of `convert(source, "gguf", ...)` — its tensors, files, metadata and
     manifest options — read from headers only; `.write()` writes it, and any one file of a split
     set can be written on its own (`gguf_split.write_split`), as a cluster task does on its node.
-    `hash_inputs`: start hashing the inputs for the manifest now, while the vocabulary is built."""
+    `hash_inputs`: start hashing the inputs for the manifest now, while the vocabulary is built.
+    `keep_grid`: see `convert`."""
     from .convert.gguf_source import is_gguf_source
 
     if is_gguf_source(source):  # a GGUF as the source: requantized / repacked, as `bitconv quantize` does
+        if keep_grid:
+            raise UsageError("--keep-grid keeps a quantized HF checkpoint's integer grid (GPTQ, AWQ, …); "
+                             f"{source} is a GGUF file: convert it without --keep-grid")
         from .requantize import quantize_output
 
         return quantize_output(source, out, (quant or (None if target else DEFAULT_GGUF_QUANT)), target=target,
@@ -118,6 +128,11 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
                                  smallest=smallest, revision=revision, allow_pickle=allow_pickle,
                                  force_ternarize=force_ternarize, kernel_config=kernel_config)
     quant = plan.quant.name
+    keep = None
+    if keep_grid:
+        from .formats.gguf_keep_grid import KeepGrid
+
+        keep = KeepGrid.for_plan(checkpoint, plan, allow_pickle)
     splits = gguf_split.plan_for(plan, max_size=split_max_size, max_tensors=split_max_tensors,
                                  no_tensor_first_split=no_tensor_first_split)
     hasher = BackgroundHasher(checkpoint.input_files(), checkpoint.root) if hash_inputs else None
@@ -132,10 +147,12 @@ def gguf_output(source: str | os.PathLike[str], quant: str | None = None, out: s
     if splits.count > 1:
         options.update(split_max_size=split_max_size, split_max_tensors=split_max_tensors,
                        no_tensor_first_split=no_tensor_first_split)
+    if keep is not None:
+        options["keep_grid"] = True
     return GGUFOutput(str(source), checkpoint.name, checkpoint.architecture, plan,
                       gguf_writer.hf_metadata(plan, checkpoint, vocab), plan.mapping.arch_name,
                       plan.quant.llama_ftype is not None, default_name(checkpoint.name, quant, out), splits,
-                      checkpoint.input_files(), checkpoint.root, options, started_hasher=hasher)
+                      checkpoint.input_files(), checkpoint.root, options, started_hasher=hasher, keep_grid=keep)
 
 
 DEFAULT_ONNX_QUANT = "f32"

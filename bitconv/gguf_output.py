@@ -60,6 +60,8 @@ class GGUFOutput:
     notes: list[str] = field(default_factory=list)
     #: the inputs' hashing, when the planning started it early (`write` takes it over)
     started_hasher: BackgroundHasher | None = None
+    #: --keep-grid: a formats.gguf_keep_grid.KeepGrid (which linears keep their source's codes)
+    keep_grid: Any = None
 
     @property
     def lut(self) -> LutQuantizer | None:
@@ -119,6 +121,8 @@ class GGUFOutput:
         (the GGUF files' records, the kernel files', the inputs' hashes, the options)."""
         if sidecars:
             result.kernel_config, result.codegen = (str(p) for p in sidecars)
+        if self.keep_grid is not None:
+            result.keep_grid = self.keep_grid.summary()
         result.output_bytes = sum(r["bytes"] for r in records)
         result.sha256 = records[0]["sha256"]
         for planned, written in zip(result.outputs, records):
@@ -149,7 +153,7 @@ class GGUFOutput:
                 records = gguf_split.write_split_set(
                     self.out_path, self.plan, self.metadata, self.splits, force=force, before_commit=commit_sidecars,
                     arch=self.arch, ggml_shapes=self.ggml_shapes, threads=threads, allow_nonfinite=allow_nonfinite,
-                    progress=progress)
+                    progress=progress, **({"keep_grid": self.keep_grid} if self.keep_grid is not None else {}))
         except BaseException:
             if hasher:
                 hasher.cancel()

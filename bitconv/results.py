@@ -45,6 +45,9 @@ class ConversionResult:
     #: GGUF: every file written, in order ({path, n_tensors, data_bytes} planned; bytes, sha256 once
     #: written): one, or a split set (`output` is then its first file, the one runtimes are given)
     outputs: list[dict[str, Any]] = field(default_factory=list)
+    #: hf2gguf --keep-grid: {"quant", "carried": [GGUF names written from the source's codes],
+    #: "re_rounded": [{"tensor", "reason"}]} for the quantized source's linears; None without it
+    keep_grid: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -9,6 +9,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
 from rich.table import Table
 
 from .. import api
+from ..errors import UsageError
 from ._common import _fmt_bytes, cli, command, err, out
 
 
@@ -77,6 +78,11 @@ THREADS_HELP = ("Worker threads (0: one per core, at most 8). The output bytes a
               help="Write a split set of at most N tensors per file.")
 @click.option("--no-tensor-first-split", is_flag=True,
               help="With a split set: the first file holds only the metadata (as llama.cpp's option).")
+@click.option("--keep-grid", is_flag=True,
+              help="GPTQ / AWQ sources: write each linear whose integer grid a q4_0 / q4_1 / q8_0 block holds "
+                   "exactly (4-bit symmetric → q4_0, 4-bit → q4_1, 8-bit symmetric → q8_0; groups of whole "
+                   "32-column blocks, no act-order) from the source's codes, scales and mins at f16, instead of "
+                   "dequantizing and rounding again; prints which tensors were carried over and which re-rounded.")
 @click.option("--no-manifest", is_flag=True, help="Do not write <output>.manifest.json.")
 @click.option("--ray", "ray_address", default=None, metavar="ADDRESS",
               help="Write each file of the (split) output as a task of the Ray cluster at ADDRESS (auto, HOST:PORT, "
@@ -90,10 +96,12 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
             kernel_config: str | None, output: str | None, dry_run: bool, force: bool, threads: int,
             revision: str | None, pre: str | None, allow_nonfinite: bool, force_ternarize: bool,
             allow_pickle: bool, split_max_size: str | None, split_max_tensors: int, no_tensor_first_split: bool,
-            no_manifest: bool, ray_address: str | None, ray_retries: int, quiet: bool,
+            keep_grid: bool, no_manifest: bool, ray_address: str | None, ray_retries: int, quiet: bool,
             as_json: bool) -> tuple[dict[str, Any], Callable[[], None]]:
     """Convert the checkpoint SOURCE (a directory, or a hub repo id; or a GGUF file, requantized as
     `bitconv quantize` does) to GGUF."""
+    if keep_grid and ray_address is not None:
+        raise UsageError("--keep-grid does not run on a Ray cluster (--ray) yet: convert on one machine")
     if ray_address is not None and not dry_run:
         from ..ray_split import convert_split
 
@@ -112,7 +120,7 @@ def hf2gguf(source: str, quant: str | None, target: str | None, lut: bool, small
                              pre=pre, manifest=not no_manifest, progress=progress.on_tensor,
                              on_start=progress.on_start, force_ternarize=force_ternarize, kernel_config=kernel_config,
                              split_max_size=split_max_size, split_max_tensors=split_max_tensors,
-                             no_tensor_first_split=no_tensor_first_split)
+                             no_tensor_first_split=no_tensor_first_split, keep_grid=keep_grid)
     return _result(result, dry_run, _render_conversion)
 
 
@@ -264,8 +272,29 @@ def _render_conversion(r: api.ConversionResult) -> None:
         out.print(f"bitnet.cpp kernels: {r.kernel_config} (tilings), {r.codegen} (codegen command)")
     if r.manifest:
         out.print(f"manifest: {r.manifest}")
+    if r.keep_grid is not None:
+        _render_keep_grid(r.keep_grid)
     for note in r.notes:
         out.print(f"note: {note}")
+
+
+def _render_keep_grid(k: dict[str, Any]) -> None:
+    """--keep-grid: one line for the tensors carried over, one per reason for those re-rounded."""
+    carried, re_rounded = k["carried"], k["re_rounded"]
+    out.print(f"keep-grid ({k['quant']}): {len(carried)} carried over (source codes kept, scales at f16), "
+              f"{len(re_rounded)} re-rounded", markup=False)
+    if carried:
+        out.print(f"  carried over: {_names(carried)}", markup=False)
+    by_reason: dict[str, list[str]] = {}
+    for t in re_rounded:
+        by_reason.setdefault(t["reason"], []).append(t["tensor"])
+    for reason, names in by_reason.items():
+        out.print(f"  re-rounded ({reason}): {_names(names)}", markup=False)
+
+
+def _names(names: list[str], limit: int = 8) -> str:
+    """Tensor names, the first `limit` of a long list and how many more (--json lists them all)."""
+    return ", ".join(names) if len(names) <= limit else ", ".join(names[:limit]) + f", … ({len(names) - limit} more)"
 
 
 def _render_splits(r: api.ConversionResult) -> None:

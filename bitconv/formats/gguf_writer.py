@@ -306,11 +306,16 @@ def _slab_item(i: int, pt: PlannedTensor, lazy: LazyTensor, rows: tuple[int, int
     return _WorkItem(i, first, last, _work_cost(pt, (hi - lo) / lazy.n_rows), run)
 
 
-def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int, indices: range) -> Iterator[_WorkItem]:
+def _work_items(plan: TensorPlan, allow_nonfinite: bool, slab_bytes: int, indices: range,
+                keep_grid: Any = None) -> Iterator[_WorkItem]:
     """The tensors `indices` as work items in plan order. A tensor larger than a slab is read and encoded
     a slab of rows at a time, after a first pass for its per-tensor statistic when it needs one, so no
-    tensor sits in memory whole; the rest are one item each."""
+    tensor sits in memory whole; the rest are one item each. `keep_grid` (gguf_keep_grid.KeepGrid)
+    makes the items of the tensors it may write from their source's integer grid."""
     for i, pt in zip(indices, plan.tensors[indices.start:indices.stop]):
+        if keep_grid is not None and (grid_source := keep_grid.source(pt)) is not None:
+            yield from keep_grid.work_items(i, pt, grid_source, slab_bytes, allow_nonfinite)
+            continue
         if (raw := pt.source.raw) is not None:  # already in its planned type: copied a slab of bytes at a time
             for lo in range(0, pt.nbytes, slab_bytes) or [0]:
                 hi = min(pt.nbytes, lo + slab_bytes)
@@ -388,11 +393,12 @@ def hf_metadata(plan: TensorPlan, checkpoint: Checkpoint, vocab: GGUFVocab) -> M
 
 def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str, ggml_shapes: bool = False,
                threads: int = 0, allow_nonfinite: bool = False, progress: ProgressFn | None = None,
-               split: SplitPart | None = None) -> str:
+               split: SplitPart | None = None, keep_grid: Any = None) -> str:
     """Write the plan's tensors to `path` (a temp path: the caller renames it into place) and
     return the file's sha256, computed while writing. `ggml_shapes`: write each shape as ggml sees
     it (trailing dimensions of 1 dropped), as llama-quantize does. `split`: write only that file of
-    a split set (its tensors and KV pairs, gguf_split.py); the bytes do not depend on the others."""
+    a split set (its tensors and KV pairs, gguf_split.py); the bytes do not depend on the others.
+    `keep_grid`: write a quantized source's linears from their integer grid (gguf_keep_grid.py)."""
     w = FastGGUFWriter(path, arch)
     for pt in plan:
         shape = pt.shape
@@ -424,7 +430,8 @@ def write_gguf(path: Path, plan: TensorPlan, metadata: MetadataFn, *, arch: str,
         align = w.data_alignment
         written_back = 0
         tensor_bytes = 0
-        items = _work_items(plan, allow_nonfinite, SLAB_BYTES, split.tensors if split else range(len(plan.tensors)))
+        items = _work_items(plan, allow_nonfinite, SLAB_BYTES, split.tensors if split else range(len(plan.tensors)),
+                            keep_grid)
         for item, data in _run_in_order(pool, items, n_threads * INFLIGHT_PER_THREAD):
             pt = plan.tensors[item.index]
             if item.first:
