@@ -289,7 +289,7 @@ def _render_keep_grid(k: dict[str, Any]) -> None:
     for t in re_rounded:
         by_reason.setdefault(t["reason"], []).append(t["tensor"])
     for reason, names in by_reason.items():
-        out.print(f"  re-rounded ({reason}): {_names(names)}", markup=False)
+        out.print(f"  re-rounded, {reason}: {_names(names)}", markup=False)
 
 
 def _names(names: list[str], limit: int = 8) -> str:

@@ -188,18 +188,18 @@ def test_re_rounded_and_reported(name: str, quant: str, reason: str, source: Cal
 
 
 def test_cli_prints_the_summary(source: Callable, convert: Callable, tmp_path: Path) -> None:
-    src = source("awq-g32")[0]
-    out = tmp_path / "awq-q4_1.gguf"
-    proc = run_cli("hf2gguf", str(src), "-q", "q4_1", "--keep-grid", "-o", str(out), "--no-manifest")
-    assert proc.returncode == 0, proc.stderr
-    assert "keep-grid (q4_1): 14 carried over (source codes kept, scales at f16), 0 re-rounded" in proc.stdout
-    assert "carried over: blk.0." in proc.stdout, proc.stdout
-    assert out.read_bytes() == convert("awq-g32", "q4_1", True)[0].read_bytes()
+    """Text: a count line, then the tensors per reason; --json: the full lists."""
     proc = run_cli("hf2gguf", str(source("gptq4-act-order")[0]), "-q", "q4_1", "--keep-grid", "-o",
-                   str(tmp_path / "act.gguf"), "--no-manifest", "--json")
+                   str(tmp_path / "act.gguf"), "--no-manifest")
+    assert proc.returncode == 0, proc.stderr
+    assert "keep-grid (q4_1): 0 carried over (source codes kept, scales at f16), 14 re-rounded" in proc.stdout
+    assert "re-rounded, act-order (g_idx): groups are not runs of columns: blk.0." in proc.stdout, proc.stdout
+    out = tmp_path / "awq-q4_1.gguf"
+    proc = run_cli("hf2gguf", str(source("awq-g32")[0]), "-q", "q4_1", "--keep-grid", "-o", str(out),
+                   "--no-manifest", "--json")
     k = json_result(proc)["result"]["keep_grid"]
-    assert k["carried"] == [] and len(k["re_rounded"]) == 14
-    assert all("act-order" in t["reason"] for t in k["re_rounded"])
+    assert k["re_rounded"] == [] and k["carried"] == convert("awq-g32", "q4_1", True)[1].keep_grid["carried"]
+    assert len(k["carried"]) == 14 and out.read_bytes() == convert("awq-g32", "q4_1", True)[0].read_bytes()
 
 
 def test_bad_input(checkpoint_factory: Callable[..., Path], source: Callable, convert: Callable,
