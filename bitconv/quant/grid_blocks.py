@@ -37,8 +37,8 @@ def misfit(grid: IntGrid, qtype: str) -> str | None:
         return f"{qtype} is not one of {' / '.join(CARRIED_TYPES)}"
     if grid.g_idx is not None:
         return "act-order (g_idx): groups are not runs of columns"
-    if grid.group % BLOCK:
-        return f"groups of {grid.group} columns are not whole {BLOCK}-value blocks"
+    if grid.group % BLOCK or grid.codes.shape[1] % BLOCK:
+        return f"groups of {grid.group} of {grid.codes.shape[1]} columns are not whole {BLOCK}-value blocks"
     span = CARRIED_TYPES[qtype]
     if span is None:  # q4_1 stores the codes themselves
         if grid.bits > 4:
@@ -81,10 +81,12 @@ def encode(grid: IntGrid, qtype: str) -> np.ndarray:
     """The rows of `grid` as `qtype` blocks: uint8 [rows, K / 32 · block bytes]. `misfit(grid,
     qtype)` must be None."""
     rows, k = grid.codes.shape
-    nb, per_group = k // BLOCK, grid.group // BLOCK
-    # per block: its group's scale and zero point (a group is `per_group` whole blocks)
-    s = np.repeat(grid.scales, per_group, axis=1) if per_group > 1 else grid.scales  # [rows, nb]
-    z = np.repeat(grid.zeros, per_group, axis=1) if per_group > 1 else grid.zeros
+    nb = k // BLOCK
+    # per block: its group's scale and zero point (a group is whole blocks; the last may be short)
+    of_block = np.arange(nb) * BLOCK // grid.group
+    plain = grid.group == BLOCK and grid.n_groups == nb
+    s = grid.scales if plain else grid.scales[:, of_block]  # [rows, nb]
+    z = grid.zeros if plain else grid.zeros[:, of_block]
     q = grid.codes.reshape(rows, nb, BLOCK)
     d = _f16_bytes(s)
     if qtype == "q4_1":
@@ -100,7 +102,7 @@ def encode(grid: IntGrid, qtype: str) -> np.ndarray:
 
 def _f16_bytes(x: np.ndarray) -> np.ndarray:
     """[rows, nb] float32 → [rows, nb, 2] little-endian float16 bytes."""
-    return x.astype("<f2").view(np.uint8).reshape(*x.shape, 2)
+    return np.ascontiguousarray(x, dtype="<f2").view(np.uint8).reshape(*x.shape, 2)
 
 
 def _nibbles(codes: np.ndarray) -> np.ndarray:

@@ -36,11 +36,11 @@ MODULES = {"q_proj": "attn_q", "k_proj": "attn_k", "v_proj": "attn_v", "o_proj":
 #: name → (base checkpoint, packer, its options)
 SOURCES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "gptq4-sym-g32": ("qwen2", "gptq", dict(bits=4, sym=True, group_size=32)),
-    "gptq4-sym-g128": ("wide", "gptq", dict(bits=4, sym=True, group_size=128)),
+    # K = 64 and 192 with groups of 128: one short group, or a whole one and a short last one
+    "gptq4-sym-g128": ("qwen2", "gptq", dict(bits=4, sym=True, group_size=128)),
     "gptq8-sym-g32": ("qwen2", "gptq", dict(bits=8, sym=True, group_size=32)),
     "gptq8-sym-g64": ("qwen2", "gptq", dict(bits=8, sym=True, group_size=64, checkpoint_format="gptq_v2")),
     "gptq4-asym-g64": ("qwen2", "gptq", dict(bits=4, sym=False, group_size=64)),
-    "gptq4-asym-g128": ("wide", "gptq", dict(bits=4, sym=False, group_size=128)),
     "gptq4-act-order": ("qwen2", "gptq", dict(bits=4, sym=False, group_size=32, desc_act=True)),
     "awq-g32": ("qwen2", "awq", dict(group_size=32)),
     "awq-g64": ("qwen2", "awq", dict(group_size=64)),
@@ -63,7 +63,6 @@ def source(checkpoint_factory: Callable[..., Path], tmp_path_factory: pytest.Tem
         if name not in cache:
             base, packer, kw = SOURCES[name]
             ckpt = {"qwen2": lambda: checkpoint_factory("qwen2", "bf16", 1, "hub"),
-                    "wide": lambda: checkpoint_factory("qwen2", "bf16", 1, "hub", hidden=128),
                     "qwen3": lambda: checkpoint_factory("qwen3", "bf16", 2, "hub")}[base]()
             make = {"gptq": fq.make_gptq, "awq": fq.make_awq, "fp8": fq.make_fp8}[packer]
             cache[name] = make(ckpt, root / name, **kw)

@@ -67,6 +67,12 @@ def test_exact_decode(qtype: str, bits: int, group: int, zeros: object) -> None:
     g = grid(bits, group, z, rows, k)
     assert misfit(g, qtype) is None
     assert np.array_equal(decode(encode(g, qtype), qtype, (rows, k)), g.dequantize())
+    short = grid(bits, group, z, rows, k)  # K = 96 with groups of 64 or 128: the last group is short
+    short.codes = np.ascontiguousarray(short.codes[:, :96])
+    n_groups = -(-96 // group)
+    short.scales, short.zeros = short.scales[:, :n_groups].copy(), short.zeros[:, :n_groups].copy()
+    assert misfit(short, qtype) is None
+    assert np.array_equal(decode(encode(short, qtype), qtype, (rows, 96)), short.dequantize())
 
 
 @pytest.mark.parametrize("group", [32, 64, 128])
@@ -92,7 +98,7 @@ def test_misfits_said_in_words() -> None:
     assert misfit(g, "q4_k") is not None
     acted = IntGrid(4, 32, g.codes, g.scales, g.zeros, np.arange(128) % 4, "F16")
     assert "act-order" in (misfit(acted, "q4_0") or "")
-    assert "groups of 16" in (misfit(grid(4, 16, 8), "q4_0") or "")
+    assert "groups of 16 of 128 columns" in (misfit(grid(4, 16, 8), "q4_0") or "")
     assert "zero points 7" in (misfit(grid(4, 32, 7), "q4_0") or "")  # 4-bit with zero 7: q − z reaches 8
     assert misfit(grid(4, 32, 7), "q4_1") is None and misfit(grid(4, 32, 7), "q8_0") is None
     assert "8-bit codes" in (misfit(grid(8, 32, 128), "q4_1") or "")
