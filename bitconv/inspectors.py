@@ -234,7 +234,8 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
                          f"on {', '.join(map(str, _items(group.get('targets'))))}")
         ignore = _items(qc.get("ignore"))
         return (f"{qc.get('format', '?')}, {qc.get('quantization_status', '?')}; " + "; ".join(parts)
-                + (f"; ignore {', '.join(map(str, ignore))}" if ignore else "") + f" (not a conversion source: {refusal})")
+                + (f"; ignore {', '.join(map(str, ignore))}" if ignore else "")
+                + f" (not a conversion source: {refusal})")
     if fmt in SOURCE_SCHEMES and (line := describe(qc)):
         return line
     return ", ".join(f"{k}={v}" for k, v in qc.items() if isinstance(v, (str, int, float, bool)))

@@ -272,13 +272,13 @@ def make_compressed(src: Path, dst: Path, *, format: str = "pack-quantized", bit
     from compressed_tensors.compressors import BaseCompressor
     from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
     from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
-    from compressed_tensors.quantization.lifecycle.forward import quantize
     from compressed_tensors.quantization.utils import calculate_qparams
 
     args = QuantizationArgs(num_bits=bits, type=type, symmetric=symmetric, strategy=strategy,
                             group_size=group_size if strategy == "group" else None,
                             block_structure=list(block) if block else None)
-    acts = QuantizationArgs(num_bits=8, type=type, symmetric=True, strategy="token", dynamic=True) if activations else None
+    acts = (QuantizationArgs(num_bits=8, type=type, symmetric=True, strategy="token", dynamic=True)
+            if activations else None)
     scheme = QuantizationScheme(targets=["Linear"], weights=args, input_activations=acts, format=format)
     compressor = BaseCompressor.get_value_from_registry(format)
     rng = np.random.default_rng(seed)

@@ -6,9 +6,10 @@ a scheme (`targets`, `weights` args, `format`); `ignore` lists modules left floa
 the group of its most specific matching target (exact names, then `re:` patterns — each sorted, a
 pattern matching from the start of the name — then the class name "Linear", which every stored
 quantized linear is); a target named in two groups belongs to the later one. The format is the
-group's, else the top-level one (older writers, and llama.cpp's converter, go by that), else what
-the package infers (int weights with input activations: int-quantized; int: pack-quantized; float
-with input activations: float-quantized; else naive-quantized).
+group's. Where a group names none, the package infers one (int weights with input activations:
+int-quantized; int: pack-quantized; float with input activations: float-quantized; else
+naive-quantized), but older writers stored one top-level format for all and llama.cpp's converter
+reads only that, so bitconv takes a top-level format that names one format first, then infers.
 
 Stored per linear [N, K] (`<module>.` prefix):
 
@@ -196,7 +197,8 @@ class CompressedTensorsScheme(SourceScheme):
         """The weight args of the config group a stored quantized module belongs to."""
         for ign in self.ignore:
             if _match(module, ign):
-                raise CheckpointError(f"{module}: stored quantized, but quantization_config's ignore lists it ({ign!r})")
+                raise CheckpointError(f"{module}: stored quantized, but quantization_config's ignore lists it "
+                                      f"({ign!r})")
         name = next((self.target_group[t] for t in self.ordered if _match(module, t)), None)
         if name is None and "Linear" in self.target_group:
             name = self.target_group["Linear"]
@@ -281,7 +283,8 @@ def _packed_layout(module: str, args: WeightArgs, parts: dict[str, Any]) -> Line
         idx = column_groups(arrays)
         if idx is not None and (int(idx.min()) < 0 or int(idx.max()) >= n_groups):
             bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
-            raise CheckpointError(f"{module}.weight_g_idx: group {bad} out of range (the scales hold {n_groups} groups)")
+            raise CheckpointError(f"{module}.weight_g_idx: group {bad} out of range (the scales hold "
+                                  f"{n_groups} groups)")
 
     def grid(arrays: dict[str, np.ndarray], lo: int, hi: int) -> IntGrid:
         codes = np.ascontiguousarray(unpack_words(arrays["weight_packed"], bits, axis=1)[:, :k])

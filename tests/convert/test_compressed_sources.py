@@ -37,14 +37,16 @@ ct = pytest.importorskip("compressed_tensors")
 CASES: dict[str, tuple[str, dict[str, Any]]] = {
     # W4A16 as llm-compressor writes it
     "pack4-qwen3": ("qwen3", dict(format="pack-quantized", bits=4, strategy="group", group_size=32)),
-    "pack4asym-qwen2": ("qwen2", dict(format="pack-quantized", bits=4, strategy="group", group_size=32, symmetric=False)),
+    "pack4asym-qwen2": ("qwen2", dict(format="pack-quantized", bits=4, strategy="group", group_size=32,
+                                      symmetric=False)),
     "pack8chan-qwen2": ("qwen2", dict(format="pack-quantized", bits=8, strategy="channel", group_size=None)),
     # actorder "group" (compressed-tensors < 0.20): columns in permuted groups by weight_g_idx
     "pack4gidx-qwen2": ("qwen2", dict(format="pack-quantized", bits=4, strategy="group", group_size=32,
                                       symmetric=False, actorder_group=True)),
     "pack4-qwen3moe": ("qwen3moe", dict(format="pack-quantized", bits=4, strategy="group", group_size=16,
                                         ignore=("lm_head", "re:.*mlp.gate$"))),
-    "int8-qwen2": ("qwen2", dict(format="int-quantized", bits=8, strategy="channel", group_size=None, activations=True)),
+    "int8-qwen2": ("qwen2", dict(format="int-quantized", bits=8, strategy="channel", group_size=None,
+                                 activations=True)),
     "naive8asym-qwen3": ("qwen3", dict(format="naive-quantized", bits=8, strategy="group", group_size=32,
                                        symmetric=False)),
     # FP8_DYNAMIC / FP8_BLOCK / FP8 (per tensor)
@@ -170,14 +172,43 @@ def test_gguf_streams_experts(packed: dict, tmp_path: Path, monkeypatch: pytest.
 def test_inspect(packed: dict) -> None:
     r = bitconv.inspect(packed["pack4asym-qwen2"][0])
     assert r.format == "compressed-tensors" and r.n_quantized == 14
-    for phrase in ("compressed-tensors", "format pack-quantized", "group_0 pack-quantized int4 asymmetric (zero points) "
-                   "group 32 on Linear", "ignore lm_head"):
+    for phrase in ("compressed-tensors", "format pack-quantized", "ignore lm_head",
+                   "group_0 pack-quantized int4 asymmetric (zero points) group 32 on Linear"):
         assert phrase in r.quantization, r.quantization
     fp8 = bitconv.inspect(packed["fp8block-qwen3"][0])
     assert fp8.n_quantized == 14 and "float-quantized float8 symmetric block 32×48" in fp8.quantization
     assert bitconv.inspect(packed["pack4-qwen3moe"][0]).n_quantized == 8 + 24
     proc = run_cli("inspect", str(packed["int8-qwen2"][0]))
     assert proc.returncode == 0 and "int-quantized int8 symmetric channel" in proc.stdout, proc.stdout
+
+
+def test_inspect_refused(packed: dict, tmp_path: Path) -> None:
+    """A format bitconv does not read: inspect still describes it, and says why it is no source."""
+    src = _variant(packed["pack4-qwen3"][0], tmp_path / "src", _group(format="marlin-24"))
+    line = bitconv.inspect(src).quantization
+    assert "group_0: int4 symmetric group 32 on Linear" in line and "format 'marlin-24' (2:4 sparse marlin)" in line
+
+
+def test_reads_bitconv_written_checkpoint(floats: dict[str, Path], tmp_path: Path) -> None:
+    """Both directions in one module family: hf2st's compressed-tensors int4 read back as a source is
+    the stored codes times the stored scales, in float32."""
+    from bitconv.convert.checkpoint import Checkpoint
+    from bitconv.quant.compressed import ct_unpack
+
+    out = tmp_path / "ct"
+    bitconv.convert(floats["qwen2"], to="safetensors", format="compressed-tensors", quant="int4", block_size=32,
+                    out=out, manifest=False)
+    raw, ck = Checkpoint.open(out, dequantize=False), Checkpoint.open(out)
+    n = 0
+    for name, lt in raw.tensors.items():
+        if name.endswith(".weight_packed"):
+            base = name.removesuffix("_packed")
+            scale = raw.tensors[base + "_scale"].load()
+            q = ct_unpack(lt.load_raw(), 4, scale.shape[1] * 32).astype(np.float32)
+            want = (q.reshape(len(q), -1, 32) * scale[:, :, None]).reshape(q.shape)
+            assert np.array_equal(ck.tensors[base].load(), want), base
+            n += 1
+    assert n == 14
 
 
 # --- bad input ------------------------------------------------------------------------------------
@@ -234,14 +265,14 @@ def _g_idx_out_of_range(a: Any) -> Any:
 
 
 BAD_API = [
-    ("pack4-qwen3", _group(format="sparse-24-bitmask"), None, "format 'sparse-24-bitmask' (2:4 sparse (bitmask)) is not"),
+    ("pack4-qwen3", _group(format="sparse-24-bitmask"), None, "format 'sparse-24-bitmask' (2:4 sparse (bitmask))"),
     ("pack4-qwen3", _group(format="nvfp4-pack-quantized"), None, "format 'nvfp4-pack-quantized' (NVFP4)"),
     ("pack4-qwen3", _top(sparsity_config={"format": "sparse-24-bitmask"}), None, "sparsity_config format"),
     ("pack4-qwen3", _weights(num_bits=3), None, "pack-quantized int3 with strategy 'group' is not supported"),
     ("pack4-qwen3", _weights(strategy="tensor"), None, "strategy 'tensor' is not supported"),
     ("fp8-qwen3", _weights(num_bits=4), None, "float-quantized float4"),
     ("pack4-qwen3", _top(quantization_status="frozen"), None, "quantization_status 'frozen'"),
-    ("pack4-qwen3", None, _drop(f"{L0}.weight_scale"), f"{L0}: compressed-tensors weight_packed without {L0}.weight_scale"),
+    ("pack4-qwen3", None, _drop(f"{L0}.weight_scale"), f"{L0}: compressed-tensors weight_packed without {L0}.weight_sc"),
     ("pack4asym-qwen2", None, _drop(f"{L0}.weight_zero_point"), "is asymmetric but the checkpoint has no"),
     ("fp8-qwen3", None, _drop(f"{L0}.weight_scale"), f"{L0}.weight: a F8_E4M3 weight without {L0}.weight_scale"),
     ("pack4-qwen3", None, _set(f"{L0}.weight_shape", lambda a: a + 8),
@@ -251,7 +282,7 @@ BAD_API = [
     ("pack4-qwen3", _top(ignore=["lm_head", L0]), None, f"{L0}: stored quantized, but quantization_config's ignore"),
     ("pack4-qwen3", _group(targets=["re:.*mlp\\..*"]), None,
      "layers.0.self_attn.k_proj: stored quantized, but no config group targets it (targets: re:.*mlp"),
-    ("int8-qwen2", _group(format="pack-quantized"), None, "without model.layers.0.mlp.down_proj.weight_packed, which config group"),
+    ("int8-qwen2", _group(format="pack-quantized"), None, "without model.layers.0.mlp.down_proj.weight_packed, which"),
     ("pack4gidx-qwen2", None, _drop(f"{L0}.weight_packed"), f"{L0}.weight_scale: without {L0}.weight_packed"),
 ]
 
