@@ -169,6 +169,32 @@ def test_gguf_streams_experts(packed: dict, tmp_path: Path, monkeypatch: pytest.
     assert any(hi - lo < n for lo, hi, n in slabs), "no linear was read a slab at a time"
 
 
+CT_PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
+
+
+@pytest.mark.parametrize("name,to,opts", [("pack4gidx-qwen2", "gguf", {"quant": "q4_k_m"}),
+                                          ("fp8block-qwen3", "safetensors", {"format": "compressed-tensors",
+                                                                             "quant": "int8", "block_size": 32})])
+def test_output_is_dequantize_then_encode(name: str, to: str, opts: dict, packed: dict, tmp_path: Path) -> None:
+    """A GGUF k-quant, or hf2st's own compressed-tensors, from a compressed-tensors source: the same
+    files as from the float checkpoint holding the dequantized weights."""
+    src, expected = packed[name]
+    flt = fq.float_copy(src, tmp_path / "float", expected, CT_PARTS)
+    a = bitconv.convert(src, to=to, out=tmp_path / ("q.gguf" if to == "gguf" else "q"), **opts)
+    b = bitconv.convert(flt, to=to, out=tmp_path / ("f.gguf" if to == "gguf" else "f"), **opts)
+    if to == "gguf":
+        ta, tb = read_gguf_tensors(Path(a.output)), read_gguf_tensors(Path(b.output))
+        assert list(ta) == list(tb) and ta == tb
+        return
+    fa, fb = ([f for f in sorted(p.iterdir()) if f.name != "bitconv-manifest.json"] for p in (tmp_path / "q", tmp_path / "f"))
+    assert [f.name for f in fa] == [f.name for f in fb]
+    for x, y in zip(fa, fb):
+        if x.name == "config.json":
+            assert json.loads(x.read_text()) == json.loads(y.read_text())
+        else:
+            assert x.read_bytes() == y.read_bytes(), x.name
+
+
 def test_inspect(packed: dict) -> None:
     r = bitconv.inspect(packed["pack4asym-qwen2"][0])
     assert r.format == "compressed-tensors" and r.n_quantized == 14
