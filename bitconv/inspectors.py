@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .convert.quantization_config import SOURCE_SCHEMES, describe, scheme_class, st_format
-from .errors import ArtifactError, BitconvError
+from .convert.quantization_config import SOURCE_SCHEMES, describe, scheme_class, source_scheme, st_format
+from .errors import ArtifactError, BitconvError, CheckpointError
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,8 @@ class SafetensorsSummary:
     n_tensors: int
     n_elements: int
     data_bytes: int
-    #: bitnet-packed: packed ternary linears; compressed-tensors: weight_packed tensors; gptq / awq / fp8:
+    #: bitnet-packed: packed ternary linears; compressed-tensors: quantized linears (weight_packed, or an
+    #: int / fp8 weight with its weight_scale); gptq / awq / fp8:
     #: quantized linears (qweight / weight_scale_inv tensors)
     n_quantized: int
     kind: str = "safetensors"
@@ -219,6 +220,10 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
         return (f"bitnet ternary, linear_class {qc.get('linear_class', 'bitlinear')}, "
                 f"mode {qc.get('quantization_mode', '?')}")
     if fmt == "compressed-tensors":
+        try:  # the scheme as the conversion source reads it (groups, formats, ignore)
+            return source_scheme({"quantization_config": qc}).describe()
+        except CheckpointError as e:
+            refusal = str(e)
         parts = []
         for name, group in sorted(_table(qc.get("config_groups")).items()):
             group = _table(group)
@@ -229,7 +234,8 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
                          f"on {', '.join(map(str, _items(group.get('targets'))))}")
         ignore = _items(qc.get("ignore"))
         return (f"{qc.get('format', '?')}, {qc.get('quantization_status', '?')}; " + "; ".join(parts)
-                + (f"; ignore {', '.join(map(str, ignore))}" if ignore else ""))
+                + (f"; ignore {', '.join(map(str, ignore))}" if ignore else "")
+                + f" (not a conversion source: {refusal})")
     if fmt in SOURCE_SCHEMES and (line := describe(qc)):
         return line
     return ", ".join(f"{k}={v}" for k, v in qc.items() if isinstance(v, (str, int, float, bool)))
@@ -263,8 +269,9 @@ def inspect_safetensors(path: Path) -> SafetensorsSummary:
     fmt = st_format(qc, names)
     archs = (config or {}).get("architectures")
     per_file = Counter(e[4] for e in entries)
-    if fmt == "compressed-tensors":
-        n_quantized = sum(n.endswith(".weight_packed") for n in names)
+    if fmt == "compressed-tensors":  # packed linears, and unpacked ones (int / float weight + weight_scale)
+        n_quantized = sum(n.endswith(".weight_packed") or (n.endswith(".weight_scale") and n[:-6] in names
+                                                           and n[:-6] + "_packed" not in names) for n in names)
     elif fmt == "bitnet-packed":
         n_quantized = sum(e[1] == "U8" and e[0] + "_scale" in names for e in entries)
     elif fmt in SOURCE_SCHEMES:

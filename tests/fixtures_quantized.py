@@ -11,6 +11,11 @@ bitconv's readers:
   with order_map [0, 2, 4, 6, 1, 3, 5, 7] (nibble i holds column order_map[i]).
 - FP8 (Qwen3-*-FP8, DeepSeek-V3): float8_e4m3fn weights, one `weight_scale_inv` (amax / 448, which
   multiplies on reading) per [128, 128] block.
+- compressed-tensors (llm-compressor): written by the compressed-tensors package itself (the
+  reference): its calculate_qparams on the minmax observer's ranges, its compressors
+  (PackedQuantizationCompressor, the naive / int / float ones) and its QuantizationConfig dumped as
+  llm-compressor's ModelCompressor.update_config writes it. Only act-order groups (`weight_g_idx`),
+  which compressed-tensors 0.20 no longer writes, are laid out here with the package's pack_to_int32.
 
 Packing here goes through bit arrays (np.packbits), not the shifts the readers use. Every packer
 returns, beside the folder, the float weight each linear is meant to decode to (`expected`), computed
@@ -221,3 +226,116 @@ def float_copy(src: Path, dst: Path, expected: dict[str, np.ndarray], parts: tup
 
 #: the stored parts of a quantized linear beside (or instead of) its float weight, per packer
 STORED_PARTS = ("qweight", "qzeros", "scales", "g_idx", "weight_scale_inv")
+
+
+def _ct_ranges(w: Any, strategy: str, group: int | None, block: tuple[int, int] | None) -> tuple[Any, Any]:
+    """(min, max) as llm-compressor's minmax observer hands them to calculate_qparams."""
+    import torch
+
+    if strategy == "group":
+        g = w.unflatten(-1, (w.shape[-1] // group, group))
+        return g.amin(-1), g.amax(-1)
+    if strategy == "channel":
+        return w.amin(-1, keepdim=True), w.amax(-1, keepdim=True)
+    if strategy == "block":
+        bn, bk = block
+        n, k = w.shape
+        pad = torch.nn.functional.pad(w, (0, -k % bk, 0, -n % bn))  # zeros do not move a range holding 0
+        b = pad.reshape(pad.shape[0] // bn, bn, pad.shape[1] // bk, bk).transpose(1, 2).flatten(-2)
+        return b.amin(-1), b.amax(-1)
+    return w.amin().reshape(1), w.amax().reshape(1)
+
+
+def ct_quantization_config(scheme: Any, fmt: str, ignore: list[str]) -> dict[str, Any]:
+    """config.json's quantization_config as llm-compressor writes it (ModelCompressor.update_config)."""
+    import compressed_tensors
+    from compressed_tensors.quantization import QuantizationConfig
+
+    qc = QuantizationConfig(config_groups={"group_0": scheme}, format=fmt, quantization_status="compressed",
+                            ignore=ignore)
+    body = json.loads(json.dumps(qc.model_dump(exclude=["quant_method"])))
+    return {"version": compressed_tensors.__version__, "quant_method": "compressed-tensors", "sparsity_config": {},
+            "transform_config": {}, **body}
+
+
+def make_compressed(src: Path, dst: Path, *, format: str = "pack-quantized", bits: int = 4, type: str = "int",
+                    strategy: str = "group", group_size: int | None = 32, symmetric: bool = True,
+                    block: tuple[int, int] | None = None, actorder_group: bool = False,
+                    activations: bool = False, ignore: tuple[str, ...] = ("lm_head",),
+                    seed: int = 0) -> tuple[Path, dict[str, np.ndarray]]:
+    """`src` as a compressed-tensors checkpoint in `format`, quantized (round to nearest) and compressed
+    by the compressed-tensors package; `activations`: dynamic per-token input quantization of the
+    weights' type (W8A8 int / FP8_DYNAMIC: nothing stored for it). `actorder_group`: columns in
+    random groups given by `weight_g_idx` (pack-quantized, group strategy). Returns (dst, expected):
+    each linear's float32 weight as llama.cpp's converter computes it, (q − z) · f32(s)."""
+    import torch
+    from compressed_tensors.compressors import BaseCompressor
+    from compressed_tensors.compressors.pack_quantized.helpers import pack_to_int32, unpack_from_int32
+    from compressed_tensors.quantization import QuantizationArgs, QuantizationScheme
+    from compressed_tensors.quantization.utils import calculate_qparams
+
+    args = QuantizationArgs(num_bits=bits, type=type, symmetric=symmetric, strategy=strategy,
+                            group_size=group_size if strategy == "group" else None,
+                            block_structure=list(block) if block else None)
+    acts = (QuantizationArgs(num_bits=8, type=type, symmetric=True, strategy="token", dynamic=True)
+            if activations else None)
+    scheme = QuantizationScheme(targets=["Linear"], weights=args, input_activations=acts, format=format)
+    compressor = BaseCompressor.get_value_from_registry(format)
+    rng = np.random.default_rng(seed)
+    tensors, expected = {}, {}
+    for name, t in _load(src).items():
+        if not _is_linear(name):
+            tensors[name] = t
+            continue
+        base = name.removesuffix(".weight")
+        if actorder_group:  # columns in permuted groups: laid out here (the package no longer writes it)
+            n, k = t.shape
+            g_idx = np.empty(k, np.int64)
+            g_idx[rng.permutation(k)] = np.arange(k) // group_size
+            cols = torch.from_numpy(np.argsort(g_idx, kind="stable"))  # each group's columns, runs of group_size
+            scale, zp = calculate_qparams(*_ct_ranges(t[:, cols], "group", group_size, None), args)
+            gi = torch.from_numpy(g_idx)
+            qmin, qmax = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+            x = torch.round(t.float() / scale.float()[:, gi] + zp.float()[:, gi]).clamp(qmin, qmax).to(torch.int8)
+            stored = {"weight_packed": pack_to_int32(x, bits), "weight_scale": scale,
+                      "weight_shape": torch.tensor([n, k]), "weight_g_idx": gi.to(torch.int32)}
+            if not symmetric:
+                stored["weight_zero_point"] = pack_to_int32(zp.to(torch.int8), bits, packed_dim=0)
+            q, z, cols_of = x, (zp.to(torch.int8) if not symmetric else torch.zeros_like(scale, dtype=torch.int8)), gi
+        else:
+            scale, zp = calculate_qparams(*_ct_ranges(t, strategy, group_size, block), args)
+            state = {"weight": t, "weight_scale": scale, "weight_zero_point": zp}
+            stored = compressor.compress(state, scheme)
+            cols_of = None
+            if format == "pack-quantized":
+                n, k = stored["weight_shape"].tolist()
+                q = unpack_from_int32(stored["weight_packed"], bits, torch.Size([n, k]))
+                z = (unpack_from_int32(stored["weight_zero_point"], bits, torch.Size([n, scale.shape[1]]), packed_dim=0)
+                     if not symmetric else torch.zeros_like(scale, dtype=torch.int8))
+            else:
+                q = stored["weight"]
+                z = stored.get("weight_zero_point", torch.zeros_like(scale))
+        expected[name] = _ct_expected(q, z, scale, cols_of, strategy, group_size, block)
+        for part, v in stored.items():
+            tensors[f"{base}.{part}"] = v
+    return _write(src, dst, tensors, ct_quantization_config(scheme, format, list(ignore))), expected
+
+
+def _ct_expected(q: Any, z: Any, s: Any, g_idx: Any, strategy: str, group: int | None,
+                 block: tuple[int, int] | None) -> np.ndarray:
+    """(q − z) · s in float32, the scale and zero point spread over their rows and columns."""
+    n, k = q.shape
+    qf, zf, sf = q.float().numpy(), z.float().numpy().reshape(s.shape[0], -1), s.float().numpy().reshape(s.shape[0], -1)
+    if g_idx is not None:
+        cols = g_idx.numpy()
+    elif strategy == "group":
+        cols = np.arange(k) // group
+    elif strategy == "block":
+        cols = np.arange(k) // block[1]
+        rows = np.arange(n) // block[0]
+        zf, sf = zf[rows], sf[rows]
+    else:
+        cols = np.zeros(k, np.int64)
+    if sf.shape[0] == 1:
+        zf, sf = np.repeat(zf, n, 0), np.repeat(sf, n, 0)
+    return ((qf - zf[:, cols]) * sf[:, cols]).astype(np.float32)

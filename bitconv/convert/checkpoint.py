@@ -4,7 +4,8 @@ Headers are parsed and checked against the file size up front (safetensors_read.
 or forged file fails before anything is written. Tensor bytes are read only when a tensor is converted
 (``pread``, or a read-only mapping released after the work item); nothing stays mapped, so resident
 memory does not grow with the checkpoint. bf16 is decoded from its raw bits, so the GGUF path needs no
-torch. A GPTQ / AWQ / FP8 checkpoint's quantized linears are read as lazy float weights (dequant.py).
+torch. A GPTQ / AWQ / FP8 / compressed-tensors checkpoint's quantized linears are read as lazy float
+weights (dequant.py).
 """
 from __future__ import annotations
 
@@ -111,8 +112,9 @@ class Checkpoint:
     @classmethod
     def open(cls, source: str | os.PathLike[str], *, revision: str | None = None,
              allow_pickle: bool = False, dequantize: bool = True) -> "Checkpoint":
-        """`dequantize`: a GPTQ / AWQ / FP8 checkpoint's quantized linears read as lazy float weights
-        (convert/dequant.py); False keeps the stored parts (validate reads layouts it decodes itself)."""
+        """`dequantize`: a GPTQ / AWQ / FP8 / compressed-tensors checkpoint's quantized linears read as
+        lazy float weights (convert/dequant.py); False keeps the stored parts (validate reads layouts it
+        decodes itself)."""
         root, repo_id = resolve_source(source, revision)
         for name in (CONFIG_FILE, *TOKENIZER_FILES):  # what we read besides weights must stay inside too
             if (root / name).is_symlink():

@@ -1,4 +1,4 @@
-"""A quantized checkpoint (GPTQ, AWQ, FP8) seen as float tensors: each quantized linear becomes one
+"""A quantized checkpoint (GPTQ, AWQ, FP8, compressed-tensors) seen as float tensors: each quantized linear becomes one
 lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
 
 The scheme (quant/<scheme>.py, chosen by convert/quantization_config.py) says which stored parts
@@ -8,9 +8,10 @@ does the reading: for rows [lo, hi) of the weight it reads only the matching sli
 block scales), so no float copy of a whole model, or even of a whole large tensor, is ever made.
 The writers stream such a tensor like any plain one (`SourceTensor.plain`).
 
-Tensor order is llama.cpp's converter's (`dequant_model`): a scheme that names a new tensor (GPTQ)
-appends the dequantized linears after the stored tensors, one that replaces the weight (FP8) keeps
-its place.
+Tensor order is llama.cpp's converter's (`dequant_model`): a linear stored under new names (GPTQ,
+compressed-tensors pack-quantized) is appended after the stored tensors, one whose stored weight is
+replaced (FP8, compressed-tensors int/float-quantized) keeps its place; each linear's kind
+(quant.schemes.LinearKind) says which.
 """
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CheckpointError
-from ..quant.schemes import IntGrid, LinearLayout, SourceScheme
+from ..quant.schemes import IntGrid, LinearKind, LinearLayout, SourceScheme
 from .lazy import LazyTensor
 from .quantization_config import source_scheme
 
@@ -31,20 +32,21 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
     scheme = source_scheme(config)
     if scheme is None:
         return tensors
-    modules = [n.removesuffix("." + scheme.marker) for n in tensors if n.endswith("." + scheme.marker)]
-    if not modules:
+    kinds = scheme.linears(tensors)
+    if not kinds:
+        markers = " or ".join(sorted({f"*.{k.marker}" for k in scheme.kinds()}))
         raise CheckpointError(f"config.json says quant_method {scheme.method!r} but no tensor is named "
-                              f"*.{scheme.marker}: not a {scheme.method} checkpoint")
+                              f"{markers}: not a {scheme.method} checkpoint")
     owned: dict[str, str] = {}  # stored part name → its module
-    for m in modules:
-        for p in scheme.parts:
+    for m, kind in kinds.items():
+        for p in kind.parts:
             if f"{m}.{p}" in tensors:
                 owned[f"{m}.{p}"] = m
     _check_strays(scheme, tensors, owned)
-    for m in modules:  # a stored float weight beside a quantized one would be written twice
-        if scheme.appends and f"{m}.{scheme.output}" in tensors:
-            raise CheckpointError(f"{m}: both a float {m}.{scheme.output} and {scheme.method} {m}.{scheme.marker}")
-    linears = {m: _linear(scheme, m, tensors) for m in modules}
+    for m, kind in kinds.items():  # a stored float weight beside a quantized one would be written twice
+        if kind.appends and f"{m}.{kind.output}" in tensors:
+            raise CheckpointError(f"{m}: both a float {m}.{kind.output} and {scheme.method} {m}.{kind.marker}")
+    linears = {m: _linear(scheme, kind, m, tensors) for m, kind in kinds.items()}
     out: dict[str, LazyTensor] = {}
     for name, lt in tensors.items():
         if name.endswith(tuple("." + d for d in scheme.dropped)):
@@ -52,35 +54,37 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
         module = owned.get(name)
         if module is None:
             out[name] = lt
-        elif not scheme.appends and name == f"{module}.{scheme.marker}":
-            pass  # the weight itself takes its place below
-        elif not scheme.appends and name == f"{module}.{scheme.output}":
-            out[name] = linears[module]
-    if scheme.appends:
-        for m in modules:
-            out[f"{m}.{scheme.output}"] = linears[m]
+            continue
+        kind = kinds[module]
+        if not kind.appends and name == f"{module}.{kind.output}":
+            out[name] = linears[module]  # in the stored weight's place; its other parts go
+    for m, kind in kinds.items():
+        if kind.appends:
+            out[f"{m}.{kind.output}"] = linears[m]
     return out
 
 
 def _check_strays(scheme: SourceScheme, tensors: dict[str, LazyTensor], owned: dict[str, str]) -> None:
     """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear."""
+    kinds = scheme.kinds()
     for name in tensors:
         module, _, part = name.rpartition(".")
-        if part in scheme.parts and part != scheme.output and name not in owned:
-            raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{scheme.marker}")
+        for kind in kinds:
+            if part in kind.parts and part != kind.output and name not in owned:
+                raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{kind.marker}")
 
 
-def _linear(scheme: SourceScheme, module: str, tensors: dict[str, LazyTensor]) -> LazyTensor:
-    parts = {p: tensors[f"{module}.{p}"] for p in scheme.parts if f"{module}.{p}" in tensors}
-    missing = [p for p in scheme.parts if p not in parts and p not in scheme.optional]
+def _linear(scheme: SourceScheme, kind: LinearKind, module: str, tensors: dict[str, LazyTensor]) -> LazyTensor:
+    parts = {p: tensors[f"{module}.{p}"] for p in kind.parts if f"{module}.{p}" in tensors}
+    missing = [p for p in kind.parts if p not in parts and p not in kind.optional]
     if missing:
-        raise CheckpointError(f"{module}: {scheme.method} {scheme.marker} without "
+        raise CheckpointError(f"{module}: {scheme.method} {kind.marker} without "
                               f"{' / '.join(f'{module}.{p}' for p in missing)}")
     layout = scheme.layout(module, parts)
     n, k = layout.shape
-    marker = parts[scheme.marker]
+    marker = parts[kind.marker]
     reader = _SlabReader(module, layout, parts)
-    return LazyTensor(f"{module}.{scheme.output}", "F32", (n, k), n * k * 4, marker.source,
+    return LazyTensor(f"{module}.{kind.output}", "F32", (n, k), n * k * 4, marker.source,
                       lambda: reader.rows(0, n), reader.rows,
                       grid=reader.grid_rows if layout.grid is not None else None)
 

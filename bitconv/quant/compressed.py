@@ -1,6 +1,7 @@
 """compressed-tensors' pack-quantized scheme (symmetric int4 / int8 per group), both directions,
 bit for bit as the compressed-tensors package computes it: the safetensors writer lays the codes
-out, validate and the quantized-checkpoint sources decode them.
+out, validate decodes them. Reading compressed-tensors checkpoints as a conversion source (every
+format llm-compressor writes that bitconv reads) is compressed_source.py.
 
 `round_to_dtype` reproduces torch's bf16/f16 arithmetic (an op computed in float32, rounded once).
 """

@@ -67,6 +67,21 @@ class IntGrid:
         return w
 
 
+@dataclass(frozen=True)
+class LinearKind:
+    """How one quantized linear is stored: the part that marks it, all its parts (suffixes after
+    `<module>.`), those that may be absent, the float tensor it becomes, and whether llama.cpp's
+    converter appends that tensor after the stored ones (a new name) or keeps it in the place of
+    the stored weight. A scheme has one kind (GPTQ, FP8) or one per stored format (compressed-tensors
+    mixes packed and unpacked linears)."""
+
+    marker: str
+    parts: tuple[str, ...]
+    optional: tuple[str, ...] = ()
+    output: str = "weight"
+    appends: bool = True
+
+
 @dataclass
 class LinearLayout:
     """One quantized linear: its float shape [N, K] (numpy order, N output rows), how each stored part
@@ -108,6 +123,17 @@ class SourceScheme:
 
     def __init__(self, qc: dict[str, Any]) -> None:
         self.qc = qc
+
+    def kinds(self) -> tuple[LinearKind, ...]:
+        """Every way this scheme stores a linear (one, from the class attributes, unless overridden)."""
+        return (LinearKind(self.marker, self.parts, self.optional, self.output, self.appends),)
+
+    def linears(self, tensors: dict[str, Any]) -> dict[str, LinearKind]:
+        """The quantized linears among the stored tensors (name → object with .dtype and .shape) as
+        module → its kind, in stored order: every module whose marker is stored. Raises
+        CheckpointError for a linear the options do not cover."""
+        kind = self.kinds()[0]
+        return {n.removesuffix("." + kind.marker): kind for n in tensors if n.endswith("." + kind.marker)}
 
     def summary(self) -> dict[str, Any]:
         """scheme, bits, group size, symmetry, act-order (what inspect prints)."""
