@@ -60,8 +60,7 @@ class KeepGrid:
                              f"{checkpoint.name} stores float weights: convert it without --keep-grid")
         # the stored names say which linears the scheme dequantized (headers only)
         stored = Checkpoint.open(checkpoint.root, allow_pickle=allow_pickle, dequantize=False).tensors
-        quantized = {n.removesuffix("." + scheme.marker) + "." + scheme.output
-                     for n in stored if n.endswith("." + scheme.marker)}
+        quantized = {f"{module}.{kind.output}" for module, kind in scheme.linears(stored).items()}
         static: dict[str, str | None] = {}
         sources: dict[str, LazyTensor] = {}
         for pt in plan:

@@ -210,6 +210,10 @@ class CompressedTensorsScheme(SourceScheme):
             raise CheckpointError(f"{module}: stored quantized, but its config group {name!r} quantizes no weights")
         return args
 
+    def weight_type(self, module: str) -> str:
+        args = self.args_of(module)
+        return f"int{args.bits}" if args.type == "int" else f"fp{args.bits}"
+
     def summary(self) -> dict[str, Any]:
         out: dict[str, Any] = {"scheme": "compressed-tensors", "format": self.format or "per group"}
         for name, args in self.groups.items():

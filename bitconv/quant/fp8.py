@@ -90,6 +90,9 @@ class Fp8Scheme(SourceScheme):
         return {"scheme": "fp8", "bits": 8, "group size": blocks, "symmetric": "yes (float8_e4m3fn, scales)",
                 "act-order": "no", "format": "weight_scale_inv multiplies"}
 
+    def weight_type(self, module: str) -> str:
+        return "fp8"
+
     def layout(self, module: str, parts: dict[str, Any]) -> LinearLayout:
         weight, scale = parts["weight"], parts["weight_scale_inv"]
         if len(weight.shape) != 2:

@@ -139,6 +139,11 @@ class SourceScheme:
         """scheme, bits, group size, symmetry, act-order (what inspect prints)."""
         raise NotImplementedError
 
+    def weight_type(self, module: str) -> str:
+        """The stored weight type of the linear `module` as validate names its thresholds: int4,
+        int8, fp8, nf4, … (integer schemes: `int<bits>`)."""
+        return f"int{getattr(self, 'bits', 8)}"
+
     def describe(self) -> str:
         s = self.summary()
         return ", ".join(f"{k} {v}" if k != "scheme" else str(v) for k, v in s.items())

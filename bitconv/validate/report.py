@@ -28,9 +28,13 @@ DEFAULT_MIN_COS: dict[str, float] = {
 #: --quant); the figures of the ONNX issue (int2: vs the BitLinear reference)
 ONNX_MIN_COS: dict[str, float] = {"f32": 0.99999, "f16": 0.9999, "int8": 0.999, "int4": 0.98, "int2": 0.995}
 #: minimum cos per safetensors weight type (tensors of that type, and the logits of a checkpoint of
-#: that type): bitnet-packed as the ternary GGUF types, compressed-tensors int8 / int4 as the ONNX ones
+#: that type): bitnet-packed as the ternary GGUF types, int8 / int4 as the ONNX ones, and the other
+#: quantized checkpoints' types as the GGUF type of the same precision (fp8 as q8_0, nf4 as q4_0,
+#: GPTQ's 3 and 2 bits as q3_k and q2_k)
 ST_MIN_COS: dict[str, float] = {"bitnet-packed": DEFAULT_MIN_COS["i2_s"], "int8": ONNX_MIN_COS["int8"],
-                                "int4": ONNX_MIN_COS["int4"]}
+                                "int4": ONNX_MIN_COS["int4"], "fp8": DEFAULT_MIN_COS["q8_0"],
+                                "nf4": DEFAULT_MIN_COS["q4_0"], "fp4": DEFAULT_MIN_COS["q4_k"],
+                                "int3": DEFAULT_MIN_COS["q3_k"], "int2": DEFAULT_MIN_COS["q2_k"]}
 DEFAULT_PROMPT = "The quick brown fox jumps over the lazy dog."
 
 

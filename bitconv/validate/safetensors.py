@@ -37,7 +37,7 @@ from .logits import compare_forward, reference_hparams
 from .report import (DEFAULT_MIN_COS, ST_MIN_COS, Check, TensorCheck, ValidationReport, failed_report,
                      reference_mismatch, set_verdict)
 from .runtime_check import RuntimeJudge, forward_fallback
-from .sources import FLOAT_TYPES, CheckpointWeights, CtLinear, StArtifact
+from .sources import FLOAT_TYPES, CheckpointWeights, QuantizedLinear, StArtifact
 
 #: a stored ternary scale may differ from the reference's by float32 rounding of 1/x
 _SCALE_RTOL = 1e-6
@@ -62,8 +62,9 @@ def _hf_name(pt: Any) -> str:
 def _type_of(pt: Any, st: StArtifact) -> str:
     if pt.source.codes is not None:  # a packed ternary linear
         return "bitnet-packed"
-    if _hf_name(pt) in st.linears:
-        return st.quant
+    lin = st.linears.get(_hf_name(pt))
+    if lin is not None:
+        return lin.weight_type
     dtype = pt.source.source_dtype
     return FLOAT_TYPES.get(dtype, dtype.lower())
 
@@ -82,9 +83,7 @@ def structural_checks(st: StArtifact, plan: Any | None, plan_error: str) -> list
             values = pt.source.load()
             if pt.source.known_scale is not None:
                 pt.source.known_scale()  # a non-positive or non-finite weight_scale raises
-            if hf in st.linears and not np.isfinite(st.scales(st.linears[hf])).all():
-                bad.append(f"{st.linears[hf].scale.name}: NaN/Inf scale(s)")
-            elif not np.isfinite(values).all():
+            if not np.isfinite(values).all():  # a quantized linear's NaN/Inf scales show here too
                 bad.append(f"{hf}: {int(values.size - np.count_nonzero(np.isfinite(values)))} NaN/Inf value(s)")
         except BitconvError as e:
             bad.append(f"{hf}: {e}")
@@ -97,9 +96,8 @@ def _format_line(st: StArtifact) -> str:
     qc = st.qc or {}
     if st.format == "bitnet-packed":
         return f"bitnet-packed (linear_class {qc.get('linear_class', 'bitlinear')})"
-    if st.format == "compressed-tensors":
-        groups = sorted({lin.k // max(lin.scale.shape[1], 1) for lin in st.linears.values()})
-        return f"compressed-tensors pack-quantized int{st.bits}, group {'/'.join(map(str, groups))}"
+    if st.scheme is not None:
+        return f"{st.scheme.describe()}; {len(st.linears)} quantized linears"
     return f"plain {st.quant} checkpoint"
 
 
@@ -124,8 +122,8 @@ def _tensor_check(pt: Any, st: StArtifact, art: CheckpointWeights, ref: Checkpoi
         float_threshold(tc, kind, thresholds, magnitude=True)
         lin = st.linears.get(hf)
         source = ref_ckpt.tensors.get(hf)
-        if lin is not None and source is not None and not ternary:
-            _ct_codes(tc, st, lin, source)
+        if lin is not None and source is not None and not ternary and st.format == "compressed-tensors":
+            _ct_codes(tc, lin, source)
         elif lin is None and len(pt.source.sources) == 1 and len(want_pt.source.sources) == 1:
             mine, theirs = pt.source.sources[0], want_pt.source.sources[0]
             tc.bytes_identical = mine.dtype == theirs.dtype and bool(np.array_equal(mine.load_raw(), theirs.load_raw()))
@@ -140,18 +138,22 @@ def _ternary_check(tc: TensorCheck, got: TernaryWeight, want: TernaryWeight) -> 
     tc.bytes_identical = tc.codes_differing == 0 and np.float32(got.scale) == np.float32(want.scale)
 
 
-def _ct_codes(tc: TensorCheck, st: StArtifact, lin: CtLinear, source: LazyTensor) -> None:
-    """Codes and scales vs compressed-tensors' round-to-nearest of the reference (informative)."""
+def _ct_codes(tc: TensorCheck, lin: QuantizedLinear, source: LazyTensor) -> None:
+    """A compressed-tensors symmetric int linear's codes and scales vs the package's round-to-nearest
+    of the reference (informative: GPTQ-style artifacts differ from it by design)."""
     from ..quant.compressed import ct_quantize
 
-    if source.dtype not in ("F32", "F16", "BF16") or source.shape != (lin.rows, lin.k):
+    w = lin.weight
+    if source.dtype not in ("F32", "F16", "BF16") or source.shape != w.shape or w.grid is None:
         return
-    assert st.bits is not None
-    q, s = ct_quantize(np.asarray(source.load(), dtype=np.float32), st.bits, lin.k // lin.scale.shape[1],
-                       source.dtype)
-    diff = int(np.count_nonzero(st.codes(lin) != q))
+    grid = w.grid(0, w.shape[0])
+    half = np.float32(1 << (grid.bits - 1))
+    if grid.g_idx is not None or not (grid.zeros == half).all() or w.shape[1] % grid.group:
+        return
+    q, s = ct_quantize(np.asarray(source.load(), dtype=np.float32), grid.bits, grid.group, source.dtype)
+    diff = int(np.count_nonzero(grid.codes.astype(np.int16) - int(half) != q))
     tc.codes_identical, tc.codes_differing = diff == 0, diff
-    tc.bytes_identical = diff == 0 and lin.scale.dtype == source.dtype and bool(np.array_equal(st.scales(lin), s))
+    tc.bytes_identical = diff == 0 and grid.scale_dtype == source.dtype and bool(np.array_equal(grid.scales, s))
 
 
 def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.PathLike[str] | None = None, *,
@@ -175,7 +177,7 @@ def validate_safetensors(artifact: str | os.PathLike[str], reference: str | os.P
     except BitconvError as e:
         return failed_report(str(path), ref_str, str(e), thresholds)
     plan, plan_error = None, ""
-    if not st.format_note:
+    if not st.format_note and st.decoded is not None:
         try:
             plan = _plan(st.decoded)
         except BitconvError as e:

@@ -3,8 +3,8 @@
 * `CheckpointWeights`: a reference HF checkpoint through its tensor plan (ternary linears as the
   references ternarize them).
 * `GgufWeights`: a GGUF file's tensors decoded on demand from a read-only mapping.
-* `StArtifact`: a safetensors checkpoint, compressed-tensors linears dequantized on load
-  (bitnet-packed linears are decoded by the arch mapping itself).
+* `StArtifact`: a safetensors checkpoint, quantized linears dequantized on load by the conversion
+  sources' schemes (bitnet-packed linears are decoded by the arch mapping itself).
 
 The ONNX reader is `bitconv.formats.onnx.reader.OnnxArtifact` (inspect reads ONNX folders with it too).
 """
@@ -21,7 +21,8 @@ import gguf
 import numpy as np
 
 from ..convert.checkpoint import Checkpoint, LazyTensor
-from ..convert.quantization_config import st_format
+from ..convert.dequant import dequantized_tensors
+from ..convert.quantization_config import source_scheme, st_format
 from ..errors import ArtifactError, CheckpointError
 from ..forward import TERNARY_LINEARS, TernaryWeight, WeightSource
 from ..convert.gguf_header import GGUFSummary, GGUFTensorInfo
@@ -149,23 +150,24 @@ class CheckpointWeights(WeightSource):
 # --- safetensors checkpoints -----------------------------------------------------------------------
 
 FLOAT_TYPES = {"F64": "f32", "F32": "f32", "F16": "f16", "BF16": "bf16"}
-_CT_PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
 
 
 @dataclasses.dataclass
-class CtLinear:
-    """One pack-quantized linear: its stored parts and logical shape."""
+class QuantizedLinear:
+    """One quantized linear of a checkpoint: its module, its lazy float32 weight (dequantized a slab
+    at a time by the conversion sources' scheme) and its stored weight type (int4, fp8, …)."""
 
-    packed: LazyTensor
-    scale: LazyTensor
-    rows: int
-    k: int
+    module: str
+    weight: LazyTensor
+    weight_type: str
 
 
 class StArtifact:
     """A safetensors checkpoint read from its headers, with `decoded`: the same checkpoint whose
-    tensors are float (compressed-tensors linears dequantized when loaded; bitnet-packed linears are
-    decoded by the arch mapping itself)."""
+    tensors are float. Quantized linears are dequantized by the scheme that reads such checkpoints
+    as conversion sources (quant/<scheme>.py, chosen by quant_method: compressed-tensors, GPTQ, AWQ,
+    FP8, …), so validate and the converters share one decoder; bitnet-packed linears are decoded
+    by the arch mapping itself."""
 
     def __init__(self, path: Path) -> None:
         folder = path if path.is_dir() else path.parent
@@ -173,20 +175,20 @@ class StArtifact:
         qc = self.raw.config.get("quantization_config")
         self.qc: dict[str, Any] | None = qc if isinstance(qc, dict) else None
         self.format = st_format(self.qc, set(self.raw.tensors))
-        self.bits: int | None = None
         self.problems: list[str] = []  # layout problems found while decoding the headers
-        self.linears: dict[str, CtLinear] = {}  # HF weight name → its packed parts
+        self.scheme: Any = None
+        self.linears: dict[str, QuantizedLinear] = {}  # HF weight name → the quantized linear
         self.format_note = self._check_format()
-        self.decoded = self._ct_view() if self.format == "compressed-tensors" and self.bits else self.raw
+        self.decoded: Checkpoint | None = self._dequantized() if self.scheme is not None else self.raw
 
     @property
     def quant(self) -> str:
-        """The weight type the checkpoint is held to: bitnet-packed / int4 / int8, or its main float dtype."""
+        """The weight type the checkpoint is held to: bitnet-packed, its quantized linears' most common
+        type (int4 / int8 / fp8 / …), or its main float dtype."""
         if self.format == "bitnet-packed":
             return "bitnet-packed"
-        if self.bits:
-            return f"int{self.bits}"
-        counts = Counter(FLOAT_TYPES[t.dtype] for t in self.raw if t.dtype in FLOAT_TYPES and len(t.shape) == 2)
+        counts = Counter(lin.weight_type for lin in self.linears.values()) or \
+            Counter(FLOAT_TYPES[t.dtype] for t in self.raw if t.dtype in FLOAT_TYPES and len(t.shape) == 2)
         return counts.most_common(1)[0][0] if counts else "?"
 
     def _check_format(self) -> str:
@@ -199,75 +201,27 @@ class StArtifact:
             return "" if lc in LINEAR_CLASSES else f"linear_class {lc!r} (known: {', '.join(LINEAR_CLASSES)})"
         if self.format == "plain":
             return ""
-        if self.format != "compressed-tensors":
-            return (f"quant_method {self.format!r}: bitconv validates bitnet, compressed-tensors pack-quantized "
-                    "and unquantized checkpoints")
         if not self.qc:
-            return "compressed-tensors tensors but no quantization_config in config.json"
-        weights = [(g or {}).get("weights") or {} for g in (qc.get("config_groups") or {}).values()]
-        formats = {qc.get("format")} | {(g or {}).get("format") for g in (qc.get("config_groups") or {}).values()}
-        bits = {w.get("num_bits") for w in weights}
-        if not weights or formats - {"pack-quantized", None} or len(bits) != 1 or bits - {4, 8}:
-            return (f"format {sorted(map(str, formats - {None}))}, num_bits {sorted(map(str, bits))}: bitconv decodes "
-                    "pack-quantized int4 / int8 with one bit width")
-        if any(w.get("type", "int") != "int" or not w.get("symmetric", True) for w in weights):
-            return "asymmetric or float weights: bitconv decodes symmetric int pack-quantized checkpoints"
-        self.bits = int(bits.pop())
+            return f"{self.format} tensors but no quantization_config in config.json"
+        try:
+            self.scheme = source_scheme(self.raw.config)
+        except CheckpointError as e:
+            return str(e)
+        if self.scheme is None:
+            return f"quant_method {self.format!r}: bitconv decodes no such checkpoint"
         return ""
 
-    def _ct_view(self) -> Checkpoint:
-        tensors: dict[str, LazyTensor] = {}
-        names = self.raw.tensors
-        for name, lt in names.items():
-            prefix, _, part = name.rpartition(".")
-            if part in _CT_PARTS[1:] and f"{prefix}.weight_packed" in names:
-                continue
-            if part != "weight_packed":
-                tensors[name] = lt
-                continue
-            lin = self._ct_linear(prefix, lt)
-            if lin is not None:
-                self.linears[prefix + ".weight"] = lin
-                tensors[prefix + ".weight"] = LazyTensor(prefix + ".weight", "F32", (lin.rows, lin.k),
-                                                         lin.rows * lin.k * 4, lt.source,
-                                                         lambda lin=lin: self.dequantize(lin))
+    def _dequantized(self) -> Checkpoint | None:
+        """The checkpoint with its quantized linears as lazy float32 weights; None (the problem
+        recorded) when their stored parts do not make the linears the config describes."""
+        try:
+            kinds = self.scheme.linears(self.raw.tensors)
+            tensors = dequantized_tensors(self.raw.config, self.raw.tensors)
+            for module, kind in kinds.items():
+                name = f"{module}.{kind.output}"
+                self.linears[name] = QuantizedLinear(module, tensors[name], self.scheme.weight_type(module))
+        except CheckpointError as e:
+            self.problems.append(str(e))
+            return None
         return dataclasses.replace(self.raw, tensors=tensors)
-
-    def _ct_linear(self, prefix: str, packed: LazyTensor) -> CtLinear | None:
-        scale, shape = self.raw.tensors.get(prefix + ".weight_scale"), self.raw.tensors.get(prefix + ".weight_shape")
-        if scale is None or shape is None:
-            self.problems.append(f"{packed.name}: no {prefix}.weight_scale / weight_shape beside it")
-            return None
-        dims = np.asarray(shape.load_raw()).reshape(-1)
-        if dims.size != 2 or dims.min() <= 0:
-            self.problems.append(f"{shape.name}: {dims.tolist()} is not a 2-D shape")
-            return None
-        rows, k = int(dims[0]), int(dims[1])
-        assert self.bits is not None
-        want = (rows, -(-k * self.bits // 32))
-        if packed.dtype != "I32" or packed.shape != want:
-            self.problems.append(f"{packed.name}: {packed.dtype} {packed.shape}, expected I32 {want} for a {rows}×{k} "
-                                 f"int{self.bits} weight")
-            return None
-        if (scale.dtype not in FLOAT_TYPES or len(scale.shape) != 2 or scale.shape[0] != rows
-                or k % max(scale.shape[1], 1)):
-            self.problems.append(f"{scale.name}: {scale.dtype} {scale.shape} does not hold per-group scales of a "
-                                 f"{rows}×{k} weight")
-            return None
-        return CtLinear(packed, scale, rows, k)
-
-    def codes(self, lin: CtLinear) -> np.ndarray:
-        from ..quant.compressed import ct_unpack
-
-        assert self.bits is not None
-        return ct_unpack(np.ascontiguousarray(lin.packed.load_raw()), self.bits, lin.k)
-
-    def scales(self, lin: CtLinear) -> np.ndarray:
-        return np.asarray(lin.scale.load(), dtype=np.float32)
-
-    def dequantize(self, lin: CtLinear) -> np.ndarray:
-        """codes × group scale, rounded to the scale's dtype (compressed-tensors' decompression)."""
-        from ..quant.compressed import ct_dequantize
-
-        return ct_dequantize(self.codes(lin), self.scales(lin), lin.scale.dtype)
 
