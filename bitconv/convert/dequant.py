@@ -1,11 +1,11 @@
-"""A quantized checkpoint (GPTQ, AWQ, FP8) seen as float tensors: each quantized linear becomes one
+"""A quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes) seen as float tensors: each quantized linear becomes one
 lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
 
 The scheme (quant/<scheme>.py, chosen by convert/quantization_config.py) says which stored parts
 make a linear, how they are sliced for a slab of rows and how they are dequantized; this module
 does the reading: for rows [lo, hi) of the weight it reads only the matching slices of its parts
 (for GPTQ/AWQ the columns of qweight/qzeros/scales, for FP8 the rows of the weight and of its
-block scales), so no float copy of a whole model, or even of a whole large tensor, is ever made.
+block scales, for bitsandbytes the bytes and absmax entries of the blocks over those rows), so no float copy of a whole model, or even of a whole large tensor, is ever made.
 The writers stream such a tensor like any plain one (`SourceTensor.plain`).
 
 Tensor order is llama.cpp's converter's (`dequant_model`): a scheme that names a new tensor (GPTQ)
@@ -63,10 +63,13 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
 
 
 def _check_strays(scheme: SourceScheme, tensors: dict[str, LazyTensor], owned: dict[str, str]) -> None:
-    """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear."""
+    """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear.
+    Part suffixes may hold dots (bitsandbytes' `weight.quant_map` beside `weight.absmax`)."""
+    suffixes = [p for p in scheme.parts if p != scheme.output]
     for name in tensors:
-        module, _, part = name.rpartition(".")
-        if part in scheme.parts and part != scheme.output and name not in owned:
+        part = next((p for p in suffixes if name.endswith("." + p)), None)
+        if part is not None and name not in owned:
+            module = name[:-len(part) - 1]
             raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{scheme.marker}")
 
 
@@ -131,4 +134,6 @@ class _SlabReader:
             return self.whole[part]
         extent = lt.shape[s.axis]
         b, e = lo // s.rows * s.entries, min(extent, -(-hi // s.rows) * s.entries)
+        if len(lt.shape) == 1:  # a 1-D part (bitsandbytes' absmax, SCB): elements [b, e), one read
+            return lt.load_cols(b, e).reshape(-1)
         return lt.load_rows(b, e) if s.axis == 0 else lt.load_cols(b, e)

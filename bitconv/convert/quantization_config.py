@@ -19,11 +19,12 @@ SOURCE_SCHEMES: dict[str, str] = {
     "gptq": "gptq:GptqScheme",
     "awq": "awq:AwqScheme",
     "fp8": "fp8:Fp8Scheme",
+    "bitsandbytes": "bnb:bnb_scheme",  # 4-bit (nf4 / fp4) or LLM.int8, by load_in_4bit / load_in_8bit
 }
 #: quant_methods whose linears the architecture mapping decodes (convert/arch/packed_ternary.py)
 MAPPING_DECODED = ("bitnet",)
 #: quant_methods bitconv writes (hf2st) and validates but does not yet read as a conversion source
-NOT_YET_SOURCES = ("compressed-tensors", "bitsandbytes")
+NOT_YET_SOURCES = ("compressed-tensors",)
 
 
 def register_source_scheme(method: str, factory: str | Callable[[dict[str, Any]], Any]) -> None:
