@@ -83,8 +83,9 @@ def int8_dequantize(q: np.ndarray, scb: np.ndarray) -> np.ndarray:
 # --- reading: 4-bit (NF4 / FP4, double quant) and LLM.int8 as conversion sources ------------------
 
 #: bitsandbytes.functional.get_4bit_type("fp4"): sign, 2 exponent bits, 1 mantissa bit, in code
-#: (bit-pattern) order, divided by its largest magnitude (12) in float32
-FP4_CODE = np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, -0.0, -0.0625, -8, -12, -4, -6, -2, -3],
+#: (bit-pattern) order, divided by its largest magnitude (12) in float32. Code 0b1000 is +0, as in
+#: that table (and the default and AVX-512 CPU kernels' output); only the scalar CPU kernel gives −0
+FP4_CODE = np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3],
                     dtype=np.float32) / np.float32(12)
 CODES_4BIT = {"nf4": NF4_CODE, "fp4": FP4_CODE}
 #: the block sizes dequantize_4bit accepts
@@ -227,8 +228,10 @@ class Bnb4bitScheme(SourceScheme):
         nested = "nested_blocksize" in state
         have = [p for p in ("weight.nested_absmax", "weight.nested_quant_map") if p in parts]
         if nested != bool(have) or (nested and len(have) != 2):
-            raise CheckpointError(f"{module}: the quant state {'has' if nested else 'has no'} double-quant items but "
-                                  f"the checkpoint has {' and '.join(have) if have else 'no'} weight.nested_absmax / nested_quant_map")
+            holds = f"holds only {module}.{have[0]}" if len(have) == 1 else \
+                "holds both" if have else "holds neither weight.nested_absmax nor weight.nested_quant_map"
+            raise CheckpointError(f"{module}: the quant state {'has' if nested else 'has no'} double-quant items "
+                                  f"(nested_blocksize, nested_offset) but the checkpoint {holds}")
         expect(module, "weight.absmax", parts["weight.absmax"], ("U8",) if nested else ("F32",), (n_blocks,),
                f": {n_blocks} blocks of {block} over {n}×{k}")
         expect(module, "weight.quant_map", parts["weight.quant_map"], ("F32",), (16,))
