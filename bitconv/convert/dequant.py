@@ -1,16 +1,17 @@
-"""A quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes) seen as float tensors: each quantized linear becomes one
-lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
+"""A quantized checkpoint (GPTQ, AWQ, FP8, bitsandbytes) seen as float tensors: each quantized
+linear becomes one lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
 
 The scheme (quant/<scheme>.py, chosen by convert/quantization_config.py) says which stored parts
 make a linear, how they are sliced for a slab of rows and how they are dequantized; this module
 does the reading: for rows [lo, hi) of the weight it reads only the matching slices of its parts
 (for GPTQ/AWQ the columns of qweight/qzeros/scales, for FP8 the rows of the weight and of its
-block scales, for bitsandbytes the bytes and absmax entries of the blocks over those rows), so no float copy of a whole model, or even of a whole large tensor, is ever made.
-The writers stream such a tensor like any plain one (`SourceTensor.plain`).
+block scales, for bitsandbytes the packed bytes and absmax entries of the blocks over those rows),
+so no float copy of a whole model, or even of a whole large tensor, is ever made. The writers
+stream such a tensor like any plain one (`SourceTensor.plain`).
 
 Tensor order is llama.cpp's converter's (`dequant_model`): a scheme that names a new tensor (GPTQ)
-appends the dequantized linears after the stored tensors, one that replaces the weight (FP8) keeps
-its place.
+appends the dequantized linears after the stored tensors, one that replaces the weight (FP8,
+bitsandbytes) keeps its place.
 """
 from __future__ import annotations
 
@@ -71,6 +72,10 @@ def _check_strays(scheme: SourceScheme, tensors: dict[str, LazyTensor], owned: d
         if part is not None and name not in owned:
             module = name[:-len(part) - 1]
             raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{scheme.marker}")
+        if name.endswith("." + scheme.output) and name not in owned and tensors[name].dtype in scheme.code_dtypes:
+            module = name[:-len(scheme.output) - 1]
+            raise CheckpointError(f"{name}: {tensors[name].dtype} {scheme.method} codes {tuple(tensors[name].shape)} "
+                                  f"without {module}.{scheme.marker}")
 
 
 def _linear(scheme: SourceScheme, module: str, tensors: dict[str, LazyTensor]) -> LazyTensor:

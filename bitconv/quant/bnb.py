@@ -181,7 +181,10 @@ class Bnb4bitScheme(SourceScheme):
     f32) — bitconv widens that to float32 exactly. The codes are bitsandbytes' fixed NF4 / FP4
     tables (which dequantize_4bit uses, not the stored quant_map: a quant_map that differs is refused).
     A slab of rows maps to a range of blocks: slabs are whole multiples of blocksize / gcd(K,
-    blocksize) rows, so no block is split.
+    blocksize) rows, so no block is split. Blocks run over the flattened weight as quantize_4bit
+    writes them and its CUDA and default kernels read them (bitsandbytes 0.50's AVX-512 CPU kernel
+    indexes absmax per row when the block size does not divide K; transformers' 64 always does for
+    real models). The quant state is parsed as JSON only (bitconv never unpickles).
     """
 
     method = "bitsandbytes"
@@ -191,6 +194,7 @@ class Bnb4bitScheme(SourceScheme):
     optional = ("weight.nested_absmax", "weight.nested_quant_map",
                 *(f"weight.quant_state.bitsandbytes__{t}" for t in CODES_4BIT))
     appends = False  # the dequantized weight takes the packed weight's place
+    code_dtypes = ("U8",)
 
     def __init__(self, qc: dict[str, Any]) -> None:
         super().__init__(qc)
@@ -224,7 +228,8 @@ class Bnb4bitScheme(SourceScheme):
         n, k = state["shape"]
         block, dtype = int(state["blocksize"]), STATE_DTYPES[state["dtype"]]
         n_blocks = -(-n * k // block)
-        expect(module, "weight", parts["weight"], ("U8",), ((n * k + 1) // 2, 1), f": {n}×{k} 4-bit codes (quant state shape)")
+        expect(module, "weight", parts["weight"], ("U8",), ((n * k + 1) // 2, 1),
+               f": {n}×{k} 4-bit codes (quant state shape)")
         nested = "nested_blocksize" in state
         have = [p for p in ("weight.nested_absmax", "weight.nested_quant_map") if p in parts]
         if nested != bool(have) or (nested and len(have) != 2):
@@ -246,10 +251,10 @@ class Bnb4bitScheme(SourceScheme):
             expect(module, "weight.nested_quant_map", parts["weight.nested_quant_map"], ("F32",), (256,))
             offset = np.float32(state["nested_offset"])
         unit = block // math.gcd(k, block)  # rows that hold whole blocks (and whole bytes: block is even)
-        slices = {"weight": PartSlice(0, unit, unit * k // 2), "weight.absmax": PartSlice(0, unit, unit * k // block),
-                  "weight.quant_map": PartSlice(None), "weight.nested_absmax": PartSlice(None),
-                  "weight.nested_quant_map": PartSlice(None), f"weight.quant_state.bitsandbytes__{qtype}": PartSlice(None)}
-        slices = {p: s for p, s in slices.items() if p in parts}
+        # the packed bytes and absmax entries of those rows are sliced; the rest is small, read whole
+        slices = {p: PartSlice(None) for p in parts}
+        slices["weight"] = PartSlice(0, unit, unit * k // 2)
+        slices["weight.absmax"] = PartSlice(0, unit, unit * k // block)
 
         def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
             absmax = arrays["weight.absmax"].reshape(-1)
@@ -274,6 +279,7 @@ class BnbInt8Scheme(SourceScheme):
     parts = ("weight", "SCB", "weight_format")
     optional = ("weight_format",)
     appends = False
+    code_dtypes = ("I8",)
 
     def summary(self) -> dict[str, Any]:
         skip = self.qc.get("llm_int8_skip_modules")
