@@ -93,6 +93,21 @@ def test_dequantized_weights(name: str, made: dict, refs: dict) -> None:
             assert np.array_equal(lt.load_raw(), flt.tensors[hf].load_raw()), hf
 
 
+@pytest.mark.parametrize("fmt", ["bnb-nf4", "bnb-int8"])
+def test_reads_bitconvs_own_bnb_output(fmt: str, sources: dict[str, Path], tmp_path: Path) -> None:
+    """bitconv's own `hf2st --format bnb-nf4 / bnb-int8` output (byte-identical to transformers'
+    save: tests/test_safetensors_bnb.py) read back as a source = bitsandbytes' dequantization."""
+    from bitconv.convert.checkpoint import Checkpoint
+
+    out = tmp_path / fmt
+    bitconv.convert(sources["qwen2"], to="safetensors", format=fmt, out=out)
+    want = fb.reference(out)
+    ck = Checkpoint.open(out)
+    assert len(want) == 14 and set(ck.tensors) == set(Checkpoint.open(sources["qwen2"]).tensors)
+    for hf, w in want.items():
+        assert ck.tensors[hf].load().tobytes() == w.tobytes(), hf
+
+
 def write_float_copy(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Path:
     """`src` (bnb) as a float checkpoint: its float tensors as stored, the dequantized linears (f32)."""
     import torch
