@@ -84,7 +84,8 @@ def int8_dequantize(q: np.ndarray, scb: np.ndarray) -> np.ndarray:
 
 #: bitsandbytes.functional.get_4bit_type("fp4"): sign, 2 exponent bits, 1 mantissa bit, in code
 #: (bit-pattern) order, divided by its largest magnitude (12) in float32. Code 0b1000 is +0, as in
-#: that table (and the default and AVX-512 CPU kernels' output); only the scalar CPU kernel gives −0
+#: that table and the default kernel's output (bitsandbytes 0.50's CPU library gives −0 for it on
+#: some shapes, +0 on transformers' checkpoints)
 FP4_CODE = np.array([0, 0.0625, 8, 12, 4, 6, 2, 3, 0, -0.0625, -8, -12, -4, -6, -2, -3],
                     dtype=np.float32) / np.float32(12)
 CODES_4BIT = {"nf4": NF4_CODE, "fp4": FP4_CODE}
@@ -103,7 +104,7 @@ def round_to(values: np.ndarray, dtype: str) -> np.ndarray:
         bits = np.ascontiguousarray(values, dtype=np.float32).view(np.uint32)
         nan = np.isnan(values)
         r = (bits + np.uint32(0x7FFF) + ((bits >> np.uint32(16)) & np.uint32(1))) & np.uint32(0xFFFF0000)
-        r[nan] = bits[nan] | np.uint32(0x00400000)  # a NaN stays a (quiet) NaN
+        r[nan] = (bits[nan] | np.uint32(0x00400000)) & np.uint32(0xFFFF0000)  # a NaN stays a (quiet) NaN
         return r.view(np.float32)
     return values
 

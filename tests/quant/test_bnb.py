@@ -41,6 +41,8 @@ def test_round_to_is_torch_cast() -> None:
     for dt, tdt in DTYPES.items():
         want = torch.from_numpy(x).to(tdt).float().numpy()
         assert round_to(x.copy(), dt).tobytes() == want.tobytes(), dt
+    nan = round_to(np.array([np.nan], np.float32), "BF16")
+    assert np.isnan(nan).all() and nan.view(np.uint32)[0] & 0xFFFF == 0
 
 
 def _reference(q: torch.Tensor, st: F.QuantState, native: bool) -> np.ndarray:
