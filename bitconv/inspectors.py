@@ -241,6 +241,16 @@ def _quant_line(fmt: str, qc: dict[str, Any] | None) -> str:
     return ", ".join(f"{k}={v}" for k, v in qc.items() if isinstance(v, (str, int, float, bool)))
 
 
+def _scheme_marker(fmt: str, qc: dict[str, Any] | None) -> str:
+    """The tensor suffix that marks a quantized linear: the scheme instance's where its options
+    choose it (bitsandbytes: 4-bit `weight.absmax` or int8 `SCB`), else the registered class's."""
+    try:
+        scheme = source_scheme({"quantization_config": qc})
+    except BitconvError:
+        scheme = None
+    return getattr(scheme, "marker", None) or getattr(scheme_class(fmt), "marker", "qweight")
+
+
 @register_inspector("safetensors", _is_safetensors)
 def inspect_safetensors(path: Path) -> SafetensorsSummary:
     """Tensor table from the headers only (each checked against its file's size), shards from the
@@ -275,7 +285,7 @@ def inspect_safetensors(path: Path) -> SafetensorsSummary:
     elif fmt == "bitnet-packed":
         n_quantized = sum(e[1] == "U8" and e[0] + "_scale" in names for e in entries)
     elif fmt in SOURCE_SCHEMES:
-        marker = "." + getattr(scheme_class(fmt), "marker", "qweight")
+        marker = "." + _scheme_marker(fmt, qc)
         n_quantized = sum(n.endswith(marker) for n in names)
     else:
         n_quantized = 0

@@ -1,17 +1,19 @@
-"""A quantized checkpoint (GPTQ, AWQ, FP8, compressed-tensors) seen as float tensors: each quantized linear becomes one
-lazy float32 `<module>.weight` that dequantizes a slab of output rows at a time.
+"""A quantized checkpoint (GPTQ, AWQ, FP8, compressed-tensors, bitsandbytes) seen as float tensors:
+each quantized linear becomes one lazy float32 `<module>.weight` that dequantizes a slab of output
+rows at a time.
 
 The scheme (quant/<scheme>.py, chosen by convert/quantization_config.py) says which stored parts
 make a linear, how they are sliced for a slab of rows and how they are dequantized; this module
 does the reading: for rows [lo, hi) of the weight it reads only the matching slices of its parts
 (for GPTQ/AWQ the columns of qweight/qzeros/scales, for FP8 the rows of the weight and of its
-block scales), so no float copy of a whole model, or even of a whole large tensor, is ever made.
-The writers stream such a tensor like any plain one (`SourceTensor.plain`).
+block scales, for bitsandbytes the packed bytes and absmax entries of the blocks over those rows),
+so no float copy of a whole model, or even of a whole large tensor, is ever made. The writers
+stream such a tensor like any plain one (`SourceTensor.plain`).
 
 Tensor order is llama.cpp's converter's (`dequant_model`): a linear stored under new names (GPTQ,
 compressed-tensors pack-quantized) is appended after the stored tensors, one whose stored weight is
-replaced (FP8, compressed-tensors int/float-quantized) keeps its place; each linear's kind
-(quant.schemes.LinearKind) says which.
+replaced (FP8, compressed-tensors int/float-quantized, bitsandbytes) keeps its place; each linear's
+kind (quant.schemes.LinearKind) says which.
 """
 from __future__ import annotations
 
@@ -65,13 +67,20 @@ def dequantized_tensors(config: dict[str, Any], tensors: dict[str, LazyTensor]) 
 
 
 def _check_strays(scheme: SourceScheme, tensors: dict[str, LazyTensor], owned: dict[str, str]) -> None:
-    """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear."""
+    """A part without the tensor that marks its linear (qzeros without qweight) is a broken linear, and
+    so is a stored weight in a dtype only the scheme's codes have (bitsandbytes' U8 / I8) without its
+    marker. Part suffixes may hold dots (bitsandbytes' `weight.quant_map` beside `weight.absmax`)."""
     kinds = scheme.kinds()
     for name in tensors:
-        module, _, part = name.rpartition(".")
         for kind in kinds:
-            if part in kind.parts and part != kind.output and name not in owned:
+            part = next((p for p in kind.parts if p != kind.output and name.endswith("." + p)), None)
+            if part is not None and name not in owned:
+                module = name[:-len(part) - 1]
                 raise CheckpointError(f"{name}: a {scheme.method} {part} without {module}.{kind.marker}")
+            if name.endswith("." + kind.output) and name not in owned and tensors[name].dtype in scheme.code_dtypes:
+                module = name[:-len(kind.output) - 1]
+                raise CheckpointError(f"{name}: {tensors[name].dtype} {scheme.method} codes "
+                                      f"{tuple(tensors[name].shape)} without {module}.{kind.marker}")
 
 
 def _linear(scheme: SourceScheme, kind: LinearKind, module: str, tensors: dict[str, LazyTensor]) -> LazyTensor:
@@ -135,4 +144,6 @@ class _SlabReader:
             return self.whole[part]
         extent = lt.shape[s.axis]
         b, e = lo // s.rows * s.entries, min(extent, -(-hi // s.rows) * s.entries)
+        if len(lt.shape) == 1:  # a 1-D part (bitsandbytes' absmax, SCB): elements [b, e), one read
+            return lt.load_cols(b, e).reshape(-1)
         return lt.load_rows(b, e) if s.axis == 0 else lt.load_cols(b, e)

@@ -20,11 +20,12 @@ SOURCE_SCHEMES: dict[str, str] = {
     "awq": "awq:AwqScheme",
     "fp8": "fp8:Fp8Scheme",
     "compressed-tensors": "compressed_source:CompressedTensorsScheme",
+    "bitsandbytes": "bnb:bnb_scheme",  # 4-bit (nf4 / fp4) or LLM.int8, by load_in_4bit / load_in_8bit
 }
 #: quant_methods whose linears the architecture mapping decodes (convert/arch/packed_ternary.py)
 MAPPING_DECODED = ("bitnet",)
 #: quant_methods bitconv writes (hf2st) and validates but does not yet read as a conversion source
-NOT_YET_SOURCES = ("bitsandbytes",)
+NOT_YET_SOURCES: tuple[str, ...] = ()
 
 
 def register_source_scheme(method: str, factory: str | Callable[[dict[str, Any]], Any]) -> None:

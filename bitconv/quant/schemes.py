@@ -120,6 +120,10 @@ class SourceScheme:
     appends: ClassVar[bool] = True
     #: stored tensors a scheme drops unread (activation scales)
     dropped: ClassVar[tuple[str, ...]] = ()
+    #: dtypes of a stored `<module>.<output>` that can only be this scheme's codes (bitsandbytes' U8 /
+    #: I8 weights): one without the marker beside it is a linear that lost its statistics, refused
+    #: rather than read as numbers
+    code_dtypes: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, qc: dict[str, Any]) -> None:
         self.qc = qc

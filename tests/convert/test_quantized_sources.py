@@ -253,7 +253,7 @@ BAD_API = [
     ("fp8-qwen3", {"weight_block_size": [64, 64]}, None, "down_proj.weight_scale_inv: shape (1, 2) disagrees"),
     ("gptq-qwen2", None, _half_k, "shape (64, 32) disagrees with config.json"),
     ("gptq-qwen2", {"desc_act": True}, _drop(f"{L0}.g_idx"), "no model.layers.0.self_attn.q_proj.g_idx"),
-    ("gptq-qwen2", {"quant_method": "bitsandbytes"}, None, "not read bitsandbytes checkpoints"),
+    ("gptq-qwen2", {"quant_method": "bitsandbytes"}, None, "expects exactly one of load_in_4bit and load_in_8bit"),
     ("gptq-qwen2", None, _drop(f"{L0}.qweight"), f"{L0}.g_idx: a gptq g_idx without {L0}.qweight"),
     ("gptq-qwen2", None, lambda t: t.__setitem__(f"{L0}.weight", t[f"{L0}.scales"].clone()), "both a float"),
 ]
