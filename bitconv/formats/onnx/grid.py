@@ -55,6 +55,37 @@ def act_order_perm(g_idx: np.ndarray, group: int) -> np.ndarray | None:
     return perm
 
 
+def expert_source(src: "SourceTensor", e: int) -> "SourceTensor":
+    """Expert e of a stacked experts tensor [E, N, K] as a tensor of its own (its checkpoint linear)."""
+    from ...convert.arch.base import SourceTensor
+
+    return SourceTensor(f"{src.name}[{e}]", tuple(src.shape[1:]), [src.sources[e]],
+                        hf_names=src.hf_names[e:e + 1])
+
+
+def stacked_experts(src: "SourceTensor") -> bool:
+    """Whether `src` is experts stacked one checkpoint linear each, in expert order."""
+    from ...convert.arch.base import stack
+
+    return src.combine is stack and len(src.shape) == 3 and len(src.sources) == src.shape[0]
+
+
+def repack_experts_for(src: "SourceTensor", bits: int) -> tuple[GridRepack | None, str]:
+    """`repack_for` for stacked experts: every expert's grid the same kind, or (None, why)."""
+    if not stacked_experts(src):
+        return None, ""
+    found = {repack_for(expert_source(src, e), bits) for e in range(src.shape[0])}
+    if len(found) > 1:
+        reps = {r for r, _ in found}
+        return None, "the experts' grids differ" if None not in reps else sorted(w for _, w in found if w)[0]
+    return found.pop()
+
+
+def reorders(g: Any) -> bool:
+    """Whether the IntGrid's groups are not runs of `group` columns in order (act-order)."""
+    return g.g_idx is not None and not np.array_equal(g.g_idx, np.arange(g.codes.shape[1]) // g.group)
+
+
 def grid_of(src: "SourceTensor") -> Any:
     """The source's grid callable (rows → IntGrid) when the tensor is one quantized linear."""
     lt = src.plain
@@ -74,7 +105,7 @@ def repack_for(src: "SourceTensor", bits: int) -> tuple[GridRepack | None, str]:
         return None, f"its {g.bits}-bit grid does not fit int{bits}"
     if (problem := nbits.block_size_error(g.group)):
         return None, f"group {g.group}: {problem.split(': ', 1)[-1]}"
-    reorder = g.g_idx is not None
+    reorder = reorders(g)
     if reorder and act_order_perm(np.asarray(g.g_idx), g.group) is None:
         return None, f"its act-order groups are not all {g.group} columns"
     return GridRepack(g.bits, bits, g.group, reorder, g.scale_dtype), ""
@@ -103,7 +134,7 @@ def repack(src: "SourceTensor", rep: GridRepack, slab_bytes: int) -> tuple[nbits
     for lo in range(0, n, rows):
         hi = min(n, lo + rows)
         g = grid(lo, hi)
-        if (g.bits, g.group, g.g_idx is not None) != (rep.source_bits, bs, rep.reorder) or g.n_groups != nb:
+        if (g.bits, g.group, reorders(g)) != (rep.source_bits, bs, rep.reorder) or g.n_groups != nb:
             raise QuantizationError(f"{src.name}: rows [{lo}, {hi}) have another grid than its first rows", tensor=src.name)
         zeros = _zero_points(g.zeros, rep.bits)
         if zeros is None:

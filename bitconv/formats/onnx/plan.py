@@ -24,7 +24,7 @@ from ...convert.arch.base import require_output_format
 from ...errors import CheckpointError, UnsupportedArchitecture, UsageError
 from ...quant import nbits
 from ...quant.registry import ALIASES
-from .grid import GridRepack, repack_for
+from .grid import GridRepack, repack_experts_for, repack_for
 
 if TYPE_CHECKING:
     from ...convert.arch.base import ArchMapping, SourceTensor
@@ -275,28 +275,27 @@ def _plan_repacks(plan: OnnxPlan) -> None:
     kept: dict[str, int] = {}
     requantized: dict[str, list[str]] = {}
     for t in plan.tensors:
-        if t.role not in ("linear", "lm_head") or t.storage not in ("int4", "int8") or t.name not in plan.sources:
+        if t.role not in ("linear", "lm_head", "experts") or t.storage not in ("int4", "int8") \
+                or t.name not in plan.sources:
             continue
-        rep, why = repack_for(plan.sources[t.name], _BITS[t.storage])
+        src = plan.sources[t.name]
+        rep, why = (repack_experts_for if t.role == "experts" else repack_for)(src, _BITS[t.storage])
         if rep is not None:
             t.repack = rep
             t.note = rep.describe()
-            n, k = t.shape
-            t.nbytes = nbits.encoded_nbytes(n, k, rep.bits, rep.block_size, zero_points=True) + (8 * k if rep.reorder else 0)
+            *experts, n, k = t.shape
+            t.nbytes = math.prod(experts) * (nbits.encoded_nbytes(n, k, rep.bits, rep.block_size, zero_points=True)
+                                             + (8 * k if rep.reorder else 0))
             kept[rep.describe()] = kept.get(rep.describe(), 0) + 1
-        elif why:
+        elif why or (t.role == "experts" and any(s.grid is not None for s in src.sources)):
+            why = why or "experts not stacked one linear each"
             t.note = f"re-quantized: {why}"
             requantized.setdefault(why, []).append(t.name)
     for what, count in kept.items():
-        plan.notes.append(f"{count} linear(s) keep the {what} in MatMulNBits (exact)")
+        plan.notes.append(f"{count} tensor(s) keep the {what} in MatMulNBits (exact)")
     for why, names in requantized.items():
-        plan.notes.append(f"{len(names)} linear(s) re-quantized from the dequantized weights ({why}): "
+        plan.notes.append(f"{len(names)} tensor(s) re-quantized from the dequantized weights ({why}): "
                           f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''}")
-    experts = [t.name for t in plan.tensors if t.role == "experts" and t.storage in _BITS
-               and any(s.grid is not None for s in plan.sources[t.name].sources)]
-    if experts:
-        plan.notes.append(f"{len(experts)} MoE expert tensor(s) re-quantized from the dequantized weights "
-                          "(the stacked experts are not repacked)")
 
 
 def _stored_nbytes(shape: tuple[int, ...], storage: str, block_size: int | None) -> int:
