@@ -1,4 +1,5 @@
-"""ONNX int4 / int8 exports of GPTQ and AWQ checkpoints (bitconv/formats/onnx/grid.py): each linear
+"""ONNX int4 / int8 exports of GPTQ, AWQ and compressed-tensors int checkpoints
+(bitconv/formats/onnx/grid.py): each linear
 keeps its source's grid in MatMulNBits (codes, scales and zero points as they are; act-order by
 reordering K), so the export's weights are the source's dequantized weights exactly.
 
@@ -65,6 +66,10 @@ SOURCES: dict[str, tuple[str, str, dict[str, Any]]] = {
     "awq-g32": ("qwen2", "awq", dict(group_size=32)),
     "awq-g64": ("qwen3", "awq", dict(group_size=64)),
     "moe-gptq4-asym-act-g16": ("qwen3moe", "gptq", dict(bits=4, group_size=16, sym=False, desc_act=True)),
+    # compressed-tensors: pack-quantized int4 asymmetric with group act-order (weight_g_idx), int-quantized int8
+    "ct-pack4-asym-act-g32": ("qwen2", "compressed", dict(format="pack-quantized", bits=4, symmetric=False,
+                                                          actorder_group=True)),
+    "ct-int8-g32": ("qwen3", "compressed", dict(format="int-quantized", bits=8)),
 }
 
 
@@ -150,7 +155,9 @@ def source(checkpoint_factory: Callable[..., Path], tmp_path_factory: pytest.Tem
         if name not in cache:
             model, scheme, kw = SOURCES[name]
             base = checkpoint_factory(model, "bf16", 1, "hub")
-            pack = fq.make_gptq if scheme == "gptq" else fq.make_awq
+            if scheme == "compressed":
+                pytest.importorskip("compressed_tensors")
+            pack = {"gptq": fq.make_gptq, "awq": fq.make_awq, "compressed": fq.make_compressed}[scheme]
             cache[name] = pack(base, root / name, **kw)
         return cache[name]
 
@@ -184,6 +191,7 @@ RUN = {("gptq4-asym-act-g32", "int4"), ("gptq8-asym-act-g32", "int8"), ("awq-g32
     ("gptq4-asym-act-g32", "int4"), ("gptq4-asym-act-g32", "int8"),  # a 4-bit grid fits int8 as well
     ("gptq4-sym-act-g64-v2", "int4"), ("gptq4-asym-g128", "int4"), ("gptq8-asym-act-g32", "int8"),
     ("gptq3-sym-g32", "int4"), ("awq-g32", "int4"), ("awq-g64", "int8"), ("moe-gptq4-asym-act-g16", "int4"),
+    ("ct-pack4-asym-act-g32", "int4"), ("ct-int8-g32", "int8"),
 ])
 def test_weights_are_the_sources_dequantized_weights(export, source, name: str, quant: str) -> None:
     """Every linear (MoE: every expert) decodes to exactly the source's dequantized weights, in
@@ -192,7 +200,7 @@ def test_weights_are_the_sources_dequantized_weights(export, source, name: str, 
     folder, result = export(name, quant)
     _, expected = source(name)
     bits = int(quant[3:])
-    group = SOURCES[name][2]["group_size"]
+    group = SOURCES[name][2].get("group_size", 32)  # make_compressed: 32 by default
     assert any("keep the source's" in n for n in result.notes), result.notes
     assert not any("re-quantized" in n for n in result.notes), result.notes
     weights = decode_matmulnbits(folder)
@@ -206,7 +214,7 @@ def test_weights_are_the_sources_dequantized_weights(export, source, name: str, 
         assert (a["bits"], a["block_size"]) == (bits, group) and len(node.input) == 4 and node.input[3]
     reordered = {n.output[0] for n in nodes(folder, "Gather") if n.input[1].endswith(".perm")}
     act_order = {b for b, n in linears.items() if n.input[0] in reordered}
-    assert bool(act_order) == SOURCES[name][2].get("desc_act", False)
+    assert bool(act_order) == any(SOURCES[name][2].get(k, False) for k in ("desc_act", "actorder_group"))
     if (name, quant) in RUN:  # onnxruntime runs it (a few cases: a session of the 151936-token vocabulary is slow)
         ref, _ = export(name, "f32")
         assert cos(logits(folder), logits(ref)) >= 0.9995  # measured 0.99987–0.99990 (int8 activations in the op)
