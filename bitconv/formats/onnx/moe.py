@@ -13,8 +13,9 @@ import numpy as np
 
 from ...errors import CheckpointError
 from ...quant import nbits
+from .grid import expert_source, repack
 from .plan import _BITS
-from .weights import WeightWriter
+from .weights import SLAB_BYTES, WeightWriter
 
 
 class MoeBlocks(WeightWriter):
@@ -23,29 +24,49 @@ class MoeBlocks(WeightWriter):
     hidden: int
 
     def experts(self, name: str) -> list[Callable[[str, str], str]]:
-        """One matmul builder per expert of the stacked [E, N, K] tensor `name`: the tensor is loaded
-        once and every expert's initializer written now (in expert order), the nodes later."""
+        """One matmul builder per expert of the stacked [E, N, K] tensor `name`: every expert's
+        initializer is written now (in expert order), the nodes later. Float experts are loaded
+        stacked, once; experts of a GPTQ / AWQ source keep their grids (grid.py), one at a time."""
         t = self.storage[name]
-        w3 = self._load(name)
         stem = name[: -len(".weight")]
+        n_exp = int(t.shape[0])
+        grids: list[tuple[nbits.NBitsTensor | None, np.ndarray | None]] = [(None, None)] * n_exp
+        if t.repack is not None:
+            grids = [self._expert_grid(name, e) for e in range(n_exp)]
+        w3 = self._load(name) if any(q is None for q, _ in grids) else None
         ops: list[Callable[[str, str], str]] = []
-        for e in range(w3.shape[0]):
+        for e, (q, perm) in enumerate(grids):
             wname = f"{stem}.{e}.weight"
             if t.storage in ("f32", "f16"):
+                assert w3 is not None
                 dt = np.float32 if t.storage == "f32" else np.float16
                 init = self._add_init(wname + ".T", np.ascontiguousarray(self._rounded(w3[e]).T).astype(dt, copy=False),
                                       wname)
                 ops.append(lambda x, hint, init=init: self.g.op("MatMul", [x, init], hint))
-            else:
+                continue
+            if q is None:
+                assert w3 is not None
                 q = nbits.quantize_rows(w3[e], _BITS[t.storage], self.plan.block_size or 32)
-                b = self._add_init(f"{wname}.q{q.bits}", q.packed, wname)
-                s = self._add_init(f"{wname}.scales", q.scales.astype(np.float32))
-                attrs = dict(K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
-                             accuracy_level=self.plan.accuracy_level)  # not q: its arrays are written
-                ops.append(lambda x, hint, b=b, s=s, attrs=attrs: self.g.op(
-                    "MatMulNBits", [x, b, s], hint, domain="com.microsoft", **attrs))
+            ins = [self._add_init(f"{wname}.q{q.bits}", q.packed, wname),
+                   self._add_init(f"{wname}.scales", q.scales.astype(np.float32))]
+            if q.zero_points is not None:
+                ins.append(self._add_init(f"{wname}.zero_points", q.zero_points))
+            attrs = dict(K=q.k, N=q.n, bits=q.bits, block_size=q.block_size,
+                         accuracy_level=self.plan.accuracy_level)  # not q: its arrays are written
+            ops.append(lambda x, hint, ins=ins, attrs=attrs, perm=perm, wname=wname: self.g.op(
+                "MatMulNBits", [x if perm is None else self._reordered(x, wname, perm, hint), *ins], hint,
+                domain="com.microsoft", **attrs))
         del w3
         return ops
+
+    def _expert_grid(self, name: str, e: int) -> tuple[nbits.NBitsTensor | None, np.ndarray | None]:
+        """Expert e of a stacked GPTQ / AWQ tensor on its own grid, or (None, None) with a note."""
+        t = self.storage[name]
+        assert t.repack is not None
+        q, perm, why = repack(expert_source(self.plan.sources[name], e), t.repack, SLAB_BYTES)
+        if q is None:
+            self.plan.notes.append(f"{name} expert {e}: re-quantized from the dequantized weights ({why})")
+        return q, perm
 
     def router_matmul(self, x32: str, name: str, hint: str) -> str:
         """float32 x @ W^T for a router matrix (kept float32 whatever the export's type)."""

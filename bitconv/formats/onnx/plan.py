@@ -7,6 +7,8 @@ linears as MatMulNBits (symmetric per block, accuracy_level 4), lm_head as int8 
 types keep output.weight at q8_0: an int4 lm_head cost the tiny Qwen3 fixture cos 0.969 → 0.987)
 and the token embedding as float16 for a Gather; int2 stores the ternary linears as exact 2-bit
 codes and lm_head as int8.
+A linear of a GPTQ / AWQ checkpoint keeps its source's grid (codes, scales, zero points) in
+MatMulNBits where it fits (grid.py): its weights are then the source's dequantized weights exactly.
 Norm weights and biases follow the compute dtype. MoE routers (`ffn_gate_inp`, `ffn_gate_inp_shexp`)
 stay float32 in every export; experts are stored per expert (`blk.N.ffn_{gate,up,down}_exps.E.weight`)
 like any linear of the export's type (int8 under int2).
@@ -22,6 +24,7 @@ from ...convert.arch.base import require_output_format
 from ...errors import CheckpointError, UnsupportedArchitecture, UsageError
 from ...quant import nbits
 from ...quant.registry import ALIASES
+from .grid import GridRepack, repack_experts_for, repack_for
 
 if TYPE_CHECKING:
     from ...convert.arch.base import ArchMapping, SourceTensor
@@ -136,6 +139,8 @@ class OnnxTensor:
     role: str  # embedding / lm_head / linear / ternary / norm / bias / router / experts
     nbytes: int
     note: str = ""
+    #: a quantized source's grid kept as it is (MatMulNBits storage only)
+    repack: GridRepack | None = None
 
 
 @dataclass
@@ -254,6 +259,7 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         add("output.weight", tuple(sources[out_src].shape), lm_storage, "lm_head",
             "tied: from token_embd" if out_src != "output.weight" else "")
     plan = OnnxPlan(checkpoint, mapping, quant, bs, sources, tensors, bitlinear, accuracy_level)
+    _plan_repacks(plan)
     if quant.bits == 2 and bs not in nbits.FAST_2BIT_BLOCKS:
         plan.notes.append(f"block size {bs}: onnxruntime has fast 2-bit kernels only for "
                           f"{'/'.join(map(str, nbits.FAST_2BIT_BLOCKS))}")
@@ -261,6 +267,35 @@ def make_onnx_plan(checkpoint: "Checkpoint", mapping: "ArchMapping", quant: Onnx
         plan.notes.append(f"accuracy_level {accuracy_level}: onnxruntime dequantizes 2- and 8-bit weights on "
                           "every call without level 4")
     return plan
+
+
+def _plan_repacks(plan: OnnxPlan) -> None:
+    """Which MatMulNBits linears keep their quantized source's grid, and a note for those that
+    cannot (re-quantized from the dequantized floats, as a float checkpoint is)."""
+    kept: dict[str, int] = {}
+    requantized: dict[str, list[str]] = {}
+    for t in plan.tensors:
+        if t.role not in ("linear", "lm_head", "experts") or t.storage not in ("int4", "int8") \
+                or t.name not in plan.sources:
+            continue
+        src = plan.sources[t.name]
+        rep, why = (repack_experts_for if t.role == "experts" else repack_for)(src, _BITS[t.storage])
+        if rep is not None:
+            t.repack = rep
+            t.note = rep.describe()
+            *experts, n, k = t.shape
+            t.nbytes = math.prod(experts) * (nbits.encoded_nbytes(n, k, rep.bits, rep.block_size, zero_points=True)
+                                             + (8 * k if rep.reorder else 0))
+            kept[rep.describe()] = kept.get(rep.describe(), 0) + 1
+        elif why or (t.role == "experts" and any(s.grid is not None for s in src.sources)):
+            why = why or "experts not stacked one linear each"
+            t.note = f"re-quantized: {why}"
+            requantized.setdefault(why, []).append(t.name)
+    for what, count in kept.items():
+        plan.notes.append(f"{count} tensor(s) keep the {what} in MatMulNBits (exact)")
+    for why, names in requantized.items():
+        plan.notes.append(f"{len(names)} tensor(s) re-quantized from the dequantized weights ({why}): "
+                          f"{', '.join(names[:3])}{' …' if len(names) > 3 else ''}")
 
 
 def _stored_nbytes(shape: tuple[int, ...], storage: str, block_size: int | None) -> int:

@@ -29,6 +29,9 @@ class OnnxWeight:
     scales: str | None = None
     zero_points: str | None = None
     attrs: dict[str, Any] = field(default_factory=dict)
+    #: MatMulNBits of an act-order source: the initializer of the column order its input is
+    #: gathered in (the stored weight is W[:, perm])
+    perm: str | None = None
 
 
 class OnnxArtifact:
@@ -90,13 +93,18 @@ class OnnxArtifact:
 
         out: list[OnnxWeight] = []
         seen: set[str] = set()
+        # activations gathered along their last axis by a constant order (act-order linears)
+        orders = {n.output[0]: n.input[1] for n in self.model.graph.node
+                  if n.op_type == "Gather" and len(n.input) == 2 and n.input[0] not in self.inits
+                  and n.input[1] in self.inits and len(self.inits[n.input[1]].dims) == 1}
         for node in self.model.graph.node:
             ins = list(node.input)
             if node.op_type == "MatMulNBits" and len(ins) >= 3 and ins[1] in self.inits and ins[1] not in seen:
                 attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
                 zp = ins[3] if len(ins) > 3 and ins[3] else None
-                out.append(OnnxWeight(re.sub(r"\.q\d+$", "", ins[1]), "nbits", ins[1], ins[2], zp, attrs))
-                seen.update(x for x in (ins[1], ins[2], zp) if x)
+                perm = orders.get(ins[0])
+                out.append(OnnxWeight(re.sub(r"\.q\d+$", "", ins[1]), "nbits", ins[1], ins[2], zp, attrs, perm))
+                seen.update(x for x in (ins[1], ins[2], zp, perm) if x)
             elif node.op_type == "MatMul" and len(ins) == 2 and ins[1] in self.inits and ins[1] not in seen \
                     and len(self.inits[ins[1]].dims) == 2:
                 out.append(OnnxWeight(ins[1].removesuffix(".T"), "matmul", ins[1]))
@@ -134,19 +142,25 @@ class OnnxArtifact:
         raw = nbits.unpack_codes(t.packed, t.bits).astype(np.int16)  # [N, nb, bs]
         zp = self.zero_points(w, t)
         raw -= (np.int16(1 << (t.bits - 1)) if zp is None else zp.astype(np.int16)[..., None])
-        return t, raw.reshape(t.n, -1)[:, : t.k]
+        return t, self._in_order(w, raw.reshape(t.n, -1)[:, : t.k])
+
+    def _in_order(self, w: OnnxWeight, a: np.ndarray) -> np.ndarray:
+        """Columns of a stored (act-order reordered) weight back in the input's order."""
+        if w.perm is None:
+            return a
+        out = np.empty_like(a)
+        out[:, np.asarray(self.array(w.perm), dtype=np.int64)] = a
+        return out
 
     def dense(self, w: OnnxWeight) -> np.ndarray:
         """The weight as float32 in the checkpoint's layout ([N, K] for matrices)."""
         if w.kind == "nbits":
             t = self.nbits_tensor(w)
             if w.zero_points is None:
-                return nbits.dequantize(t)
-            _, codes = self.codes(w)
-            nb, bs = t.scales.shape[1], t.block_size
-            padded = np.zeros((t.n, nb * bs), np.float32)
-            padded[:, : t.k] = codes
-            return (padded.reshape(t.n, nb, bs) * t.scales[..., None]).reshape(t.n, -1)[:, : t.k]
+                return self._in_order(w, nbits.dequantize(t))
+            raw = nbits.unpack_codes(t.packed, t.bits).astype(np.float32)  # [N, nb, bs]
+            raw -= self.zero_points(w, t)[..., None]
+            return self._in_order(w, (raw * t.scales[..., None]).reshape(t.n, -1)[:, : t.k])
         a = np.asarray(self.array(w.init), dtype=np.float32)
         return np.ascontiguousarray(a.T) if w.kind == "matmul" else a
 

@@ -1,6 +1,7 @@
 """The checkpoint's weights as the graph asks for them: loaded a slab at a time, checked (NaN/Inf,
 float16 range), encoded in the planned storage (float MatMul initializers, MatMulNBits blocks, exact
-ternary codes) and written to the external data, with the MatMul / MatMulNBits nodes that read them."""
+ternary codes, a quantized source's own grid) and written to the external data, with the MatMul /
+MatMulNBits nodes that read them."""
 from __future__ import annotations
 
 import math
@@ -13,6 +14,7 @@ from ...errors import QuantizationError
 from ...quant import nbits
 from ...quant.ternary import TernaryScale, scale_for, ternarize
 from .external_data import ExternalData
+from .grid import repack
 from .graph import Graph
 from .plan import _BITS, OnnxPlan
 
@@ -36,6 +38,9 @@ class WeightWriter:
         self.ct = TensorProto.FLOAT16 if self.f16 else TensorProto.FLOAT
         self.np_ct = np.float16 if self.f16 else np.float32
         self.storage = {t.name: t for t in plan.tensors}
+        #: (input, column order) → the input's columns gathered in that order (act-order linears
+        #: that share an input and an order share one Gather)
+        self._gathers: dict[tuple[str, bytes], str] = {}
 
     def _load(self, name: str) -> np.ndarray:
         return self._checked(name, np.asarray(self.plan.sources[name].load(), dtype=np.float32))
@@ -79,6 +84,25 @@ class WeightWriter:
         return nbits.quantize_slabs(((raw, lambda c, st=stored: self._checked(name, to_compute_dtype(c, st)))
                                      for raw, stored in src.stored_slabs(SLAB_BYTES)), n_rows, bits, block_size)
 
+    def _from_grid(self, name: str) -> tuple[nbits.NBitsTensor | None, np.ndarray | None]:
+        """The planned repack of a quantized source's grid, or (None, None) with a note when a slab
+        turns out not to fit (zero points outside the codes' range): re-quantized then."""
+        t = self.storage[name]
+        assert t.repack is not None
+        q, perm, why = repack(self.plan.sources[name], t.repack, SLAB_BYTES)
+        if q is None:
+            self.plan.notes.append(f"{name}: re-quantized from the dequantized weights ({why})")
+            t.repack, t.note = None, f"re-quantized: {why}"
+        return q, perm
+
+    def _reordered(self, x: str, name: str, perm: np.ndarray, hint: str) -> str:
+        """x with its last axis gathered in `perm` (an act-order linear's column order)."""
+        key = (x, perm.tobytes())
+        if key not in self._gathers:
+            idx = self._add_init(f"{name}.perm", perm.astype(np.int64))
+            self._gathers[key] = self.g.op("Gather", [x, idx], hint + "/act_order", axis=-1)
+        return self._gathers[key]
+
     def _ternary(self, name: str) -> tuple[np.ndarray, TernaryScale]:
         src = self.plan.sources[name]
         w = self._load(name)
@@ -106,7 +130,11 @@ class WeightWriter:
                 w = codes.astype(np.float32) / scale.inv  # s · W_t as the references compute it
                 y = self._dense(x, name, w, t.storage, hint, out_name)
         elif t.storage in _BITS:
-            q = self._quantized(src_name, _BITS[t.storage], self.plan.block_size or 32)
+            q, perm = self._from_grid(name) if t.repack is not None else (None, None)
+            if q is None:
+                q = self._quantized(src_name, _BITS[t.storage], self.plan.block_size or 32)
+            elif perm is not None:
+                x = self._reordered(x, name, perm, hint)
             y = self._nbits(x, name, q, hint, out_name)
         else:
             src = self.plan.sources[src_name]
@@ -167,6 +195,9 @@ class WeightWriter:
     def _nbits(self, x: str, name: str, q: nbits.NBitsTensor, hint: str, output: str | None) -> str:
         b = self._add_init(f"{name}.q{q.bits}", q.packed, name)
         s = self._add_init(f"{name}.scales", q.scales.astype(np.float32))
-        return self.g.op("MatMulNBits", [x, b, s], hint, domain="com.microsoft",
+        ins = [x, b, s]
+        if q.zero_points is not None:
+            ins.append(self._add_init(f"{name}.zero_points", q.zero_points))
+        return self.g.op("MatMulNBits", ins, hint, domain="com.microsoft",
                          outputs=[output] if output else None, K=q.k, N=q.n, bits=q.bits,
                          block_size=q.block_size, accuracy_level=self.plan.accuracy_level)
