@@ -197,3 +197,22 @@ def test_int4_scale_doubled_fails_cli(arts: dict[str, Path], qwen: Path, tmp_pat
     bad = [t for t in res["tensors"] if not t["ok"]]
     assert [t["name"] for t in bad] == ["model.layers.1.mlp.down_proj.weight"]
     assert bad[0]["cos"] > 0.99  # cos alone would have passed it
+
+
+@pytest.mark.parametrize("fmt,quant", [("bnb-nf4", "nf4"), ("bnb-int8", "int8")])
+def test_validate_bitsandbytes(fmt: str, quant: str, qwen: Path, tmp_path: Path) -> None:
+    """hf2st's bitsandbytes layouts validate through the source reader (one decoder with the
+    conversions); an absmax / SCB scaled by 1.5 fails on that tensor's relative error."""
+    out = tmp_path / fmt
+    api.convert_safetensors(qwen, fmt, out)
+    r = bitconv.validate(out, qwen, use_transformers=False)
+    assert r.passed and r.quant == quant, r.verdict
+    linears = [t for t in r.tensors if t.type == quant]
+    assert len(linears) == 14 and all(t.ok for t in r.tensors)
+    stat = "model.layers.1.mlp.down_proj." + ("weight.absmax" if quant == "nf4" else "SCB")
+
+    def scale(t: dict[str, torch.Tensor]) -> None:
+        t[stat] = t[stat] * 1.5
+
+    bad = bitconv.validate(_corrupt(out, tmp_path / "bad", scale), qwen, use_transformers=False)
+    assert not bad.passed and [t.name for t in bad.tensors if not t.ok] == ["model.layers.1.mlp.down_proj.weight"]

@@ -207,6 +207,9 @@ class Bnb4bitScheme(SourceScheme):
             raise self.refuse(f"bnb_4bit_quant_storage {storage!r}", "uint8 storage")
         self.double = bool(qc.get("bnb_4bit_use_double_quant", False))
 
+    def weight_type(self, module: str) -> str:
+        return self.quant_type
+
     def summary(self) -> dict[str, Any]:
         skip = self.qc.get("llm_int8_skip_modules")
         return {"scheme": f"bitsandbytes {self.quant_type}", "bits": 4,
