@@ -60,6 +60,7 @@ def packed(qwen2: Path, qwen3: Path, qwen3moe: Path, tmp_path_factory: pytest.Te
         # MoE: every expert's projections quantized, the router (mlp.gate) left float, as GPTQModel does
         "gptq-qwen3moe": fq.make_gptq(qwen3moe, root / "Qwen3MoE-GPTQ-Int4", bits=4, group_size=32, sym=True),
         "fp8-qwen3moe": fq.make_fp8(qwen3moe, root / "Qwen3MoE-FP8", block=(128, 128), scale_dtype="BF16"),
+        "awq-qwen3moe": fq.make_awq(qwen3moe, root / "Qwen3MoE-AWQ", group_size=16),  # moe_intermediate 48
         # Qwen2.5-*-GPTQ-Int4 keys; asymmetric, act-order, v1 zero points, groups of 32 along K
         "gptq-qwen2": fq.make_gptq(qwen2, root / "Qwen2-GPTQ-Int4", bits=4, group_size=32, sym=False, desc_act=True),
         "gptq3-qwen3": fq.make_gptq(qwen3, root / "Qwen3-GPTQ-Int3", bits=3, group_size=64, sym=True),
@@ -80,7 +81,7 @@ def gguf_name(hf: str) -> str:
     return f"blk.{layer}.{names[module]}.weight"
 
 
-@pytest.mark.parametrize("name", ["gptq-qwen2", "gptq3-qwen3", "awq-qwen2", "fp8-qwen3", "gptq-qwen3moe"])
+@pytest.mark.parametrize("name", ["gptq-qwen2", "gptq3-qwen3", "awq-qwen2", "fp8-qwen3", "gptq-qwen3moe", "awq-qwen3moe"])
 def test_dequantized_weights(name: str, packed: dict, floats: dict[str, Path]) -> None:
     """Each linear read whole and in slabs of rows that start and end anywhere = the packer's weights;
     the float tensors pass through as they are, in llama.cpp's order (GPTQ/AWQ: dequantized linears
@@ -169,9 +170,11 @@ def write_float_copy(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Pa
     return dst
 
 
-def test_any_type_is_dequantize_then_encode(packed: dict, tmp_path: Path) -> None:
-    """-q q4_k_m from GPTQ: the same tensors as from a float checkpoint of the dequantized weights."""
-    src, expected = packed["gptq-qwen2"]
+@pytest.mark.parametrize("name", ["gptq-qwen2", "awq-qwen3moe"])
+def test_any_type_is_dequantize_then_encode(name: str, packed: dict, tmp_path: Path) -> None:
+    """-q q4_k_m from GPTQ / AWQ (MoE: experts stacked): the same tensors as from a float checkpoint of
+    the dequantized weights."""
+    src, expected = packed[name]
     flt = write_float_copy(src, tmp_path / src.name, expected)
     ours = bitconv.convert(src, "gguf", "q4_k_m", tmp_path / "q.gguf", manifest=False)
     ref = bitconv.convert(flt, "gguf", "q4_k_m", tmp_path / "f.gguf", manifest=False)
