@@ -209,25 +209,6 @@ def make_fp8(src: Path, dst: Path, *, block: tuple[int, int] = (128, 128),
     return _write(src, dst, tensors, qc), expected
 
 
-def float_copy(src: Path, dst: Path, expected: dict[str, np.ndarray], parts: tuple[str, ...]) -> Path:
-    """`src` (quantized) as the float checkpoint it stands for: its float tensors in their stored
-    dtypes, every quantized linear as its dequantized float32 `expected` weight (the stored `parts`
-    of the linears dropped), no quantization_config."""
-    import torch
-
-    tensors = {k: v for k, v in _load(src).items() if k not in expected and k.rpartition(".")[2] not in parts}
-    tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()})
-    out = _write(src, dst, tensors, {})
-    cfg = json.loads((out / "config.json").read_text())
-    del cfg["quantization_config"]
-    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
-    return out
-
-
-#: the stored parts of a quantized linear beside (or instead of) its float weight, per packer
-STORED_PARTS = ("qweight", "qzeros", "scales", "g_idx", "weight_scale_inv")
-
-
 def _ct_ranges(w: Any, strategy: str, group: int | None, block: tuple[int, int] | None) -> tuple[Any, Any]:
     """(min, max) as llm-compressor's minmax observer hands them to calculate_qparams."""
     import torch
@@ -339,3 +320,20 @@ def _ct_expected(q: Any, z: Any, s: Any, g_idx: Any, strategy: str, group: int |
     if sf.shape[0] == 1:
         zf, sf = np.repeat(zf, n, 0), np.repeat(sf, n, 0)
     return ((qf - zf[:, cols]) * sf[:, cols]).astype(np.float32)
+
+
+def float_copy(src: Path, dst: Path, expected: dict[str, np.ndarray]) -> Path:
+    """`src` (quantized, any scheme) as the float checkpoint it stands for: its float tensors in their
+    stored dtypes, every quantized linear `<module>.weight` as its float32 `expected` weight (every
+    stored `<module>.*` part of it dropped but its bias: qweight…, weight_packed…, weight.absmax…,
+    SCB…), no quantization_config."""
+    import torch
+
+    modules = tuple(name.removesuffix("weight") for name in expected)
+    tensors = {k: v for k, v in _load(src).items() if not k.startswith(modules) or k.endswith(".bias")}
+    tensors.update({k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in expected.items()})
+    out = _write(src, dst, tensors, {})
+    cfg = json.loads((out / "config.json").read_text())
+    del cfg["quantization_config"]
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+    return out

@@ -38,7 +38,7 @@ def sources(checkpoint_factory: Callable[..., Path], tmp_path_factory: pytest.Te
     made = {"gptq": fq.make_gptq(qwen2, root / "gptq", bits=4, group_size=32, sym=False, desc_act=True),
             "awq": fq.make_awq(qwen2, root / "awq", group_size=32),
             "fp8": fq.make_fp8(qwen3, root / "fp8")}
-    return {k: (src, fq.float_copy(src, root / f"{k}-float", expected, fq.STORED_PARTS)) for k, (src, expected) in made.items()}
+    return {k: (src, fq.float_copy(src, root / f"{k}-float", expected)) for k, (src, expected) in made.items()}
 
 
 def _files(folder: Path) -> dict[str, bytes]:

@@ -26,10 +26,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 pytest.importorskip("bitsandbytes")
 
 import fixtures_bnb as fb  # noqa: E402
-from cli_helpers import assert_nothing_written, error_line, read_gguf_tensors, run_cli  # noqa: E402
+import fixtures_quantized as fq  # noqa: E402
+import quantized_checks as checks  # noqa: E402
+from cli_helpers import read_gguf_tensors, run_cli  # noqa: E402
 
 import bitconv  # noqa: E402
-from bitconv.errors import CheckpointError  # noqa: E402
 
 IDS = [9707, 11, 1879, 0, 3555, 374, 279, 6722, 315, 9625]
 KINDS = ("nf4-dq", "fp4-skip", "int8", "fp4-dq-b128", "nf4-b256", "nf4-moe-b64")
@@ -67,9 +68,6 @@ def refs(made: dict[str, tuple[Path, Path]]) -> dict[str, dict[str, np.ndarray]]
     return {k: fb.reference(made[k][0], native="-b" not in k) for k in made}
 
 
-def _is_part(name: str) -> bool:
-    """A stored bnb part other than the weight (`<module>.weight.absmax` …, `<module>.SCB` …)."""
-    return ".weight." in name or name.rpartition(".")[2] in ("SCB", "weight_format")
 
 
 @pytest.mark.parametrize("name", KINDS)
@@ -112,23 +110,6 @@ def test_reads_bitconvs_own_bnb_output(fmt: str, sources: dict[str, Path], tmp_p
         assert ck.tensors[hf].load().tobytes() == w.tobytes(), hf
 
 
-def write_float_copy(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Path:
-    """`src` (bnb) as a float checkpoint: its float tensors as stored, the dequantized linears (f32)."""
-    import torch
-    from safetensors.torch import load_file, save_file
-
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.is_file() and not f.name.startswith("model.safetensors") and f.name != "config.json":
-            (dst / f.name).write_bytes(f.read_bytes())
-    stored = load_file(str(src / "model.safetensors"))
-    tensors = {k: v for k, v in stored.items() if k not in weights and not _is_part(k)}
-    tensors.update({k: torch.from_numpy(v) for k, v in weights.items()})
-    save_file(tensors, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    cfg = json.loads((src / "config.json").read_text())
-    del cfg["quantization_config"]
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 @pytest.mark.parametrize("name,qtype", [("nf4-dq", "f16"), ("int8", "q8_0"), ("fp4-dq-b128", "q8_0"),
@@ -137,20 +118,9 @@ def test_gguf_is_dequantize_then_encode(name: str, qtype: str, made: dict, refs:
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     """The GGUF of the bnb checkpoint = the GGUF of a float checkpoint of bitsandbytes' dequantized
     weights, tensor for tensor; the writer read the linears a slab of rows at a time."""
-    from bitconv.convert import dequant
-    from bitconv.formats import gguf_writer
-
-    slabs: list[tuple[int, int, int]] = []
-    rows = dequant._SlabReader.rows
-
-    def spy(self: Any, lo: int, hi: int) -> np.ndarray:
-        slabs.append((lo, hi, self.layout.shape[0]))
-        return rows(self, lo, hi)
-
-    monkeypatch.setattr(dequant._SlabReader, "rows", spy)
-    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 1 << 15)  # gate/up/down: 48 KiB in f32, 2 slabs each
+    slabs = checks.record_slabs(monkeypatch, 1 << 15)  # gate/up/down: 48 KiB in f32, 2 slabs each
     src = made[name][0]
-    flt = write_float_copy(src, tmp_path / "float", refs[name])
+    flt = fq.float_copy(src, tmp_path / "float", refs[name])
     ours = bitconv.convert(src, "gguf", qtype, tmp_path / "bnb.gguf", manifest=False)
     ref = bitconv.convert(flt, "gguf", qtype, tmp_path / "float.gguf", manifest=False)
     a, b = read_gguf_tensors(Path(ours.output)), read_gguf_tensors(Path(ref.output))
@@ -205,26 +175,8 @@ L0 = "model.layers.0.self_attn.q_proj"
 QS = f"{L0}.weight.quant_state.bitsandbytes__nf4"
 
 
-def _variant(src: Path, dst: Path, qc: dict[str, Any] | None = None,
-             edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name != "config.json" and not (edit and f.name == "model.safetensors"):
-            (dst / f.name).hardlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    cfg["quantization_config"] = {**cfg["quantization_config"], **(qc or {})}
-    (dst / "config.json").write_text(json.dumps(cfg))
-    if edit:
-        from safetensors.torch import load_file, save_file
-
-        tensors = load_file(str(src / "model.safetensors"))
-        edit(tensors)
-        save_file(tensors, str(dst / "model.safetensors"))
-    return dst
 
 
-def _drop(name: str) -> Callable[[dict[str, Any]], None]:
-    return lambda t: t.pop(name)
 
 
 def _bytes(name: str, data: bytes) -> Callable[[dict[str, Any]], None]:
@@ -252,10 +204,10 @@ BAD = [
     ("nf4-dq", {"bnb_4bit_quant_type": "fp4"}, None, "bitsandbytes__nf4: nf4, but quantization_config says"),
     ("nf4-dq", {"load_in_4bit": False}, None, "exactly one of load_in_4bit and load_in_8bit"),
     ("nf4-dq", {"bnb_4bit_quant_storage": "bfloat16"}, None, "bnb_4bit_quant_storage 'bfloat16' is not supported"),
-    ("nf4-dq", None, _drop(f"{L0}.weight.absmax"), f"without {L0}.weight.absmax"),
-    ("nf4-dq", None, _drop(QS), f"{L0}: bitsandbytes weight.absmax with no weight.quant_state"),
-    ("nf4-dq", None, _drop(f"{L0}.weight.quant_map"), f"{L0}.weight.quant_map"),
-    ("nf4-dq", None, _drop(f"{L0}.weight.nested_absmax"), "has double-quant items (nested_blocksize, nested_offset) "
+    ("nf4-dq", None, checks.drop(f"{L0}.weight.absmax"), f"without {L0}.weight.absmax"),
+    ("nf4-dq", None, checks.drop(QS), f"{L0}: bitsandbytes weight.absmax with no weight.quant_state"),
+    ("nf4-dq", None, checks.drop(f"{L0}.weight.quant_map"), f"{L0}.weight.quant_map"),
+    ("nf4-dq", None, checks.drop(f"{L0}.weight.nested_absmax"), "has double-quant items (nested_blocksize, nested_offset) "
                                                            f"but the checkpoint holds only {L0}.weight.nested_quant_map"),
     ("nf4-dq", None, _bytes(QS, b'{"quant_type": "nf4", "blocksize": 6'), f"{QS}: not a bitsandbytes quant state (JSON)"),
     ("nf4-dq", None, _bytes(QS, b"\xff\xfe"), "not a bitsandbytes quant state (JSON)"),
@@ -268,7 +220,7 @@ BAD = [
     ("nf4-dq", None, _state(shape=[64, 32]), f"{L0}.weight: shape (2048, 1) disagrees"),
     ("nf4-dq", None, _cut(f"{L0}.weight.absmax", 32), f"{L0}.weight.absmax: shape (32,) disagrees"),
     ("nf4-dq", None, _scale(f"{L0}.weight.quant_map"), "not bitsandbytes' nf4 code"),
-    ("int8", None, _drop(f"{L0}.SCB"), f"without {L0}.SCB"),  # the weight or weight_format, first met
+    ("int8", None, checks.drop(f"{L0}.SCB"), f"without {L0}.SCB"),  # the weight or weight_format, first met
     ("int8", None, lambda t: [t.pop(f"{L0}.SCB"), t.pop(f"{L0}.weight_format")],
      f"{L0}.weight: I8 bitsandbytes codes (64, 64) without {L0}.SCB"),
     ("nf4-dq", None, lambda t: [t.pop(k) for k in list(t) if k.startswith(f"{L0}.weight.")],
@@ -280,22 +232,9 @@ BAD = [
 
 @pytest.mark.parametrize("base,qc,edit,phrase", BAD, ids=[f"{i}-{c[3][:24]}" for i, c in enumerate(BAD)])
 def test_bad_input(base: str, qc: Any, edit: Any, phrase: str, made: dict, tmp_path: Path) -> None:
-    src = _variant(made[base][0], tmp_path / "src", qc, edit)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    with pytest.raises(CheckpointError) as e:
-        bitconv.convert(src, "gguf", "q8_0", out_dir / "m.gguf")
-    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert list(out_dir.iterdir()) == []
+    checks.assert_refused(checks.variant(made[base][0], tmp_path / "src", qc, edit), phrase, tmp_path)
 
 
 def test_bad_input_cli(made: dict, tmp_path: Path) -> None:
-    src = _variant(made["nf4-dq"][0], tmp_path / "src", None, _bytes(QS, b"not json"))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "m.gguf"
-    proc = run_cli("hf2gguf", str(src), "-q", "f16", "-o", str(out))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"{QS}: not a bitsandbytes quant state (JSON)" in error_line(proc), proc.stderr
-    assert_nothing_written(out_dir, out)
-    assert list(out_dir.iterdir()) == []
+    src = checks.variant(made["nf4-dq"][0], tmp_path / "src", None, _bytes(QS, b"not json"))
+    checks.assert_refused_cli(src, f"{QS}: not a bitsandbytes quant state (JSON)", tmp_path)

@@ -24,11 +24,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fixtures_quantized as fq  # noqa: E402
-from cli_helpers import assert_nothing_written, error_line, read_gguf_tensors, run_cli  # noqa: E402
+import quantized_checks as checks  # noqa: E402
+from cli_helpers import read_gguf_tensors, run_cli  # noqa: E402
 from turns import share  # noqa: E402
 
 import bitconv  # noqa: E402
-from bitconv.errors import CheckpointError  # noqa: E402
 from bitconv.quant.compressed import round_to_dtype  # noqa: E402
 
 ct = pytest.importorskip("compressed_tensors")
@@ -144,19 +144,8 @@ def test_equals_package_decompression(name: str, packed: dict) -> None:
 def test_gguf_streams_experts(packed: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Qwen3-MoE pack-quantized int4: the f32 GGUF's stacked expert tensors hold each expert's
     dequantized weight, read a slab of rows at a time."""
-    from bitconv.convert import dequant
-    from bitconv.formats import gguf_writer
-
     src, expected = packed["pack4-qwen3moe"]
-    slabs: list[tuple[int, int, int]] = []
-    rows = dequant._SlabReader.rows
-
-    def spy(self: Any, lo: int, hi: int) -> np.ndarray:
-        slabs.append((lo, hi, self.layout.shape[0]))
-        return rows(self, lo, hi)
-
-    monkeypatch.setattr(dequant._SlabReader, "rows", spy)
-    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 1 << 13)
+    slabs = checks.record_slabs(monkeypatch, 1 << 13)
     out = tmp_path / "moe.gguf"
     bitconv.convert(src, "gguf", "f32", out, manifest=False)
     got = {n: np.frombuffer(d, np.float32).reshape(s) for n, (t, s, d) in read_gguf_tensors(out).items() if t == 0}
@@ -169,7 +158,6 @@ def test_gguf_streams_experts(packed: dict, tmp_path: Path, monkeypatch: pytest.
     assert any(hi - lo < n for lo, hi, n in slabs), "no linear was read a slab at a time"
 
 
-CT_PARTS = ("weight_packed", "weight_scale", "weight_shape", "weight_zero_point", "weight_g_idx")
 
 
 @pytest.mark.parametrize("name,to,opts", [("pack4gidx-qwen2", "gguf", {"quant": "q4_k_m"}),
@@ -179,7 +167,7 @@ def test_output_is_dequantize_then_encode(name: str, to: str, opts: dict, packed
     """A GGUF k-quant, or hf2st's own compressed-tensors, from a compressed-tensors source: the same
     files as from the float checkpoint holding the dequantized weights."""
     src, expected = packed[name]
-    flt = fq.float_copy(src, tmp_path / "float", expected, CT_PARTS)
+    flt = fq.float_copy(src, tmp_path / "float", expected)
     a = bitconv.convert(src, to=to, out=tmp_path / ("q.gguf" if to == "gguf" else "q"), **opts)
     b = bitconv.convert(flt, to=to, out=tmp_path / ("f.gguf" if to == "gguf" else "f"), **opts)
     if to == "gguf":
@@ -210,7 +198,7 @@ def test_inspect(packed: dict) -> None:
 
 def test_inspect_refused(packed: dict, tmp_path: Path) -> None:
     """A format bitconv does not read: inspect still describes it, and says why it is no source."""
-    src = _variant(packed["pack4-qwen3"][0], tmp_path / "src", _group(format="marlin-24"))
+    src = checks.variant(packed["pack4-qwen3"][0], tmp_path / "src", _group(format="marlin-24"))
     line = bitconv.inspect(src).quantization
     assert "group_0: int4 symmetric group 32 on Linear" in line and "format 'marlin-24' (2:4 sparse marlin)" in line
 
@@ -242,24 +230,6 @@ def test_reads_bitconv_written_checkpoint(floats: dict[str, Path], tmp_path: Pat
 L0 = "model.layers.0.self_attn.q_proj"
 
 
-def _variant(src: Path, dst: Path, qc: Callable[[dict], None] | None = None,
-             edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of `src` with its quantization_config and/or tensors (torch) edited in place."""
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name != "config.json" and not (edit and f.name == "model.safetensors"):
-            (dst / f.name).hardlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    if qc is not None:
-        qc(cfg["quantization_config"])
-    (dst / "config.json").write_text(json.dumps(cfg))
-    if edit:
-        from safetensors.torch import load_file, save_file
-
-        tensors = load_file(str(src / "model.safetensors"))
-        edit(tensors)
-        save_file(tensors, str(dst / "model.safetensors"))
-    return dst
 
 
 def _weights(**kw: Any) -> Callable[[dict], None]:
@@ -274,20 +244,10 @@ def _top(**kw: Any) -> Callable[[dict], None]:
     return lambda qc: qc.update(kw)
 
 
-def _drop(name: str) -> Callable[[dict[str, Any]], None]:
-    return lambda t: t.pop(name)
 
 
-def _set(name: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any]], None]:
-    def edit(t: dict[str, Any]) -> None:
-        t[name] = value(t[name]).contiguous()
-    return edit
 
 
-def _g_idx_out_of_range(a: Any) -> Any:
-    a = a.clone()
-    a[5] = 6
-    return a
 
 
 BAD_API = [
@@ -298,45 +258,32 @@ BAD_API = [
     ("pack4-qwen3", _weights(strategy="tensor"), None, "strategy 'tensor' is not supported"),
     ("fp8-qwen3", _weights(num_bits=4), None, "float-quantized float4"),
     ("pack4-qwen3", _top(quantization_status="frozen"), None, "quantization_status 'frozen'"),
-    ("pack4-qwen3", None, _drop(f"{L0}.weight_scale"), f"{L0}: compressed-tensors weight_packed without {L0}.weight_sc"),
-    ("pack4asym-qwen2", None, _drop(f"{L0}.weight_zero_point"), "is asymmetric but the checkpoint has no"),
-    ("fp8-qwen3", None, _drop(f"{L0}.weight_scale"), f"{L0}.weight: a F8_E4M3 weight without {L0}.weight_scale"),
-    ("pack4-qwen3", None, _set(f"{L0}.weight_shape", lambda a: a + 8),
+    ("pack4-qwen3", None, checks.drop(f"{L0}.weight_scale"), f"{L0}: compressed-tensors weight_packed without {L0}.weight_sc"),
+    ("pack4asym-qwen2", None, checks.drop(f"{L0}.weight_zero_point"), "is asymmetric but the checkpoint has no"),
+    ("fp8-qwen3", None, checks.drop(f"{L0}.weight_scale"), f"{L0}.weight: a F8_E4M3 weight without {L0}.weight_scale"),
+    ("pack4-qwen3", None, checks.set_tensor(f"{L0}.weight_shape", lambda a: a + 8),
      f"{L0}.weight_packed: shape (128, 8) disagrees with {L0}.weight_shape [136, 72]"),
     ("pack4-qwen3", _weights(group_size=16), None, "down_proj.weight_scale: shape (64, 6) disagrees"),
-    ("fp8block-qwen3", None, _set(f"{L0}.weight_scale", lambda a: a[:2]), "weight_scale: shape (2, 2) disagrees"),
+    ("fp8block-qwen3", None, checks.set_tensor(f"{L0}.weight_scale", lambda a: a[:2]), "weight_scale: shape (2, 2) disagrees"),
     ("pack4-qwen3", _top(ignore=["lm_head", L0]), None, f"{L0}: stored quantized, but quantization_config's ignore"),
     ("pack4-qwen3", _group(targets=["re:.*mlp\\..*"]), None,
      "layers.0.self_attn.k_proj: stored quantized, but no config group targets it (targets: re:.*mlp"),
     ("int8-qwen2", _group(format="pack-quantized"), None, "without model.layers.0.mlp.down_proj.weight_packed, which"),
-    ("pack4gidx-qwen2", None, _drop(f"{L0}.weight_packed"), f"{L0}.weight_scale: without {L0}.weight_packed"),
+    ("pack4gidx-qwen2", None, checks.drop(f"{L0}.weight_packed"), f"{L0}.weight_scale: without {L0}.weight_packed"),
 ]
 
 
 @pytest.mark.parametrize("base,qc,edit,phrase", BAD_API, ids=[c[3][:40] for c in BAD_API])
 def test_bad_input_api(base: str, qc: Any, edit: Any, phrase: str, packed: dict, tmp_path: Path) -> None:
-    src = _variant(packed[base][0], tmp_path / "src", qc, edit)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    with pytest.raises(CheckpointError) as e:
-        bitconv.convert(src, "gguf", "q8_0", out_dir / "m.gguf")
-    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert list(out_dir.iterdir()) == []
+    checks.assert_refused(checks.variant(packed[base][0], tmp_path / "src", qc, edit), phrase, tmp_path)
 
 
 def test_bad_g_idx_cli(packed: dict, tmp_path: Path) -> None:
     """A g_idx out of range is found when its linear is read, after the output was started: one line
     on stderr, exit 2, nothing written."""
     name = "model.layers.1.mlp.down_proj.weight_g_idx"
-    src = _variant(packed["pack4gidx-qwen2"][0], tmp_path / "src", None, _set(name, _g_idx_out_of_range))
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "m.gguf"
-    proc = run_cli("hf2gguf", str(src), "-q", "f16", "-o", str(out))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert f"{name}: group 6 out of range (the scales hold 6 groups)" in error_line(proc), proc.stderr
-    assert_nothing_written(out_dir, out)
-    assert list(out_dir.iterdir()) == []
+    src = checks.variant(packed["pack4gidx-qwen2"][0], tmp_path / "src", None, checks.set_tensor(name, checks.g_idx_out_of_range))
+    checks.assert_refused_cli(src, f"{name}: group 6 out of range (the scales hold 6 groups)", tmp_path)
 
 
 # --- llama.cpp's converter and runtime, transformers -----------------------------------------------
@@ -349,27 +296,14 @@ IDENTITY = [(name, t) for i, name in enumerate(("pack4-qwen3", "fp8-qwen3", "fp8
 @pytest.fixture(scope="module")
 def references(packed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     """llama.cpp's GGUFs of the fixtures, all made by one converter process."""
-    from llamacpp_oracle import ReferenceUnavailable, run_reference_converter_batch, skip_or_fail
-
-    root = tmp_path_factory.mktemp("llamacpp-compressed")
-    jobs = [(packed[n][0], t, root / f"{n}-{t}.gguf") for n, t in IDENTITY]
-    try:
-        outs = run_reference_converter_batch(jobs, root / "convert.log")
-    except ReferenceUnavailable as e:
-        skip_or_fail(str(e))
-    return dict(zip(IDENTITY, outs))
+    return checks.llamacpp_references(packed, IDENTITY, tmp_path_factory.mktemp("llamacpp-compressed"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,outtype", IDENTITY)
 def test_identical_to_llamacpp_converter(name: str, outtype: str, packed: dict, references: dict,
                                          tmp_path: Path) -> None:
-    from llamacpp_oracle import compare_gguf, format_diffs
-
-    ours = tmp_path / "ours.gguf"
-    bitconv.convert(packed[name][0], "gguf", outtype, ours, manifest=False)
-    diffs = compare_gguf(ours, references[(name, outtype)])
-    assert not diffs, format_diffs(diffs)
+    checks.assert_identical_to_reference(packed[name][0], outtype, references[(name, outtype)], tmp_path)
 
 
 @pytest.mark.slow

@@ -233,14 +233,13 @@ def test_llamacpp_runs_the_q4_1_file(source: Callable, convert: Callable, tmp_pa
     from transformers import AutoModelForCausalLM
 
     from runtimes import cos, llama_last_logits
-    from test_quantized_sources import write_float_copy
 
     src, expected = source("awq-g64")
     path, result = convert("awq-g64", "q4_1", True)
     assert len(result.keep_grid["carried"]) == 14
     tokens = [1, 5, 9, 42, 7, 100, 3, 17]
     got = llama_last_logits(path, tokens)
-    flt = write_float_copy(src, tmp_path / "float", expected)
+    flt = fq.float_copy(src, tmp_path / "float", expected)
     stored = {n: (t, shape, data) for n, (t, shape, data) in read_gguf_tensors(path).items()
               if n in ("token_embd.weight", "output.weight")}
     model = AutoModelForCausalLM.from_pretrained(str(flt), dtype=torch.float32, attn_implementation="eager")

@@ -11,7 +11,6 @@ awq.py, fp8.py), end to end on tiny Qwen2 / Qwen3 checkpoints rewritten by the t
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 from pathlib import Path
 from typing import Any, Callable
@@ -22,11 +21,11 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import fixtures_quantized as fq  # noqa: E402
-from cli_helpers import assert_nothing_written, error_line, read_gguf_tensors, run_cli  # noqa: E402
+import quantized_checks as checks  # noqa: E402
+from cli_helpers import read_gguf_tensors, run_cli  # noqa: E402
 from turns import share  # noqa: E402
 
 import bitconv  # noqa: E402
-from bitconv.errors import CheckpointError  # noqa: E402
 
 GGML_F32 = 0
 
@@ -119,19 +118,8 @@ def test_gguf_streams_dequantized_linears(packed: dict, qwen2: Path, tmp_path: P
     """The writer reads a dequantized linear a slab of rows at a time (a linear's slab needs only its
     columns of qweight/qzeros/scales) and the f32 GGUF holds the packer's weights; for AWQ, which
     llama.cpp's converter does not read, also within half a step of the float weights."""
-    from bitconv.convert import dequant
-    from bitconv.formats import gguf_writer
-
     src, expected = packed["awq-qwen2"]
-    slabs: list[tuple[int, int, int]] = []
-    rows = dequant._SlabReader.rows
-
-    def spy(self: Any, lo: int, hi: int) -> np.ndarray:
-        slabs.append((lo, hi, self.layout.shape[0]))
-        return rows(self, lo, hi)
-
-    monkeypatch.setattr(dequant._SlabReader, "rows", spy)
-    monkeypatch.setattr(gguf_writer, "SLAB_BYTES", 1 << 15)  # gate/up/down: 48 KiB in f32, 2 slabs each
+    slabs = checks.record_slabs(monkeypatch, 1 << 15)  # gate/up/down: 48 KiB in f32, 2 slabs each
     out = tmp_path / "out.gguf"
     bitconv.convert(src, "gguf", "f32", out, manifest=False)
     got = gguf_f32(out)
@@ -148,26 +136,6 @@ def test_gguf_streams_dequantized_linears(packed: dict, qwen2: Path, tmp_path: P
         assert (np.abs(want - w) <= step * 0.5 * 1.01 + 1e-6).all(), hf
 
 
-def write_float_copy(src: Path, dst: Path, weights: dict[str, np.ndarray]) -> Path:
-    """`src` (quantized) as a float checkpoint: its float tensors and the dequantized linears (f32)."""
-    from safetensors.numpy import save_file
-
-    from bitconv.convert.checkpoint import Checkpoint
-
-    shutil.copytree(src, dst)
-    (dst / "model.safetensors").unlink()
-    ck = Checkpoint.open(src, dequantize=False)
-    tensors: dict[str, np.ndarray] = {}
-    for name, lt in ck.tensors.items():
-        if name.rpartition(".")[2] in ("qweight", "qzeros", "scales", "g_idx", "weight_scale_inv") or name in weights:
-            continue
-        tensors[name] = lt.load_raw().view(np.float16) if lt.dtype == "F16" else lt.load().astype(np.float32)
-    tensors.update(weights)
-    save_file(tensors, str(dst / "model.safetensors"))
-    cfg = json.loads((dst / "config.json").read_text())
-    del cfg["quantization_config"]
-    (dst / "config.json").write_text(json.dumps(cfg))
-    return dst
 
 
 @pytest.mark.parametrize("name", ["gptq-qwen2", "awq-qwen3moe"])
@@ -175,7 +143,7 @@ def test_any_type_is_dequantize_then_encode(name: str, packed: dict, tmp_path: P
     """-q q4_k_m from GPTQ / AWQ (MoE: experts stacked): the same tensors as from a float checkpoint of
     the dequantized weights."""
     src, expected = packed[name]
-    flt = write_float_copy(src, tmp_path / src.name, expected)
+    flt = fq.float_copy(src, tmp_path / src.name, expected)
     ours = bitconv.convert(src, "gguf", "q4_k_m", tmp_path / "q.gguf", manifest=False)
     ref = bitconv.convert(flt, "gguf", "q4_k_m", tmp_path / "f.gguf", manifest=False)
     a, b = read_gguf_tensors(Path(ours.output)), read_gguf_tensors(Path(ref.output))
@@ -201,40 +169,12 @@ def test_inspect(packed: dict) -> None:
 L0 = "model.layers.0.self_attn.q_proj"
 
 
-def _variant(src: Path, dst: Path, qc: dict[str, Any] | None = None,
-             edit: Callable[[dict[str, Any]], None] | None = None) -> Path:
-    """A copy of `src` with quantization_config keys replaced and/or its tensors (torch) edited."""
-    dst.mkdir(parents=True)
-    for f in src.iterdir():
-        if f.name != "config.json" and not (edit and f.name == "model.safetensors"):
-            (dst / f.name).hardlink_to(f)
-    cfg = json.loads((src / "config.json").read_text())
-    if qc is not None:
-        cfg["quantization_config"] = {**cfg["quantization_config"], **qc}
-    (dst / "config.json").write_text(json.dumps(cfg))
-    if edit:
-        from safetensors.torch import load_file, save_file
-
-        tensors = load_file(str(src / "model.safetensors"))
-        edit(tensors)
-        save_file(tensors, str(dst / "model.safetensors"))
-    return dst
 
 
-def _drop(name: str) -> Callable[[dict[str, Any]], None]:
-    return lambda t: t.pop(name)
 
 
-def _set(name: str, value: Callable[[Any], Any]) -> Callable[[dict[str, Any]], None]:
-    def edit(t: dict[str, Any]) -> None:
-        t[name] = value(t[name]).contiguous()
-    return edit
 
 
-def _g_idx_out_of_range(a: Any) -> Any:
-    a = a.clone()
-    a[5] = 6
-    return a
 
 
 def _half_k(t: dict[str, Any]) -> None:
@@ -248,29 +188,23 @@ BAD_API = [
     ("gptq-qwen2", {"checkpoint_format": "marlin"}, None, "checkpoint_format 'marlin'"),
     ("awq-qwen2", {"version": "gemv"}, None, "version 'gemv' is not supported"),
     ("fp8-qwen3", {"fmt": "e5m2"}, None, "fmt 'e5m2'"),
-    ("gptq-qwen2", None, _drop(f"{L0}.scales"), f"{L0}.scales"),
-    ("awq-qwen2", None, _drop(f"{L0}.qzeros"), f"{L0}.qzeros"),
-    ("fp8-qwen3", None, _drop(f"{L0}.weight"), f"{L0}.weight"),
+    ("gptq-qwen2", None, checks.drop(f"{L0}.scales"), f"{L0}.scales"),
+    ("awq-qwen2", None, checks.drop(f"{L0}.qzeros"), f"{L0}.qzeros"),
+    ("fp8-qwen3", None, checks.drop(f"{L0}.weight"), f"{L0}.weight"),
     ("gptq-qwen2", {"group_size": 16}, None, "down_proj.scales: shape (6, 64) disagrees"),
-    ("awq-qwen2", None, _set(f"{L0}.scales", lambda a: a[:, :32]), "scales: shape (2, 32) disagrees"),
+    ("awq-qwen2", None, checks.set_tensor(f"{L0}.scales", lambda a: a[:, :32]), "scales: shape (2, 32) disagrees"),
     ("fp8-qwen3", {"weight_block_size": [64, 64]}, None, "down_proj.weight_scale_inv: shape (1, 2) disagrees"),
     ("gptq-qwen2", None, _half_k, "shape (64, 32) disagrees with config.json"),
-    ("gptq-qwen2", {"desc_act": True}, _drop(f"{L0}.g_idx"), "no model.layers.0.self_attn.q_proj.g_idx"),
+    ("gptq-qwen2", {"desc_act": True}, checks.drop(f"{L0}.g_idx"), "no model.layers.0.self_attn.q_proj.g_idx"),
     ("gptq-qwen2", {"quant_method": "bitsandbytes"}, None, "expects exactly one of load_in_4bit and load_in_8bit"),
-    ("gptq-qwen2", None, _drop(f"{L0}.qweight"), f"{L0}.g_idx: a gptq g_idx without {L0}.qweight"),
+    ("gptq-qwen2", None, checks.drop(f"{L0}.qweight"), f"{L0}.g_idx: a gptq g_idx without {L0}.qweight"),
     ("gptq-qwen2", None, lambda t: t.__setitem__(f"{L0}.weight", t[f"{L0}.scales"].clone()), "both a float"),
 ]
 
 
 @pytest.mark.parametrize("base,qc,edit,phrase", BAD_API, ids=[c[3][:32] for c in BAD_API])
 def test_bad_input_api(base: str, qc: Any, edit: Any, phrase: str, packed: dict, tmp_path: Path) -> None:
-    src = _variant(packed[base][0], tmp_path / "src", qc, edit)
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    with pytest.raises(CheckpointError) as e:
-        bitconv.convert(src, "gguf", "q8_0", out_dir / "m.gguf")
-    assert phrase in str(e.value) and "\n" not in str(e.value), str(e.value)
-    assert list(out_dir.iterdir()) == []
+    checks.assert_refused(checks.variant(packed[base][0], tmp_path / "src", qc, edit), phrase, tmp_path)
 
 
 @pytest.mark.parametrize("case", ["unknown-method", "g_idx-out-of-range"])
@@ -278,20 +212,13 @@ def test_bad_input_cli(case: str, packed: dict, tmp_path: Path) -> None:
     """One line on stderr, exit 2, nothing written — g_idx is checked when its linear is read, after
     the output file was started."""
     if case == "unknown-method":
-        src, phrase = _variant(packed["gptq-qwen2"][0], tmp_path / "src", {"quant_method": "hqq"}), "unknown quant_method 'hqq'"
+        src, phrase = checks.variant(packed["gptq-qwen2"][0], tmp_path / "src", {"quant_method": "hqq"}), "unknown quant_method 'hqq'"
     else:
         name = "model.layers.1.mlp.down_proj.g_idx"
-        src = _variant(packed["gptq-qwen2"][0], tmp_path / "src", None,
-                       _set(name, _g_idx_out_of_range))
+        src = checks.variant(packed["gptq-qwen2"][0], tmp_path / "src", None,
+                       checks.set_tensor(name, checks.g_idx_out_of_range))
         phrase = f"{name}: group 6 out of range (the scales hold 6 groups)"
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    out = out_dir / "m.gguf"
-    proc = run_cli("hf2gguf", str(src), "-q", "f16", "-o", str(out))
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
-    assert phrase in error_line(proc), proc.stderr
-    assert_nothing_written(out_dir, out)
-    assert list(out_dir.iterdir()) == []
+    checks.assert_refused_cli(src, phrase, tmp_path)
 
 
 # --- byte identity with llama.cpp's converter ------------------------------------------------------
@@ -305,27 +232,14 @@ IDENTITY = [(name, t) for i, name in enumerate(("gptq-qwen2", "fp8-qwen3", "gptq
 @pytest.fixture(scope="module")
 def references(packed: dict, tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
     """llama.cpp's GGUFs of the GPTQ and FP8 fixtures, all made by one converter process."""
-    from llamacpp_oracle import ReferenceUnavailable, run_reference_converter_batch, skip_or_fail
-
-    root = tmp_path_factory.mktemp("llamacpp-quantized")
-    jobs = [(packed[n][0], t, root / f"{n}-{t}.gguf") for n, t in IDENTITY]
-    try:
-        outs = run_reference_converter_batch(jobs, root / "convert.log")
-    except ReferenceUnavailable as e:
-        skip_or_fail(str(e))
-    return dict(zip(IDENTITY, outs))
+    return checks.llamacpp_references(packed, IDENTITY, tmp_path_factory.mktemp("llamacpp-quantized"))
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name,outtype", IDENTITY)
 def test_identical_to_llamacpp_converter(name: str, outtype: str, packed: dict, references: dict,
                                          tmp_path: Path) -> None:
-    from llamacpp_oracle import compare_gguf, format_diffs
-
-    ours = tmp_path / "ours.gguf"
-    bitconv.convert(packed[name][0], "gguf", outtype, ours, manifest=False)
-    diffs = compare_gguf(ours, references[(name, outtype)])
-    assert not diffs, format_diffs(diffs)
+    checks.assert_identical_to_reference(packed[name][0], outtype, references[(name, outtype)], tmp_path)
 
 
 @pytest.mark.parametrize("to,quant", [("gguf", "i2_s"), ("gguf", "tq2_0"), ("onnx", "int2")])
