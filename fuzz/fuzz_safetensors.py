@@ -47,6 +47,13 @@ CONFIGS = [
         "ignore": ["lm_head"]}},
     {"architectures": ["LlamaForCausalLM"], "quantization_config": {
         "quant_method": "bitsandbytes", "load_in_4bit": True, "bnb_4bit_quant_type": "nf4"}},
+    {"architectures": ["Qwen2ForCausalLM"], "quantization_config": {
+        "quant_method": "gptq", "bits": 4, "group_size": 128, "desc_act": True, "sym": False,
+        "checkpoint_format": "gptq"}},
+    {"architectures": ["Qwen2ForCausalLM"], "quantization_config": {
+        "quant_method": "awq", "bits": 4, "group_size": 128, "version": "gemm", "zero_point": True}},
+    {"architectures": ["Qwen3ForCausalLM"], "quantization_config": {
+        "quant_method": "fp8", "fmt": "e4m3", "activation_scheme": "dynamic", "weight_block_size": [128, 128]}},
 ]
 SHARD_INDEX = (b'{"metadata": {"total_size": 16}, "weight_map": '
                b'{"a.weight": "model-00001-of-00002.safetensors", "b.weight": "model-00002-of-00002.safetensors"}}')

@@ -55,7 +55,11 @@ def source_scheme(config: dict[str, Any] | None) -> Any:
                                   f"conversion source yet (it reads {readable})")
         raise CheckpointError(f"unknown quant_method {method!r} in config.json's quantization_config "
                               f"(bitconv reads {readable})")
-    return scheme_class(method)(config["quantization_config"])  # type: ignore[index, misc]
+    try:
+        return scheme_class(method)(config["quantization_config"])  # type: ignore[index, misc]
+    except (TypeError, ValueError, AttributeError, KeyError, IndexError) as e:
+        # the options are read from config.json alone: a value of the wrong JSON type is bad input
+        raise CheckpointError(f"{method} quantization_config is malformed ({type(e).__name__}: {e})") from None
 
 
 def scheme_class(method: str) -> Any:

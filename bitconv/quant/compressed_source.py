@@ -86,6 +86,15 @@ class WeightArgs:
         return f"{self.format} {self.type}{self.bits} {sym} {where}{order}"
 
 
+def _string_list(value: Any, what: str) -> list[str]:
+    """A list of names from the config (None: empty), or a one-line refusal naming the key."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise CheckpointError(f"compressed-tensors quantization_config: {what} {value!r} is not a list of names")
+    return list(value)
+
+
 def _match(name: str, target: str) -> bool:
     """compressed-tensors' match_name: `re:` patterns match from the start, other targets exactly."""
     return re.match(target[3:], name) is not None if target.startswith("re:") else target == name
@@ -105,7 +114,9 @@ class CompressedTensorsScheme(SourceScheme):
         if status != "compressed":
             raise self.refuse(f"quantization_status {status!r}", "compressed checkpoints")
         sparsity = qc.get("sparsity_config") or {}
-        if isinstance(sparsity, dict) and sparsity.get("format") not in (None, "dense"):
+        if not isinstance(sparsity, dict):
+            raise CheckpointError(f"compressed-tensors quantization_config: sparsity_config {sparsity!r} is not a table")
+        if sparsity.get("format") not in (None, "dense"):
             raise self.refuse(f"sparsity_config format {sparsity.get('format')!r}", "dense (unsparsified) weights")
         if qc.get("transform_config"):
             raise self.refuse("transform_config (rotated weights)", "untransformed weights")
@@ -118,23 +129,31 @@ class CompressedTensorsScheme(SourceScheme):
             if not isinstance(group, dict):
                 raise self.refuse(f"config group {name!r} given as a preset ({group!r})", "explicit schemes")
             self.groups[name] = self._weight_args(name, group)
-            for t in group.get("targets") or []:
-                self.target_group[str(t)] = name
+            for t in _string_list(group.get("targets"), f"config group {name!r} targets"):
+                self.target_group[t] = name
         self.ordered = sorted(self.target_group, key=lambda t: ("re:" in t, t))
-        self.ignore = [str(i) for i in qc.get("ignore") or []]
+        self.ignore = _string_list(qc.get("ignore"), "ignore")
 
     def _weight_args(self, name: str, group: dict[str, Any]) -> WeightArgs | None:
         w = group.get("weights")
         if w is None:
             return None  # activations only
+        if not isinstance(w, dict):
+            raise CheckpointError(f"compressed-tensors quantization_config: config group {name!r} weights {w!r} "
+                                  "is not a table")
         kind = str(w.get("type", "int")).lower()
         bits = w.get("num_bits", 8)
+        if not isinstance(bits, int) or isinstance(bits, bool):
+            raise CheckpointError(f"compressed-tensors quantization_config: config group {name!r} num_bits {bits!r} "
+                                  "is not an integer")
         fmt = group.get("format") or (self.format if self.format != "mixed-precision" else None)
         if fmt is None:  # the package's inference for a Linear
             acts = group.get("input_activations")
             fmt = (("int-quantized" if acts else PACKED) if kind == "int" else
                    "float-quantized" if acts and kind == "float" else "naive-quantized")
         what = f"config group {name!r}"
+        if not isinstance(fmt, str):
+            raise CheckpointError(f"compressed-tensors quantization_config: {what} format {fmt!r} is not a name")
         if fmt in REFUSED:
             raise self.refuse(f"{what}: format {fmt!r} ({REFUSED[fmt]})", f"{PACKED}, {', '.join(UNPACKED)}")
         if fmt != PACKED and fmt not in UNPACKED:

@@ -74,7 +74,7 @@ class Fp8Scheme(SourceScheme):
     def __init__(self, qc: dict[str, Any]) -> None:
         super().__init__(qc)
         fmt = qc.get("fmt", "e4m3")
-        if fmt not in FP8_DTYPES:
+        if not isinstance(fmt, str) or fmt not in FP8_DTYPES:
             raise self.refuse(f"fmt {fmt!r}", "e4m3 (float8_e4m3fn)")
         act = qc.get("activation_scheme", "dynamic")
         if act != "dynamic":

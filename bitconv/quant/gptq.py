@@ -86,7 +86,7 @@ class GptqScheme(SourceScheme):
         if self.bits not in BITS:
             raise self.refuse(f"bits {self.bits}", f"{', '.join(map(str, BITS))}-bit GPTQ")
         fmt = qc.get("checkpoint_format", qc.get("format", "gptq"))
-        if fmt not in FORMATS:
+        if not isinstance(fmt, str) or fmt not in FORMATS:
             raise self.refuse(f"checkpoint_format {fmt!r}", "gptq (v1) and gptq_v2")
         self.format = str(fmt)
         self.zero_offset = FORMATS[self.format]
