@@ -55,10 +55,7 @@ def unpack(qweight: np.ndarray, qzeros: np.ndarray) -> tuple[np.ndarray, np.ndar
 def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, group: int) -> np.ndarray:
     """float32 [n, K] from qweight [K, n/8], qzeros [G, n/8], scales [G, n] (float32), K = G · group."""
     q, z = unpack(qweight, qzeros)
-    n, k = q.shape
-    w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
-    w *= np.ascontiguousarray(scales.T)[:, :, None]
-    return w.reshape(n, k)
+    return IntGrid(4, group, q, np.ascontiguousarray(scales.T), z, None, "F32").dequantize()
 
 
 class AwqScheme(SourceScheme):
@@ -101,12 +98,9 @@ class AwqScheme(SourceScheme):
         slices = {"qweight": PartSlice(1, 8, 1), "qzeros": PartSlice(1, 8, 1), "scales": PartSlice(1)}
         scale_dtype = scales.dtype
 
-        def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
-            return dequantize(arrays["qweight"], arrays["qzeros"], scale_to_f32(arrays["scales"], scale_dtype), group)
-
         def grid(arrays: dict[str, np.ndarray], lo: int, hi: int) -> IntGrid:
             q, z = unpack(arrays["qweight"], arrays["qzeros"])
             s = np.ascontiguousarray(scale_to_f32(arrays["scales"], scale_dtype).T)
             return IntGrid(4, group, q, s, z, None, scale_dtype)
 
-        return LinearLayout((n, k), slices, run, grid=grid)
+        return LinearLayout((n, k), slices, lambda arrays, lo, hi: grid(arrays, lo, hi).dequantize(), grid=grid)

@@ -319,19 +319,9 @@ def _packed_layout(module: str, args: WeightArgs, parts: dict[str, Any]) -> Line
         return IntGrid(bits, group, codes, scale_to_f32(arrays["weight_scale"], sdt), zeros, column_groups(arrays), sdt)
 
     def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
-        return dequantize_grid(grid(arrays, lo, hi))
+        return grid(arrays, lo, hi).dequantize()
 
     return LinearLayout((n, k), slices, run, [check], grid)
-
-
-def dequantize_grid(g: IntGrid) -> np.ndarray:
-    """float32 (code − zero) · scale of a grid, by broadcasting when groups are runs of columns."""
-    rows, k = g.codes.shape
-    if g.g_idx is not None or k % g.group:
-        return g.dequantize()
-    w = np.subtract(g.codes.reshape(rows, -1, g.group), g.zeros[:, :, None], dtype=np.float32)
-    w *= g.scales[:, :, None]
-    return w.reshape(rows, k)
 
 
 def _unpacked_layout(module: str, args: WeightArgs, parts: dict[str, Any]) -> LinearLayout:
@@ -377,7 +367,7 @@ def _unpacked_layout(module: str, args: WeightArgs, parts: dict[str, Any]) -> Li
 
     def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
         if args.type == "int":
-            return dequantize_grid(grid(arrays, lo, hi))
+            return grid(arrays, lo, hi).dequantize()
         w = e4m3_to_f32(arrays["weight"])
         s = per_row(arrays["weight_scale"], w.shape[0], sdt)
         w *= np.repeat(s, group, axis=1)[:, :k] if group < k else s

@@ -55,22 +55,10 @@ def dequantize(qweight: np.ndarray, qzeros: np.ndarray, scales: np.ndarray, g_id
     """float32 [n, K] from qweight [K·bits/32, n], qzeros [G, n·bits/32], scales [G, n] (float32) and
     g_idx [K] (in range; None: column k in group k // `group`, which is also taken when g_idx says so)."""
     q, z = unpack(qweight, qzeros, bits, zero_offset)
-    s = np.ascontiguousarray(scales.T)  # [n, G]
-    n, k = q.shape
-    if runs_of_groups(g_idx, k, group):  # groups are runs of `group` columns (no act-order): broadcast, no gather
-        w = np.subtract(q.reshape(n, -1, group), z[:, :, None], dtype=np.float32)
-        w *= s[:, :, None]
-        return w.reshape(n, k)
-    if g_idx is None:
-        g_idx = np.arange(k) // group
-    w = np.subtract(q, z[:, g_idx], dtype=np.float32)
-    w *= s[:, g_idx]
-    return w
-
-
-def runs_of_groups(g_idx: np.ndarray | None, k: int, group: int) -> bool:
-    """Whether column k is in group k // group (no act-order permutation), so groups are runs."""
-    return group > 0 and k % group == 0 and (g_idx is None or np.array_equal(g_idx, np.arange(k) // group))
+    k = q.shape[1]
+    group = group or k
+    plain = g_idx is None or np.array_equal(g_idx, np.arange(k) // group)
+    return IntGrid(bits, group, q, np.ascontiguousarray(scales.T), z, None if plain else g_idx, "F32").dequantize()
 
 
 class GptqScheme(SourceScheme):
@@ -137,12 +125,6 @@ class GptqScheme(SourceScheme):
                 bad = int(idx.min()) if int(idx.min()) < 0 else int(idx.max())
                 raise CheckpointError(f"{module}.g_idx: group {bad} out of range (the scales hold {n_groups} groups)")
 
-        def run(arrays: dict[str, np.ndarray], lo: int, hi: int) -> np.ndarray:
-            idx = arrays.get("g_idx")
-            idx = None if idx is None else idx.reshape(-1).astype(np.int64)
-            return dequantize(arrays["qweight"], arrays["qzeros"], scale_to_f32(arrays["scales"], scale_dtype),
-                              idx, bits, zero_offset, group)
-
         def grid(arrays: dict[str, np.ndarray], lo: int, hi: int) -> IntGrid:
             idx = arrays.get("g_idx")
             idx = None if idx is None else idx.reshape(-1).astype(np.int64)
@@ -151,4 +133,4 @@ class GptqScheme(SourceScheme):
             plain = idx is None or np.array_equal(idx, np.arange(k) // group)  # no act-order (a last group may be short)
             return IntGrid(bits, group, q, s, z, None if plain else idx, scale_dtype)
 
-        return LinearLayout((n, k), slices, run, [check], grid)
+        return LinearLayout((n, k), slices, lambda arrays, lo, hi: grid(arrays, lo, hi).dequantize(), [check], grid)

@@ -61,6 +61,10 @@ class IntGrid:
     def dequantize(self) -> np.ndarray:
         """float32 [rows, K] from the grid (the same values as the scheme's own dequantize)."""
         rows, k = self.codes.shape
+        if self.g_idx is None and k % self.group == 0:  # groups are runs of columns: broadcast, no gather
+            w = np.subtract(self.codes.reshape(rows, -1, self.group), self.zeros[:, :, None], dtype=np.float32)
+            w *= self.scales[:, :, None]
+            return w.reshape(rows, k)
         g = np.arange(k) // self.group if self.g_idx is None else self.g_idx
         w = np.subtract(self.codes, self.zeros[:, g], dtype=np.float32)
         w *= self.scales[:, g]
